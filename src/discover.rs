@@ -1,0 +1,144 @@
+//! Gathers every fact cleanup decides on, once: the rows of each state DB, the processes
+//! rows point at and every VMM-looking process, one link dump, one rule dump per SmolVM
+//! table, the table list, and which VM sockets are still served. Reads only; decides
+//! nothing (that is `reconcile`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::Error;
+use crate::files;
+use crate::locate::DataDir;
+use crate::model::valid_vm_id;
+use crate::netlink::{self, link, nft};
+use crate::procfs::Procfs;
+use crate::reconcile::{Observed, vm_files};
+use crate::state::Db;
+
+pub struct Discovery {
+    pub obs: Observed,
+    /// The opened DBs, by `Row::db` (None: that DB could not be used).
+    pub dbs: Vec<Option<Db>>,
+    /// Paths of the DBs that were read.
+    pub db_paths: Vec<PathBuf>,
+    pub warnings: Vec<String>,
+    /// Set when the link dump failed: TAP deletion cannot be decided.
+    pub link_error: Option<Error>,
+    /// Set when the nft dump failed: rule deletion cannot be decided.
+    pub nft_error: Option<Error>,
+    pub procfs: Procfs,
+}
+
+pub struct Config<'a> {
+    pub data_dirs: &'a [DataDir],
+    pub socket_dir: PathBuf,
+    pub read_only: bool,
+    pub deadline: Instant,
+    pub proc_root: PathBuf,
+}
+
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// SQLite waits this long for SmolVM's writers (it holds `BEGIN EXCLUSIVE` only briefly).
+fn busy_timeout(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(10))
+}
+
+pub fn discover(cfg: &Config<'_>) -> Discovery {
+    let procfs = Procfs::new(&cfg.proc_root, now_unix());
+    let mut d = Discovery {
+        obs: Observed {
+            socket_dir: cfg.socket_dir.clone(),
+            data_dirs: cfg.data_dirs.iter().map(|d| d.dir.clone()).collect(),
+            own_pid: std::process::id() as i32,
+            ..Observed::default()
+        },
+        dbs: Vec::new(),
+        db_paths: Vec::new(),
+        warnings: Vec::new(),
+        link_error: None,
+        nft_error: None,
+        procfs,
+    };
+
+    for dd in cfg.data_dirs {
+        let Some(path) = &dd.db else { continue };
+        if !path.exists() {
+            continue; // No DB means no rows, not an error.
+        }
+        let index = d.dbs.len();
+        d.obs.db_dirs.push(dd.dir.clone());
+        let opened = Db::open(path, cfg.read_only, busy_timeout(cfg.deadline)).and_then(|db| {
+            let rows = db.load(index)?;
+            Ok((db, rows))
+        });
+        match opened {
+            Ok((db, rows)) => {
+                d.obs.rows.extend(rows);
+                d.dbs.push(Some(db));
+                d.db_paths.push(path.clone());
+            }
+            Err(e) => {
+                d.warnings.push(format!("{e}; continuing from the live system"));
+                d.dbs.push(None);
+            }
+        }
+    }
+
+    for row in &d.obs.rows {
+        if let Some(pid) = row.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
+            && let Some(info) = d.procfs.read(pid)
+        {
+            d.obs.procs.insert(pid, info);
+        }
+    }
+    d.obs.vmms = d.procfs.scan_vmms();
+
+    match netlink::Socket::route(cfg.deadline).and_then(|mut s| link::dump(&mut s)) {
+        Ok(links) => d.obs.links = links,
+        Err(e) => d.link_error = Some(Error::errno("list network links", e.raw_os_error())),
+    }
+
+    match dump_nft(cfg.deadline) {
+        Ok((tables, rules)) => {
+            d.obs.tables = tables;
+            d.obs.rules = rules;
+        }
+        Err(e) => d.nft_error = Some(Error::errno("list nftables rules", e.raw_os_error())),
+    }
+
+    // A VM socket still accepting connections has a live owner.
+    for row in &d.obs.rows {
+        if !valid_vm_id(&row.id) {
+            continue;
+        }
+        for f in vm_files(&row.id, &d.obs.socket_dir, &[], true) {
+            if files::socket_has_listener(&f) {
+                d.obs.served.insert(f.path());
+            }
+        }
+    }
+    d
+}
+
+/// The table list, then the rules of SmolVM's two rule tables (only if they exist).
+pub fn dump_nft(
+    deadline: Instant,
+) -> Result<(Vec<crate::model::Table>, Vec<crate::model::Rule>), rustix::io::Errno> {
+    let mut sock = netlink::Socket::netfilter(deadline)?;
+    let tables = nft::dump_tables(&mut sock)?;
+    let mut rules = Vec::new();
+    for t in &tables {
+        if crate::reconcile::is_smolvm_rule_table(t.family, &t.name) {
+            rules.extend(nft::dump_rules(&mut sock, t.family, &t.name)?);
+        }
+    }
+    Ok((tables, rules))
+}

@@ -1,0 +1,175 @@
+//! Removes a VM's files (API socket, log, isolated disk copy) without ever following a
+//! symlink: the trusted root (data dir or socket dir) is opened once, any subdirectory is
+//! opened beneath it with O_NOFOLLOW, and the file is unlinked by name. An unlinked
+//! symlink would only lose the link, but we do not even do that: it is not what SmolVM
+//! leaves, so it is reported and left alone.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, openat, statat, unlinkat};
+use rustix::io::Errno;
+
+use crate::error::Error;
+use crate::model::FileRef;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    Deleted,
+    AlreadyGone,
+    /// Something is there that is not ours to delete (a symlink, a directory, ...).
+    Refused(String),
+}
+
+fn open_dir(at: Option<&OwnedFd>, path: &Path, nofollow: bool) -> Result<OwnedFd, Errno> {
+    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::PATH;
+    if nofollow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    match at {
+        Some(fd) => openat(fd, path, flags, Mode::empty()),
+        None => openat(CWD, path, flags, Mode::empty()),
+    }
+}
+
+/// Opens the directory that holds `f` (root followed, subdirectories not) and returns it
+/// with the file's name. Ok(None) when a directory on the way is missing.
+fn parent(f: &FileRef) -> Result<Option<(OwnedFd, &str)>, Errno> {
+    let mut parts = f.rel.split('/').collect::<Vec<_>>();
+    let Some(name) = parts.pop() else {
+        return Err(Errno::INVAL);
+    };
+    let mut dir = match open_dir(None, &f.root, false) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for part in parts {
+        dir = match open_dir(Some(&dir), Path::new(part), true) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::LOOP | Errno::NOTDIR) => return Err(Errno::LOOP),
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(Some((dir, name)))
+}
+
+/// What is at `f`, without following a symlink: None when nothing is.
+pub fn file_type(f: &FileRef) -> Result<Option<FileType>, Errno> {
+    let Some((dir, name)) = parent(f)? else {
+        return Ok(None);
+    };
+    match statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `f` if it is a regular file or a socket.
+pub fn remove(f: &FileRef) -> Result<Removal, Error> {
+    let action = || format!("remove {}", f.path().display());
+    let found = match parent(f) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(Removal::AlreadyGone),
+        Err(Errno::LOOP) => return Ok(Removal::Refused("a directory on its path is a symlink".into())),
+        Err(e) => return Err(Error::errno(action(), e.raw_os_error())),
+    };
+    let (dir, name) = found;
+    let kind = match statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => FileType::from_raw_mode(st.st_mode),
+        Err(Errno::NOENT) => return Ok(Removal::AlreadyGone),
+        Err(e) => return Err(Error::errno(action(), e.raw_os_error())),
+    };
+    match kind {
+        FileType::RegularFile | FileType::Socket => {}
+        FileType::Symlink => return Ok(Removal::Refused("it is a symlink".into())),
+        FileType::Directory => return Ok(Removal::Refused("it is a directory".into())),
+        _ => return Ok(Removal::Refused("it is not a file or socket".into())),
+    }
+    // The name is unlinked, never resolved: were it swapped for a symlink since statat,
+    // only that link would go, never what it points to.
+    match unlinkat(&dir, name, AtFlags::empty()) {
+        Ok(()) => Ok(Removal::Deleted),
+        Err(Errno::NOENT) => Ok(Removal::AlreadyGone),
+        Err(e) => Err(Error::errno(action(), e.raw_os_error())),
+    }
+}
+
+/// Is a process accepting connections on this Unix socket? A VMM's API socket whose owner
+/// died refuses connections (ECONNREFUSED); one still served belongs to a live VMM.
+pub fn socket_has_listener(f: &FileRef) -> bool {
+    matches!(file_type(f), Ok(Some(FileType::Socket)))
+        && std::os::unix::net::UnixStream::connect(f.path()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("smolvm-files-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("disks")).unwrap();
+        d
+    }
+
+    fn fref(root: &Path, rel: &str) -> FileRef {
+        FileRef {
+            root: root.to_path_buf(),
+            rel: rel.to_string(),
+        }
+    }
+
+    #[test]
+    fn removes_files_and_is_idempotent() {
+        let d = scratch("rm");
+        std::fs::write(d.join("disks/vm-1.ext4"), b"disk").unwrap();
+        let f = fref(&d, "disks/vm-1.ext4");
+        assert_eq!(remove(&f).unwrap(), Removal::Deleted);
+        assert!(!d.join("disks/vm-1.ext4").exists());
+        assert_eq!(remove(&f).unwrap(), Removal::AlreadyGone);
+        assert_eq!(remove(&fref(&d, "nodir/x.log")).unwrap(), Removal::AlreadyGone);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn never_follows_symlinks() {
+        let d = scratch("sym");
+        let precious = d.join("precious");
+        std::fs::write(&precious, b"keep").unwrap();
+        std::os::unix::fs::symlink(&precious, d.join("vm-1.log")).unwrap();
+        assert!(matches!(
+            remove(&fref(&d, "vm-1.log")).unwrap(),
+            Removal::Refused(_)
+        ));
+        assert!(d.join("vm-1.log").symlink_metadata().is_ok());
+        // A symlinked subdirectory is not walked into.
+        let other = d.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("vm-1.ext4"), b"keep").unwrap();
+        std::fs::remove_dir_all(d.join("disks")).unwrap();
+        std::os::unix::fs::symlink(&other, d.join("disks")).unwrap();
+        assert!(matches!(
+            remove(&fref(&d, "disks/vm-1.ext4")).unwrap(),
+            Removal::Refused(_)
+        ));
+        assert!(other.join("vm-1.ext4").exists());
+        assert_eq!(std::fs::read(&precious).unwrap(), b"keep");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn socket_listener_check() {
+        let d = scratch("sock");
+        let path = d.join("fc-vm-1.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let f = fref(&d, "fc-vm-1.sock");
+        assert!(socket_has_listener(&f));
+        drop(listener);
+        assert!(!socket_has_listener(&f));
+        assert_eq!(remove(&f).unwrap(), Removal::Deleted);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

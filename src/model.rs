@@ -1,0 +1,248 @@
+//! Plain data shared by the stages, and the name rules that decide what SmolVM could
+//! have created. Anything that fails these rules is hostile input: it is reported and
+//! never used to build a path, a link name or an nft comment.
+
+use std::path::PathBuf;
+
+/// SmolVM's VM id pattern (0.0.5+): `^[a-z0-9][a-z0-9_-]{0,62}[a-z0-9]$|^[a-z0-9]$`.
+pub fn valid_vm_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    let edge = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let inner = |c: u8| edge(c) || c == b'_' || c == b'-';
+    match b.len() {
+        1 => edge(b[0]),
+        2..=64 => edge(b[0]) && edge(b[b.len() - 1]) && b.iter().all(|&c| inner(c)),
+        _ => false,
+    }
+}
+
+/// TAP names SmolVM creates: `tap<N>` (N from its IP pool, up to 65534) and bridge-mode
+/// `svmb<8 hex>`. `eth0`, `lo` or `../x` from a DB row are refused.
+pub fn valid_tap_name(name: &str) -> bool {
+    if let Some(n) = name.strip_prefix("tap") {
+        return (1..=5).contains(&n.len())
+            && n.bytes().all(|c| c.is_ascii_digit())
+            && (n == "0" || !n.starts_with('0'));
+    }
+    if let Some(h) = name.strip_prefix("svmb") {
+        return h.len() == 8
+            && h.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    }
+    false
+}
+
+/// A `--prefix` must be something a valid id can start with.
+pub fn valid_prefix(prefix: &str) -> bool {
+    let b = prefix.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+    Error,
+    Unknown,
+}
+
+impl Status {
+    pub fn parse(s: &str) -> Status {
+        match s {
+            "created" => Status::Created,
+            "running" => Status::Running,
+            "paused" => Status::Paused,
+            "stopped" => Status::Stopped,
+            "error" => Status::Error,
+            _ => Status::Unknown,
+        }
+    }
+
+    /// Rows whose VMM is supposed to be alive (or whose death was already noticed).
+    pub fn expects_process(self) -> bool {
+        matches!(self, Status::Running | Status::Paused | Status::Error)
+    }
+}
+
+/// One row of `vms` with what the other tables and the JSON columns add, as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Index of the state DB this row came from (`Observed::dbs`).
+    pub db: usize,
+    pub id: String,
+    pub status: String,
+    /// Raw `pid` column; absurd values are judged by the reconciler.
+    pub pid: Option<i64>,
+    pub socket_path: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    /// `updated_at` as Unix seconds, when SQLite could parse it.
+    pub updated_unix: Option<f64>,
+    pub created_unix: Option<f64>,
+    /// TAP names from `network.tap_device`, `ip_leases` and `tap_allocations`, unvalidated.
+    pub taps: Vec<String>,
+    /// `config.retain_disk_on_delete`.
+    pub retain_disk: bool,
+}
+
+/// A process as /proc shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    /// State letter from /proc/PID/stat (`R`, `S`, `D`, `Z`, ...).
+    pub state: char,
+    /// Field 22 of /proc/PID/stat, clock ticks after boot: with the pid, the identity.
+    pub start_ticks: u64,
+    /// Start time as Unix seconds (derived from boot time; precise to ~10 ms).
+    pub start_unix: f64,
+    pub cmdline: Vec<String>,
+}
+
+impl ProcInfo {
+    pub fn is_zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// A network link from the rtnetlink dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: i32,
+    pub name: String,
+    pub kind: Option<String>,
+    /// IFLA_TUN_TYPE: 1 tun, 2 tap (only decoded for kind "tun").
+    pub tun_type: Option<u8>,
+    pub group: u32,
+    pub alias: Option<String>,
+    /// IFLA_CARRIER: a TAP has carrier while a process holds it open.
+    pub carrier: bool,
+}
+
+impl Link {
+    /// Only a real TAP (kind tun, type tap) is ever ours to delete; when the kernel does
+    /// not report the tun type, kind "tun" has to do.
+    pub fn is_tap(&self) -> bool {
+        self.kind.as_deref() == Some("tun") && self.tun_type.is_none_or(|t| t == 2)
+    }
+}
+
+/// An nf_tables rule from the dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub family: u8,
+    pub table: String,
+    pub chain: String,
+    pub handle: u64,
+    pub comment: Option<String>,
+}
+
+/// An nf_tables table from the dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub family: u8,
+    pub name: String,
+}
+
+/// A file cleanup may remove: a path relative to a directory it trusts (the data dir or
+/// the socket dir). Only `root` may be reached through a symlink; `rel` never is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileRef {
+    pub root: PathBuf,
+    pub rel: String,
+}
+
+impl FileRef {
+    pub fn new(root: &std::path::Path, rel: impl Into<String>) -> FileRef {
+        FileRef {
+            root: root.to_path_buf(),
+            rel: rel.into(),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.root.join(&self.rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_ids() {
+        for ok in ["vm-0a1b2c3d", "web-server", "a", "sbx-tesla", "x_1", "0"] {
+            assert!(valid_vm_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "vm/../x",
+            "vm 1",
+            "vm.1",
+            &"a".repeat(65),
+            "é",
+        ] {
+            assert!(!valid_vm_id(bad), "{bad}");
+        }
+        assert!(valid_vm_id(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn tap_names() {
+        for ok in ["tap2", "tap254", "tap65534", "tap0", "svmb0a1b2c3d"] {
+            assert!(valid_tap_name(ok), "{ok}");
+        }
+        for bad in [
+            "eth0",
+            "lo",
+            "../x",
+            "tap",
+            "tap02",
+            "tap123456",
+            "tap1 ",
+            "svmb0A1B2C3D",
+            "svmb123",
+            "tapx",
+        ] {
+            assert!(!valid_tap_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        assert!(valid_prefix("vm-"));
+        assert!(valid_prefix("sbx"));
+        assert!(!valid_prefix(""));
+        assert!(!valid_prefix("-x"));
+        assert!(!valid_prefix("VM"));
+        assert!(!valid_prefix("vm/"));
+    }
+
+    #[test]
+    fn tap_kind() {
+        let mut l = Link {
+            index: 3,
+            name: "tap3".into(),
+            kind: Some("tun".into()),
+            tun_type: Some(2),
+            group: 0,
+            alias: None,
+            carrier: false,
+        };
+        assert!(l.is_tap());
+        l.tun_type = Some(1);
+        assert!(!l.is_tap());
+        l.tun_type = None;
+        assert!(l.is_tap());
+        l.kind = Some("veth".into());
+        assert!(!l.is_tap());
+    }
+}

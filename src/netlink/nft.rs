@@ -1,0 +1,344 @@
+//! nf_tables over raw nfnetlink: dump tables and rules (with their comments), and delete
+//! chosen rules/tables by handle in transactional batches. Hand-rolled because neli has
+//! no nf_tables support and a batch must leave in a single send().
+//!
+//! ```text
+//! nlmsghdr.type = NFNL_SUBSYS_NFTABLES (10) << 8 | NFT_MSG_*
+//! struct nfgenmsg { u8 family; u8 version (0); be16 res_id; }   then NFTA_* attributes
+//! batch: BATCH_BEGIN(res_id = 10) · op · op · … · BATCH_END — all applied or none
+//! ```
+//!
+//! A batch is atomic: one failing op (ENOENT for an already deleted rule) rolls back the
+//! ops that were ACKed with 0 in the same batch. So failing ops are settled and the rest
+//! is sent again. EPERM comes once, on the BATCH_BEGIN sequence number.
+
+use std::time::Instant;
+
+use rustix::io::Errno;
+
+use super::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR, Socket, Writer, attr_str, attrs, messages};
+use crate::model::{Rule, Table};
+
+pub const NFPROTO_INET: u8 = 1;
+pub const NFPROTO_IPV4: u8 = 2;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_DELRULE: u16 = 8;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+/// u64 big-endian. A DELRULE without it flushes the whole chain: always sent.
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_USERDATA: u16 = 7;
+/// libnftnl's udata TLV type for a rule comment (the value keeps its trailing NUL).
+const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+
+/// Ops per batch. Each op's ACK takes ~700 bytes of receive buffer; the buffer is grown to
+/// 4 MiB (root), and a lost ACK is caught by the caller's verification dump anyway.
+const BATCH_OPS: usize = 1000;
+
+fn msg_type(op: u16) -> u16 {
+    NFNL_SUBSYS_NFTABLES << 8 | op
+}
+
+fn nfgenmsg(w: &mut Writer, family: u8, res_id: u16) {
+    w.bytes(&[family, 0]);
+    w.bytes(&res_id.to_be_bytes());
+}
+
+/// A deletion the caller wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Rule {
+        family: u8,
+        table: String,
+        chain: String,
+        handle: u64,
+    },
+    Table {
+        family: u8,
+        name: String,
+    },
+}
+
+impl Op {
+    pub fn for_rule(r: &Rule) -> Op {
+        Op::Rule {
+            family: r.family,
+            table: r.table.clone(),
+            chain: r.chain.clone(),
+            handle: r.handle,
+        }
+    }
+
+    fn encode(&self, w: &mut Writer, seq: u32) {
+        match self {
+            Op::Rule {
+                family,
+                table,
+                chain,
+                handle,
+            } => {
+                w.begin(msg_type(NFT_MSG_DELRULE), NLM_F_REQUEST | NLM_F_ACK, seq);
+                nfgenmsg(w, *family, 0);
+                w.attr_str(NFTA_RULE_TABLE, table);
+                w.attr_str(NFTA_RULE_CHAIN, chain);
+                w.attr(NFTA_RULE_HANDLE, &handle.to_be_bytes());
+            }
+            Op::Table { family, name } => {
+                w.begin(msg_type(NFT_MSG_DELTABLE), NLM_F_REQUEST | NLM_F_ACK, seq);
+                nfgenmsg(w, *family, 0);
+                w.attr_str(NFTA_TABLE_NAME, name);
+            }
+        }
+        w.end();
+    }
+}
+
+/// Every table (all families).
+pub fn dump_tables(sock: &mut Socket) -> Result<Vec<Table>, Errno> {
+    let seq = sock.next_seq();
+    let mut w = Writer::default();
+    w.begin(msg_type(NFT_MSG_GETTABLE), NLM_F_REQUEST | NLM_F_DUMP, seq);
+    nfgenmsg(&mut w, 0, 0);
+    w.end();
+    let mut out = Vec::new();
+    sock.dump(&w.buf, seq, |m| {
+        if m.ty != msg_type(NFT_MSG_NEWTABLE) || m.payload.len() < 4 {
+            return;
+        }
+        if let Some((_, name)) = attrs(&m.payload[4..]).find(|(t, _)| *t == NFTA_TABLE_NAME) {
+            out.push(Table {
+                family: m.payload[0],
+                name: attr_str(name),
+            });
+        }
+    })?;
+    Ok(out)
+}
+
+/// Every rule of one table. A table that does not exist has no rules.
+pub fn dump_rules(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Rule>, Errno> {
+    let seq = sock.next_seq();
+    let mut w = Writer::default();
+    w.begin(msg_type(NFT_MSG_GETRULE), NLM_F_REQUEST | NLM_F_DUMP, seq);
+    nfgenmsg(&mut w, family, 0);
+    w.attr_str(NFTA_RULE_TABLE, table);
+    w.end();
+    let mut out = Vec::new();
+    match sock.dump(&w.buf, seq, |m| {
+        if m.ty == msg_type(NFT_MSG_NEWRULE)
+            && let Some(r) = decode_rule(m.payload)
+        {
+            out.push(r);
+        }
+    }) {
+        Ok(()) => Ok(out),
+        Err(Errno::NOENT) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn decode_rule(payload: &[u8]) -> Option<Rule> {
+    let family = *payload.first()?;
+    let mut rule = Rule {
+        family,
+        table: String::new(),
+        chain: String::new(),
+        handle: 0,
+        comment: None,
+    };
+    for (ty, p) in attrs(payload.get(4..)?) {
+        match ty {
+            NFTA_RULE_TABLE => rule.table = attr_str(p),
+            NFTA_RULE_CHAIN => rule.chain = attr_str(p),
+            NFTA_RULE_HANDLE => rule.handle = u64::from_be_bytes(p.get(..8)?.try_into().ok()?),
+            NFTA_RULE_USERDATA => rule.comment = comment(p),
+            _ => {}
+        }
+    }
+    (rule.handle != 0).then_some(rule)
+}
+
+/// The comment inside NFTA_RULE_USERDATA's `{u8 type; u8 len; value}` list.
+pub fn comment(udata: &[u8]) -> Option<String> {
+    let mut off = 0;
+    while off + 2 <= udata.len() {
+        let (ty, len) = (udata[off], udata[off + 1] as usize);
+        let value = udata.get(off + 2..off + 2 + len)?;
+        if ty == NFTNL_UDATA_RULE_COMMENT {
+            return Some(attr_str(value));
+        }
+        off += 2 + len;
+    }
+    None
+}
+
+/// Deletes `ops`, returning one result per op: Ok when deleted or already gone (ENOENT).
+/// Ops in a batch that another op aborted are sent again; the caller still verifies with
+/// a fresh dump, because a result can only say what the kernel told us.
+pub fn delete(sock: &mut Socket, ops: &[Op], deadline: Instant) -> Vec<Result<(), Errno>> {
+    sock.grow_buffers(4 << 20);
+    let mut results: Vec<Option<Result<(), Errno>>> = vec![None; ops.len()];
+    // Each round settles every op that failed in it, so few rounds are ever needed.
+    for _round in 0..5 {
+        let todo: Vec<usize> = (0..ops.len()).filter(|&i| results[i].is_none()).collect();
+        if todo.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for chunk in todo.chunks(BATCH_OPS) {
+            for (i, r) in chunk.iter().zip(send_batch(sock, ops, chunk)) {
+                if let Some(r) = r {
+                    results[*i] = Some(r);
+                }
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(Errno::TIMEDOUT)))
+        .collect()
+}
+
+/// One batch. Per op: Some(final result), or None when the batch was aborted by another
+/// op and this one should be sent again.
+fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Result<(), Errno>>> {
+    let n = chunk.len();
+    let begin_seq = sock.reserve_seqs(n as u32 + 2);
+    let mut w = Writer::default();
+    w.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin_seq);
+    nfgenmsg(&mut w, 0, NFNL_SUBSYS_NFTABLES);
+    w.end();
+    for (k, &i) in chunk.iter().enumerate() {
+        ops[i].encode(&mut w, begin_seq.wrapping_add(1 + k as u32));
+    }
+    w.begin(
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        begin_seq.wrapping_add(n as u32 + 1),
+    );
+    nfgenmsg(&mut w, 0, NFNL_SUBSYS_NFTABLES);
+    w.end();
+    if let Err(e) = sock.send(&w.buf) {
+        return vec![Some(Err(e)); n];
+    }
+    let mut codes: Vec<Option<i32>> = vec![None; n];
+    let mut batch_err = None;
+    let mut answered = 0;
+    let mut buf = Vec::new();
+    // The kernel handles the whole batch inside send(); replies are normally all queued.
+    while answered < n && batch_err.is_none() {
+        let data = match sock.recv_queued(&mut buf) {
+            Ok(Some(d)) => d,
+            Ok(None) => match sock.recv(&mut buf) {
+                Ok(d) => d,
+                Err(_) => break,
+            },
+            Err(_) => break, // ENOBUFS: ACKs were dropped; the verification dump decides.
+        };
+        for m in messages(data).flatten() {
+            if m.ty != NLMSG_ERROR {
+                continue;
+            }
+            let Some(code) = m.error_code() else { continue };
+            if m.seq == begin_seq {
+                if code != 0 {
+                    batch_err = Some(code);
+                }
+                continue;
+            }
+            let k = m.seq.wrapping_sub(begin_seq).wrapping_sub(1) as usize;
+            if k < n && codes[k].is_none() {
+                codes[k] = Some(code);
+                answered += 1;
+            }
+        }
+    }
+    if let Some(e) = batch_err {
+        return vec![Some(Err(Errno::from_raw_os_error(e))); n];
+    }
+    let aborted = codes.iter().any(|c| matches!(c, Some(c) if *c != 0));
+    codes
+        .into_iter()
+        .map(|c| match c {
+            Some(0) if aborted => None,
+            Some(0) => Some(Ok(())),
+            Some(libc::ENOENT) => Some(Ok(())),
+            Some(e) => Some(Err(Errno::from_raw_os_error(e))),
+            // No answer (lost ACK): assume applied; verification will tell.
+            None if aborted => None,
+            None => Some(Ok(())),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_tlv() {
+        let mut u = vec![NFTNL_UDATA_RULE_COMMENT, 12];
+        u.extend_from_slice(b"smolvm:vm-1\0");
+        assert_eq!(comment(&u).as_deref(), Some("smolvm:vm-1"));
+        // Another TLV first, then the comment.
+        let mut v = vec![5, 2, 0xaa, 0xbb];
+        v.extend_from_slice(&u);
+        assert_eq!(comment(&v).as_deref(), Some("smolvm:vm-1"));
+        // A length that runs past the end is not read.
+        assert_eq!(comment(&[0, 40, b'x']), None);
+    }
+
+    #[test]
+    fn delrule_always_carries_the_handle() {
+        let mut w = Writer::default();
+        let op = Op::Rule {
+            family: NFPROTO_INET,
+            table: "smolvm_filter".into(),
+            chain: "forward".into(),
+            handle: 0x0102,
+        };
+        op.encode(&mut w, 5);
+        let m = messages(&w.buf).next().unwrap().unwrap();
+        assert_eq!(m.ty, 0x0a08);
+        assert_eq!(&m.payload[..4], &[NFPROTO_INET, 0, 0, 0]);
+        let a: Vec<(u16, &[u8])> = attrs(&m.payload[4..]).collect();
+        assert_eq!(a[0], (NFTA_RULE_TABLE, &b"smolvm_filter\0"[..]));
+        assert_eq!(a[1], (NFTA_RULE_CHAIN, &b"forward\0"[..]));
+        assert_eq!(a[2], (NFTA_RULE_HANDLE, &[0, 0, 0, 0, 0, 0, 1, 2][..]));
+    }
+
+    #[test]
+    fn rule_decoding() {
+        let mut w = Writer::default();
+        w.begin(msg_type(NFT_MSG_NEWRULE), 0, 1);
+        nfgenmsg(&mut w, NFPROTO_IPV4, 0);
+        w.attr_str(NFTA_RULE_TABLE, "smolvm_nat");
+        w.attr_str(NFTA_RULE_CHAIN, "prerouting");
+        w.attr(NFTA_RULE_HANDLE, &5u64.to_be_bytes());
+        let mut u = vec![NFTNL_UDATA_RULE_COMMENT, 23];
+        u.extend_from_slice(b"smolvm:vm-0a1b2c3d:ssh\0");
+        w.attr(NFTA_RULE_USERDATA, &u);
+        w.end();
+        let m = messages(&w.buf).next().unwrap().unwrap();
+        let r = decode_rule(m.payload).unwrap();
+        assert_eq!(
+            r,
+            Rule {
+                family: NFPROTO_IPV4,
+                table: "smolvm_nat".into(),
+                chain: "prerouting".into(),
+                handle: 5,
+                comment: Some("smolvm:vm-0a1b2c3d:ssh".into()),
+            }
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Reads processes from /proc (root injected, so tests can use a fake tree): state, start
+//! time and command line, and the scan for VMM processes. Gathers facts, decides nothing.
+
+use std::path::{Path, PathBuf};
+
+use crate::model::ProcInfo;
+
+/// Parses `/proc/PID/stat`: the fields after the last `)` (the comm may hold spaces and
+/// parens). Returns the state letter and field 22, starttime.
+pub fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state (field 3), starttime is field 22: 18 fields further on.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// `/proc/PID/cmdline` split on NUL (lossy: an argument is only compared, never executed).
+pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Boot time as Unix seconds, from `/proc/uptime` (10 ms precision) and the wall clock.
+pub fn boot_time(root: &Path, now_unix: f64) -> Option<f64> {
+    let up = std::fs::read_to_string(root.join("uptime")).ok()?;
+    let secs: f64 = up.split_ascii_whitespace().next()?.parse().ok()?;
+    Some(now_unix - secs)
+}
+
+pub struct Procfs {
+    pub root: PathBuf,
+    boot_unix: f64,
+    ticks_per_sec: f64,
+}
+
+impl Procfs {
+    pub fn new(root: &Path, now_unix: f64) -> Procfs {
+        Procfs {
+            root: root.to_path_buf(),
+            boot_unix: boot_time(root, now_unix).unwrap_or(0.0),
+            ticks_per_sec: rustix::param::clock_ticks_per_second() as f64,
+        }
+    }
+
+    /// The process at `pid`, or None when there is none (or it vanished while we read).
+    pub fn read(&self, pid: i32) -> Option<ProcInfo> {
+        let dir = self.root.join(pid.to_string());
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        let (state, start_ticks) = parse_stat(&stat)?;
+        // A zombie's cmdline is empty; an unreadable one (hidepid) is treated the same way.
+        let cmdline = std::fs::read(dir.join("cmdline"))
+            .map(|raw| parse_cmdline(&raw))
+            .unwrap_or_default();
+        Some(ProcInfo {
+            pid,
+            state,
+            start_ticks,
+            start_unix: self.boot_unix + start_ticks as f64 / self.ticks_per_sec,
+            cmdline,
+        })
+    }
+
+    /// Re-reads only the start time, to prove a pidfd still refers to the process we judged.
+    pub fn start_ticks(&self, pid: i32) -> Option<u64> {
+        let stat = std::fs::read_to_string(self.root.join(pid.to_string()).join("stat")).ok()?;
+        parse_stat(&stat).map(|(_, t)| t)
+    }
+
+    /// Every process whose argv[0] looks like a VMM (Firecracker or QEMU), one pass over /proc.
+    pub fn scan_vmms(&self) -> Vec<ProcInfo> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            // Cheap filter first: cmdline only, stat only for candidates.
+            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let argv0 = raw.split(|&b| b == 0).next().unwrap_or_default();
+            if !is_vmm_argv0(&String::from_utf8_lossy(argv0)) {
+                continue;
+            }
+            if let Some(info) = self.read(pid) {
+                out.push(info);
+            }
+        }
+        out.sort_by_key(|p| p.pid);
+        out
+    }
+}
+
+/// `firecracker` (possibly a path) or a QEMU system emulator.
+pub fn is_vmm_argv0(argv0: &str) -> bool {
+    let base = argv0.rsplit('/').next().unwrap_or(argv0);
+    base == "firecracker" || base.starts_with("qemu-system-") || base == "qemu-kvm"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_hostile_comm() {
+        let stat = "4242 (fire) cr (acker) S 1 4242 4242 0 -1 4194560 96 0 0 0 0 0 0 0 20 0 1 0 987654 4096 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(parse_stat(stat), Some(('S', 987654)));
+        assert_eq!(parse_stat("12 (x) Z 1 2 3"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn cmdline_split() {
+        assert_eq!(
+            parse_cmdline(b"firecracker\0--api-sock\0/tmp/fc-vm-1.sock\0"),
+            ["firecracker", "--api-sock", "/tmp/fc-vm-1.sock"]
+        );
+        assert!(parse_cmdline(b"").is_empty());
+    }
+
+    #[test]
+    fn vmm_names() {
+        assert!(is_vmm_argv0("firecracker"));
+        assert!(is_vmm_argv0("/usr/local/bin/firecracker"));
+        assert!(is_vmm_argv0("qemu-system-x86_64"));
+        assert!(!is_vmm_argv0("firecracker-helper"));
+        assert!(!is_vmm_argv0("sleep"));
+    }
+
+    #[test]
+    fn fake_proc_tree() {
+        let root = std::env::temp_dir().join(format!("smolvm-procfs-{}", std::process::id()));
+        let p = root.join("77");
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(root.join("uptime"), "1000.00 1.0\n").unwrap();
+        let fields = "S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 50000 0 0";
+        std::fs::write(p.join("stat"), format!("77 (firecracker) {fields}")).unwrap();
+        std::fs::write(p.join("cmdline"), b"firecracker\0--api-sock\0/tmp/fc-a.sock\0").unwrap();
+        let q = root.join("78");
+        std::fs::create_dir_all(&q).unwrap();
+        std::fs::write(q.join("stat"), format!("78 (sleep) {fields}")).unwrap();
+        std::fs::write(q.join("cmdline"), b"sleep\x00100\x00").unwrap();
+        let fs = Procfs::new(&root, 10_000.0);
+        let found = fs.scan_vmms();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pid, 77);
+        assert_eq!(found[0].start_ticks, 50000);
+        let tps = rustix::param::clock_ticks_per_second() as f64;
+        assert!((found[0].start_unix - (9000.0 + 50000.0 / tps)).abs() < 1e-6);
+        assert!(fs.read(79).is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

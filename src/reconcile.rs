@@ -1,0 +1,694 @@
+//! Pure: turns what was observed (rows, processes, links, rules, files) into one entry
+//! per VM id with the resources that are provably that VM's, and decides which VMs are
+//! stale. No I/O here, so every rule is unit-tested without root.
+//!
+//! A process is a VM's VMM only when its command line names the VM (API socket, disk or
+//! `--id`) and it started no later than the row was last written; anything else at a
+//! recorded pid is someone else's process that reused the pid.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::model::{FileRef, Link, ProcInfo, Row, Rule, Status, Table, valid_tap_name, valid_vm_id};
+use crate::netlink::nft::{NFPROTO_INET, NFPROTO_IPV4};
+use crate::process::Vmm;
+use crate::procfs::is_vmm_argv0;
+
+/// Slack between a process's start time (from boot time + ticks) and the row's timestamp.
+const START_SLACK_SECS: f64 = 1.0;
+
+/// The two tables SmolVM puts its per-VM rules in.
+pub fn is_smolvm_rule_table(family: u8, table: &str) -> bool {
+    (family == NFPROTO_IPV4 && table == "smolvm_nat") || (family == NFPROTO_INET && table == "smolvm_filter")
+}
+
+/// Everything discovery saw, as plain data.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    pub rows: Vec<Row>,
+    /// The data dir of each state DB, indexed by `Row::db`.
+    pub db_dirs: Vec<PathBuf>,
+    /// Every data dir in use.
+    pub data_dirs: Vec<PathBuf>,
+    pub socket_dir: PathBuf,
+    /// The processes at pids that rows record (a pid with no process is absent).
+    pub procs: BTreeMap<i32, ProcInfo>,
+    /// Every process that looks like a VMM.
+    pub vmms: Vec<ProcInfo>,
+    pub links: Vec<Link>,
+    /// Rules of SmolVM's tables.
+    pub rules: Vec<Rule>,
+    pub tables: Vec<Table>,
+    /// Socket files that a live process still accepts connections on.
+    pub served: BTreeSet<PathBuf>,
+    pub own_pid: i32,
+}
+
+/// One VM id with every resource that is provably its own.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Vm {
+    pub id: String,
+    /// Indexes into `Observed::rows`.
+    pub rows: Vec<usize>,
+    pub status: Option<Status>,
+    /// Why the VM is stale, when it is.
+    pub stale: Option<String>,
+    /// Rows to mark `error`/pid NULL as SmolVM's reconcile does (indexes into rows).
+    pub mark: Vec<usize>,
+    pub vmms: Vec<Vmm>,
+    /// Why this VM must not be touched even when targeted.
+    pub refuse: Option<String>,
+    /// TAP names the VM owns (valid names; present or not).
+    pub tap_names: Vec<String>,
+    /// Indexes into `Observed::links` of its TAPs that exist.
+    pub taps: Vec<usize>,
+    /// Indexes into `Observed::rules`.
+    pub rules: Vec<usize>,
+    /// Indexes into `Observed::tables` (per-TAP policy tables of newer SmolVM).
+    pub tables: Vec<usize>,
+    pub files: Vec<FileRef>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    pub vms: Vec<Vm>,
+    /// Hostile or inconsistent input, for stderr.
+    pub warnings: Vec<String>,
+}
+
+/// `fc-<id>.sock` → id, for the socket names SmolVM uses.
+fn socket_id(name: &str) -> Option<&str> {
+    ["fc-", "qmp-", "vsock-"].iter().find_map(|p| {
+        let id = name.strip_prefix(p)?.strip_suffix(".sock")?;
+        valid_vm_id(id).then_some(id)
+    })
+}
+
+fn disk_id(name: &str) -> Option<&str> {
+    let id = name
+        .strip_suffix(".ext4")
+        .or_else(|| name.strip_suffix(".qcow2"))?;
+    valid_vm_id(id).then_some(id)
+}
+
+/// The VM ids a VMM command line names: an API/QMP/vsock socket in the socket dir, a disk
+/// in a data dir's `disks/`, or `--id <id>`.
+pub fn named_ids(cmdline: &[String], socket_dir: &Path, data_dirs: &[PathBuf]) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut prev = "";
+    for arg in cmdline.iter().skip(1) {
+        if prev == "--id" && valid_vm_id(arg) {
+            ids.insert(arg.clone());
+        }
+        prev = arg;
+        // `--api-sock=/p`, QEMU's `file=/p,format=raw` and `unix:/p,server`.
+        for token in arg.split(',') {
+            let token = token.rsplit('=').next().unwrap_or(token);
+            let token = token.strip_prefix("unix:").unwrap_or(token);
+            let path = Path::new(token);
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+            else {
+                continue;
+            };
+            if parent == socket_dir
+                && let Some(id) = socket_id(name)
+            {
+                ids.insert(id.to_string());
+            }
+            if data_dirs.iter().any(|d| parent == d.join("disks"))
+                && let Some(id) = disk_id(name)
+            {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    ids
+}
+
+/// Is `p` this VM's VMM: a VMM binary whose command line names exactly this VM?
+fn names_only(p: &ProcInfo, id: &str, obs: &Observed, dirs: &[PathBuf]) -> bool {
+    if !p.cmdline.first().is_some_and(|a| is_vmm_argv0(a)) {
+        return false;
+    }
+    let ids = named_ids(&p.cmdline, &obs.socket_dir, dirs);
+    ids.len() == 1 && ids.contains(id)
+}
+
+/// Judges the pid a row records. Ok: the VMM is alive and proven. Err: why it is stale.
+fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<Vmm, String> {
+    let Some(raw) = row.pid else {
+        return Err("no VMM pid recorded".into());
+    };
+    let pid = match i32::try_from(raw) {
+        Ok(p) if p > 1 && p != obs.own_pid => p,
+        _ => return Err(format!("recorded pid {raw} cannot be a VMM")),
+    };
+    let Some(p) = obs.procs.get(&pid) else {
+        return Err(format!("VMM pid {pid} is gone"));
+    };
+    if p.is_zombie() {
+        return Err(format!("VMM pid {pid} is a zombie"));
+    }
+    if !names_only(p, &row.id, obs, dirs) {
+        let what = p.cmdline.first().map(String::as_str).unwrap_or("?");
+        return Err(format!("pid {pid} is now another process ({what:?})"));
+    }
+    if let Some(updated) = row.updated_unix
+        && p.start_unix > updated + START_SLACK_SECS
+    {
+        return Err(format!(
+            "pid {pid} started after the row was written (pid reused)"
+        ));
+    }
+    Ok(Vmm {
+        pid,
+        start_ticks: p.start_ticks,
+    })
+}
+
+/// Rules that belong to a VM: its own comments, and the per-TAP comments of its TAPs.
+pub fn rule_is_vms(comment: &str, id: &str, taps: &[String]) -> bool {
+    let Some(rest) = comment.strip_prefix("smolvm:") else {
+        return false;
+    };
+    if let Some(after) = rest.strip_prefix(id)
+        && (after == ":ssh" || after.starts_with(":local:"))
+    {
+        return true;
+    }
+    taps.iter().any(|tap| {
+        rest.strip_prefix("nat:tap:")
+            .or_else(|| rest.strip_prefix("egress:"))
+            .and_then(|r| r.strip_prefix(tap.as_str()))
+            .is_some_and(|r| r.starts_with(':'))
+    })
+}
+
+/// Files SmolVM leaves for a VM id.
+pub fn vm_files(id: &str, socket_dir: &Path, data_dirs: &[PathBuf], retain_disk: bool) -> Vec<FileRef> {
+    let mut files = vec![
+        FileRef::new(socket_dir, format!("fc-{id}.sock")),
+        FileRef::new(socket_dir, format!("qmp-{id}.sock")),
+        FileRef::new(socket_dir, format!("vsock-{id}.sock")),
+    ];
+    for d in data_dirs {
+        files.push(FileRef::new(d, format!("{id}.log")));
+        if !retain_disk {
+            files.push(FileRef::new(d, format!("disks/{id}.ext4")));
+            files.push(FileRef::new(d, format!("disks/{id}.qcow2")));
+        }
+    }
+    files
+}
+
+/// Builds the inventory. Rows come first, in DB order.
+pub fn inventory(obs: &Observed) -> Inventory {
+    let mut inv = Inventory::default();
+    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, row) in obs.rows.iter().enumerate() {
+        if !valid_vm_id(&row.id) {
+            inv.warnings.push(format!(
+                "refusing a state row whose id {:?} is not a SmolVM VM id; it is left as it is",
+                row.id
+            ));
+            continue;
+        }
+        let k = *by_id.entry(row.id.clone()).or_insert_with(|| {
+            inv.vms.push(Vm {
+                id: row.id.clone(),
+                status: Some(Status::parse(&row.status)),
+                ..Vm::default()
+            });
+            inv.vms.len() - 1
+        });
+        inv.vms[k].rows.push(i);
+    }
+
+    // Scanned VMM processes, by the one VM id each names.
+    let mut scanned: BTreeMap<&str, Vec<&ProcInfo>> = BTreeMap::new();
+    let mut names: Vec<BTreeSet<String>> = Vec::new();
+    for p in &obs.vmms {
+        names.push(named_ids(&p.cmdline, &obs.socket_dir, &obs.data_dirs));
+    }
+    for (p, ids) in obs.vmms.iter().zip(&names) {
+        if p.is_zombie() {
+            continue;
+        }
+        if ids.len() == 1
+            && let Some(id) = ids.iter().next()
+        {
+            scanned.entry(id.as_str()).or_default().push(p);
+        }
+    }
+
+    for vm in &mut inv.vms {
+        let rows: Vec<&Row> = vm.rows.iter().map(|&i| &obs.rows[i]).collect();
+        let dirs: Vec<PathBuf> = {
+            let mut d: Vec<PathBuf> = rows
+                .iter()
+                .filter_map(|r| obs.db_dirs.get(r.db).cloned())
+                .collect();
+            d.dedup();
+            d
+        };
+        let newest_write = rows
+            .iter()
+            .filter_map(|r| r.updated_unix)
+            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+
+        // The VMM: what rows record, then what the scan found naming this VM.
+        let mut stale_reason = None;
+        let mut expects = false;
+        for (&ri, row) in vm.rows.iter().zip(&rows) {
+            if !Status::parse(&row.status).expects_process() {
+                continue;
+            }
+            expects = true;
+            match judge_pid(row, obs, &dirs) {
+                Ok(v) => {
+                    if !vm.vmms.contains(&v) {
+                        vm.vmms.push(v);
+                    }
+                }
+                Err(why) => {
+                    if let Some(raw) = row.pid
+                        && (raw <= 1 || raw > i64::from(i32::MAX) || raw == i64::from(obs.own_pid))
+                    {
+                        inv.warnings
+                            .push(format!("{}: {why}; refusing to signal it", row.id));
+                    }
+                    stale_reason.get_or_insert(why);
+                    if row.status != "error" || row.pid.is_some() {
+                        vm.mark.push(ri);
+                    }
+                }
+            }
+        }
+        for p in scanned.get(vm.id.as_str()).into_iter().flatten() {
+            if vm.vmms.iter().any(|v| v.pid == p.pid) {
+                continue;
+            }
+            if let Some(t) = newest_write
+                && p.start_unix > t + START_SLACK_SECS
+            {
+                vm.refuse.get_or_insert(format!(
+                    "VMM pid {} started after its state row was last written (VM starting?); not touched",
+                    p.pid
+                ));
+                continue;
+            }
+            vm.vmms.push(Vmm {
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+            });
+        }
+        if expects && vm.vmms.is_empty() {
+            vm.stale = stale_reason.or(Some("VMM is gone".into()));
+        } else {
+            // A VMM lives: the row is not stale, whatever its pid column says.
+            vm.mark.clear();
+        }
+
+        // TAPs: valid names only, and only links that really are TAPs.
+        for row in &rows {
+            for tap in &row.taps {
+                if tap == "usernet" {
+                    continue; // QEMU user-mode networking: no host device.
+                }
+                if !valid_tap_name(tap) {
+                    inv.warnings
+                        .push(format!("{}: refusing TAP name {tap:?} from the state DB", vm.id));
+                    continue;
+                }
+                if !vm.tap_names.contains(tap) {
+                    vm.tap_names.push(tap.clone());
+                }
+            }
+        }
+        for tap in &vm.tap_names {
+            let Some(li) = obs.links.iter().position(|l| &l.name == tap) else {
+                continue;
+            };
+            let l = &obs.links[li];
+            let alias_ok = !tap.starts_with("svmb")
+                || l.alias.as_deref() == Some(format!("smolvm-bridge:{}", vm.id).as_str());
+            if l.is_tap() && alias_ok {
+                vm.taps.push(li);
+            } else {
+                inv.warnings.push(format!(
+                    "{}: link {tap} is not SmolVM's TAP (kind {}); left alone",
+                    vm.id,
+                    l.kind.as_deref().unwrap_or("none")
+                ));
+            }
+        }
+        vm.rules = obs
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| is_smolvm_rule_table(r.family, &r.table))
+            .filter(|(_, r)| {
+                r.comment
+                    .as_deref()
+                    .is_some_and(|c| rule_is_vms(c, &vm.id, &vm.tap_names))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        vm.tables = obs
+            .tables
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                t.family == NFPROTO_INET
+                    && t.name
+                        .strip_prefix("smolvm_policy_")
+                        .is_some_and(|tap| vm.tap_names.iter().any(|n| n == tap))
+            })
+            .map(|(i, _)| i)
+            .collect();
+
+        let retain = rows.iter().any(|r| r.retain_disk);
+        vm.files = vm_files(&vm.id, &obs.socket_dir, &dirs, retain);
+        if vm.vmms.is_empty()
+            && let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path()))
+        {
+            vm.refuse.get_or_insert(format!(
+                "{} is still served by a process that is not a VMM of this host's; not touched",
+                f.path().display()
+            ));
+        }
+        for row in &rows {
+            if let Some(sp) = &row.socket_path
+                && !vm.files.iter().any(|f| Path::new(sp) == f.path())
+            {
+                inv.warnings.push(format!(
+                    "{}: socket path {sp:?} is not {}/fc-{}.sock; it is not removed",
+                    vm.id,
+                    obs.socket_dir.display(),
+                    vm.id
+                ));
+            }
+        }
+    }
+    inv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
+        Row {
+            db: 0,
+            id: id.into(),
+            status: status.into(),
+            pid,
+            socket_path: None,
+            created_at: None,
+            updated_at: Some("t".into()),
+            updated_unix: Some(1000.0),
+            created_unix: Some(900.0),
+            taps: vec![],
+            retain_disk: false,
+        }
+    }
+
+    fn proc(pid: i32, start: f64, cmd: &[&str]) -> ProcInfo {
+        ProcInfo {
+            pid,
+            state: 'S',
+            start_ticks: pid as u64 * 10,
+            start_unix: start,
+            cmdline: cmd.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn fc(pid: i32, start: f64, id: &str) -> ProcInfo {
+        proc(
+            pid,
+            start,
+            &["firecracker", "--api-sock", &format!("/tmp/fc-{id}.sock")],
+        )
+    }
+
+    fn obs(rows: Vec<Row>) -> Observed {
+        Observed {
+            rows,
+            db_dirs: vec!["/var/lib/smolvm".into()],
+            data_dirs: vec!["/var/lib/smolvm".into()],
+            socket_dir: "/tmp".into(),
+            own_pid: 99,
+            ..Observed::default()
+        }
+    }
+
+    fn tap(index: i32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind: Some("tun".into()),
+            tun_type: Some(2),
+            group: 0,
+            alias: None,
+            carrier: false,
+        }
+    }
+
+    fn rule(family: u8, table: &str, handle: u64, comment: &str) -> Rule {
+        Rule {
+            family,
+            table: table.into(),
+            chain: "c".into(),
+            handle,
+            comment: Some(comment.into()),
+        }
+    }
+
+    #[test]
+    fn live_vmm_is_not_stale() {
+        let mut o = obs(vec![row("vm-1", "running", Some(500))]);
+        o.procs.insert(500, fc(500, 990.0, "vm-1"));
+        let inv = inventory(&o);
+        assert_eq!(inv.vms[0].stale, None);
+        assert_eq!(
+            inv.vms[0].vmms,
+            vec![Vmm {
+                pid: 500,
+                start_ticks: 5000
+            }]
+        );
+        assert!(inv.vms[0].mark.is_empty());
+    }
+
+    #[test]
+    fn gone_zombie_reused_and_late_pids_are_stale() {
+        let cases: Vec<(Option<ProcInfo>, &str)> = vec![
+            (None, "gone"),
+            (
+                Some(ProcInfo {
+                    state: 'Z',
+                    ..fc(500, 990.0, "vm-1")
+                }),
+                "zombie",
+            ),
+            (Some(proc(500, 990.0, &["sleep", "1000"])), "another process"),
+            (Some(fc(500, 990.0, "vm-2")), "another process"),
+            (Some(fc(500, 1002.0, "vm-1")), "pid reused"),
+        ];
+        for (p, why) in cases {
+            let mut o = obs(vec![row("vm-1", "running", Some(500))]);
+            if let Some(p) = p {
+                o.procs.insert(500, p);
+            }
+            let inv = inventory(&o);
+            let vm = &inv.vms[0];
+            assert!(
+                vm.stale.as_deref().is_some_and(|s| s.contains(why)),
+                "{why}: {:?}",
+                vm.stale
+            );
+            assert!(vm.vmms.is_empty(), "{why}: never signal it");
+            assert_eq!(vm.mark, vec![0]);
+        }
+    }
+
+    #[test]
+    fn absurd_pids_are_refused_and_stale() {
+        for pid in [0, 1, -5, 99, i64::from(i32::MAX) + 1] {
+            let mut o = obs(vec![row("vm-1", "running", Some(pid))]);
+            o.procs.insert(1, proc(1, 0.0, &["/sbin/init"]));
+            o.procs.insert(99, fc(99, 0.0, "vm-1"));
+            let inv = inventory(&o);
+            assert!(inv.vms[0].vmms.is_empty(), "pid {pid}");
+            assert!(inv.vms[0].stale.is_some());
+            assert_eq!(inv.warnings.len(), 1, "pid {pid}");
+        }
+    }
+
+    #[test]
+    fn created_and_stopped_are_never_stale_and_error_is_marked_once() {
+        let mut o = obs(vec![
+            row("keepme", "created", None),
+            row("web", "stopped", None),
+            row("vm-9", "error", None),
+        ]);
+        o.rows[2].pid = None;
+        let inv = inventory(&o);
+        assert_eq!(inv.vms[0].stale, None);
+        assert_eq!(inv.vms[1].stale, None);
+        assert!(inv.vms[2].stale.is_some());
+        assert!(
+            inv.vms[2].mark.is_empty(),
+            "already error with no pid: nothing to write"
+        );
+    }
+
+    #[test]
+    fn scanned_vmm_keeps_a_row_alive_unless_it_started_later() {
+        let mut o = obs(vec![row("vm-1", "running", Some(500))]);
+        o.vmms.push(fc(700, 950.0, "vm-1"));
+        let inv = inventory(&o);
+        assert_eq!(inv.vms[0].stale, None);
+        assert_eq!(inv.vms[0].vmms[0].pid, 700);
+
+        let mut o = obs(vec![row("vm-1", "created", None)]);
+        o.vmms.push(fc(700, 1005.0, "vm-1"));
+        let inv = inventory(&o);
+        assert!(inv.vms[0].vmms.is_empty());
+        assert!(inv.vms[0].refuse.is_some());
+    }
+
+    #[test]
+    fn invalid_ids_and_tap_names_are_refused() {
+        let mut r = row("vm-1", "stopped", None);
+        r.taps = vec!["eth0".into(), "../x".into(), "tap3".into(), "usernet".into()];
+        let o = Observed {
+            links: vec![tap(2, "eth0"), tap(3, "tap3")],
+            ..obs(vec![row("../../etc", "running", Some(5)), r])
+        };
+        let inv = inventory(&o);
+        assert_eq!(inv.vms.len(), 1);
+        assert_eq!(inv.vms[0].tap_names, ["tap3"]);
+        assert_eq!(inv.vms[0].taps, [1]);
+        assert_eq!(inv.warnings.len(), 3);
+    }
+
+    #[test]
+    fn a_link_that_is_not_a_tap_is_left_alone() {
+        let mut r = row("vm-1", "stopped", None);
+        r.taps = vec!["tap3".into()];
+        let mut veth = tap(3, "tap3");
+        veth.kind = Some("veth".into());
+        veth.tun_type = None;
+        let o = Observed {
+            links: vec![veth],
+            ..obs(vec![r])
+        };
+        let inv = inventory(&o);
+        assert!(inv.vms[0].taps.is_empty());
+        assert_eq!(inv.warnings.len(), 1);
+    }
+
+    #[test]
+    fn rules_by_comment() {
+        let taps = vec!["tap2".to_string()];
+        assert!(rule_is_vms("smolvm:vm-1:ssh", "vm-1", &taps));
+        assert!(rule_is_vms("smolvm:vm-1:local:8080:80", "vm-1", &taps));
+        assert!(rule_is_vms("smolvm:nat:tap:tap2:to:uplink0", "vm-1", &taps));
+        assert!(rule_is_vms("smolvm:egress:tap2:allow", "vm-1", &taps));
+        assert!(!rule_is_vms("smolvm:vm-10:ssh", "vm-1", &taps));
+        assert!(!rule_is_vms("smolvm:vm-1:sshx", "vm-1", &taps));
+        assert!(!rule_is_vms("smolvm:nat:tap:tap22:to:uplink0", "vm-1", &taps));
+        assert!(!rule_is_vms("smolvm:global:forward:established", "vm-1", &taps));
+        assert!(!rule_is_vms("vm-1:ssh", "vm-1", &taps));
+    }
+
+    #[test]
+    fn rules_only_from_smolvm_tables() {
+        let mut r = row("vm-1", "stopped", None);
+        r.taps = vec!["tap2".into()];
+        let o = Observed {
+            rules: vec![
+                rule(NFPROTO_IPV4, "smolvm_nat", 5, "smolvm:vm-1:ssh"),
+                rule(NFPROTO_INET, "smolvm_filter", 3, "smolvm:nat:tap:tap2:to:uplink0"),
+                rule(NFPROTO_INET, "smolvm_nat", 9, "smolvm:vm-1:ssh"),
+                rule(NFPROTO_IPV4, "other", 7, "smolvm:vm-1:ssh"),
+                rule(
+                    NFPROTO_INET,
+                    "smolvm_filter",
+                    4,
+                    "smolvm:global:forward:tap-isolation",
+                ),
+            ],
+            tables: vec![
+                Table {
+                    family: NFPROTO_INET,
+                    name: "smolvm_policy_tap2".into(),
+                },
+                Table {
+                    family: NFPROTO_INET,
+                    name: "smolvm_policy_tap3".into(),
+                },
+            ],
+            ..obs(vec![r])
+        };
+        let inv = inventory(&o);
+        assert_eq!(inv.vms[0].rules, [0, 1]);
+        assert_eq!(inv.vms[0].tables, [0]);
+    }
+
+    #[test]
+    fn named_ids_forms() {
+        let dirs = [PathBuf::from("/var/lib/smolvm")];
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let ids = |v: &[&str]| named_ids(&s(v), Path::new("/tmp"), &dirs);
+        assert_eq!(
+            ids(&["firecracker", "--api-sock", "/tmp/fc-vm-1.sock"]),
+            ["vm-1".to_string()].into()
+        );
+        assert_eq!(
+            ids(&["firecracker", "--api-sock=/tmp/fc-vm-1.sock"]),
+            ["vm-1".to_string()].into()
+        );
+        assert!(ids(&["firecracker", "--api-sock", "/var/tmp/fc-vm-1.sock"]).is_empty());
+        assert_eq!(
+            ids(&[
+                "qemu-system-x86_64",
+                "-drive",
+                "file=/var/lib/smolvm/disks/web.ext4,format=raw"
+            ]),
+            ["web".to_string()].into()
+        );
+        assert_eq!(
+            ids(&[
+                "qemu-system-x86_64",
+                "-qmp",
+                "unix:/tmp/qmp-web.sock,server,nowait"
+            ])
+            .len(),
+            1
+        );
+        assert_eq!(ids(&["firecracker", "--id", "vm-7"]), ["vm-7".to_string()].into());
+        assert!(ids(&["firecracker", "--api-sock", "/tmp/fc-../x.sock"]).is_empty());
+    }
+
+    #[test]
+    fn served_socket_without_a_known_vmm_is_refused() {
+        let mut o = obs(vec![row("vm-1", "stopped", None)]);
+        o.served.insert("/tmp/fc-vm-1.sock".into());
+        let inv = inventory(&o);
+        assert!(inv.vms[0].refuse.is_some());
+    }
+
+    #[test]
+    fn files_follow_the_row_and_retain_flag() {
+        let mut r = row("vm-1", "stopped", None);
+        r.retain_disk = true;
+        let inv = inventory(&obs(vec![r]));
+        let rels: Vec<&str> = inv.vms[0].files.iter().map(|f| f.rel.as_str()).collect();
+        assert_eq!(
+            rels,
+            ["fc-vm-1.sock", "qmp-vm-1.sock", "vsock-vm-1.sock", "vm-1.log"]
+        );
+    }
+}

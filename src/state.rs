@@ -1,0 +1,316 @@
+//! SmolVM's SQLite state DB: one consistent read of every row, the stale-row update, and
+//! the final row deletion. Owns how we talk to SQLite (read-only under `--dry-run`, a
+//! busy timeout so SmolVM's `BEGIN EXCLUSIVE` writers are waited for, short
+//! transactions, foreign keys on) and never creates, repairs or overwrites a DB file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, params};
+
+use crate::error::{Error, Result};
+use crate::model::Row;
+
+/// Child tables keyed by `vm_id` that SmolVM deletes with the VM (by cascade). We delete
+/// them explicitly too, so a DB whose foreign keys were never enforced is cleaned alike.
+const CHILD_TABLES: [&str; 4] = ["ssh_forwards", "ip_leases", "tap_allocations", "vsock_cids"];
+
+pub struct Db {
+    pub path: PathBuf,
+    conn: Connection,
+    tables: Vec<String>,
+}
+
+/// What happened to one row we were asked to delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    Deleted,
+    /// Someone else deleted it first: what we wanted.
+    AlreadyGone,
+    /// SmolVM changed the row after we read it (restarted the VM?): keep it.
+    Changed,
+}
+
+impl Db {
+    /// Opens an existing DB. `read_only` opens it so that SQLite cannot write a byte.
+    pub fn open(path: &Path, read_only: bool, busy: Duration) -> Result<Db> {
+        let action = || format!("open state DB {}", path.display());
+        check_header(path).map_err(|m| Error::msg(action(), m))?;
+        let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        flags |= if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::db(action(), e))?;
+        conn.busy_timeout(busy).map_err(|e| Error::db(action(), e))?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(|e| Error::db(action(), e))?;
+        let tables = {
+            let mut stmt = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .map_err(|e| Error::db(action(), e))?;
+            stmt.query_map([], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(|e| Error::db(action(), e))?
+        };
+        Ok(Db {
+            path: path.to_path_buf(),
+            conn,
+            tables,
+        })
+    }
+
+    fn has_table(&self, name: &str) -> bool {
+        self.tables.iter().any(|t| t == name)
+    }
+
+    /// Every VM row, in SmolVM's listing order (`created_at`), with its TAP names.
+    pub fn load(&self, db_index: usize) -> Result<Vec<Row>> {
+        let action = || format!("read state DB {}", self.path.display());
+        if !self.has_table("vms") {
+            return Ok(Vec::new());
+        }
+        let cols = self.columns("vms").map_err(|e| Error::db(action(), e))?;
+        let has = |c: &str| cols.iter().any(|x| x == c);
+        if !has("id") || !has("status") {
+            return Err(Error::msg(action(), "table vms has no id/status column"));
+        }
+        let col = |c: &str| if has(c) { c.to_string() } else { "NULL".to_string() };
+        let json = |c: &str, path: &str| {
+            if has(c) {
+                format!("CASE WHEN json_valid({c}) THEN json_extract({c}, '{path}') END")
+            } else {
+                "NULL".to_string()
+            }
+        };
+        let time = |c: &str| {
+            if has(c) {
+                format!("unixepoch({c}, 'subsec')")
+            } else {
+                "NULL".to_string()
+            }
+        };
+        let sql = format!(
+            "SELECT id, status, {pid}, {sock}, {cat}, {uat}, {uunix}, {cunix}, {tap}, {retain} \
+             FROM vms ORDER BY {order}, rowid",
+            pid = col("pid"),
+            sock = col("socket_path"),
+            cat = col("created_at"),
+            uat = col("updated_at"),
+            uunix = time("updated_at"),
+            cunix = time("created_at"),
+            tap = json("network", "$.tap_device"),
+            retain = json("config", "$.retain_disk_on_delete"),
+            order = col("created_at"),
+        );
+        // One read transaction: rows and leases from the same snapshot.
+        self.conn
+            .execute_batch("BEGIN")
+            .map_err(|e| Error::db(action(), e))?;
+        let result = self.read_rows(&sql, db_index);
+        let _ = self.conn.execute_batch("COMMIT");
+        result.map_err(|e| Error::db(action(), e))
+    }
+
+    fn read_rows(&self, sql: &str, db_index: usize) -> rusqlite::Result<Vec<Row>> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let mut rows = stmt
+            .query_map([], |r| {
+                let v = |i: usize| r.get::<_, Value>(i);
+                let tap = text(v(8)?);
+                Ok(Row {
+                    db: db_index,
+                    id: text(v(0)?).unwrap_or_else(|| "<non-text id>".to_string()),
+                    status: text(v(1)?).unwrap_or_default(),
+                    pid: int(v(2)?),
+                    socket_path: text(v(3)?),
+                    created_at: text(v(4)?),
+                    updated_at: text(v(5)?),
+                    updated_unix: real(v(6)?),
+                    created_unix: real(v(7)?),
+                    taps: tap.into_iter().collect(),
+                    retain_disk: matches!(v(9)?, Value::Integer(1)),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<Row>>>()?;
+        for table in ["ip_leases", "tap_allocations"] {
+            if !self.has_table(table) {
+                continue;
+            }
+            let mut stmt = self
+                .conn
+                .prepare(&format!("SELECT vm_id, tap_device FROM {table}"))?;
+            let pairs = stmt
+                .query_map([], |r| Ok((text(r.get(0)?), text(r.get(1)?))))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (vm, tap) in pairs {
+                let (Some(vm), Some(tap)) = (vm, tap) else {
+                    continue;
+                };
+                if let Some(row) = rows.iter_mut().find(|row| row.id == vm)
+                    && !row.taps.contains(&tap)
+                {
+                    row.taps.push(tap);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    fn columns(&self, table: &str) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        stmt.query_map([], |r| r.get::<_, String>(1))?.collect()
+    }
+
+    /// Marks stale rows as SmolVM does (`status='error', pid=NULL`), each only if the row
+    /// is still as we read it. Returns, per input, the new `updated_at` when it changed.
+    pub fn mark_stale(&self, rows: &[(&str, Option<&str>)], now: &str) -> Result<Vec<Option<String>>> {
+        let action = || format!("mark stale VMs in {}", self.path.display());
+        self.write(|conn| {
+            let mut stmt = conn.prepare(
+                "UPDATE vms SET status = 'error', pid = NULL, updated_at = ?1 \
+                 WHERE id = ?2 AND updated_at IS ?3",
+            )?;
+            rows.iter()
+                .map(|(id, old)| {
+                    let n = stmt.execute(params![now, id, old])?;
+                    Ok((n == 1).then(|| now.to_string()))
+                })
+                .collect()
+        })
+        .map_err(|e| Error::db(action(), e))
+    }
+
+    /// Deletes VM rows and their child rows in one transaction. A row is deleted only if
+    /// it is unchanged since we read it (`updated_at`), so a VM that SmolVM restarted in
+    /// the meantime keeps its row.
+    pub fn delete_rows(&self, rows: &[(&str, Option<&str>)]) -> Result<Vec<RowOutcome>> {
+        let action = || format!("delete rows from {}", self.path.display());
+        let children: Vec<&str> = CHILD_TABLES.into_iter().filter(|t| self.has_table(t)).collect();
+        self.write(|conn| {
+            let mut del = conn.prepare("DELETE FROM vms WHERE id = ?1 AND updated_at IS ?2")?;
+            let mut exists = conn.prepare("SELECT 1 FROM vms WHERE id = ?1")?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (id, updated) in rows {
+                let outcome = if del.execute(params![id, updated])? == 1 {
+                    RowOutcome::Deleted
+                } else if exists.exists(params![id])? {
+                    out.push(RowOutcome::Changed);
+                    continue;
+                } else {
+                    RowOutcome::AlreadyGone
+                };
+                for t in &children {
+                    conn.execute(&format!("DELETE FROM {t} WHERE vm_id = ?1"), params![id])?;
+                }
+                out.push(outcome);
+            }
+            Ok(out)
+        })
+        .map_err(|e| Error::db(action(), e))
+    }
+
+    /// Runs `f` inside `BEGIN IMMEDIATE … COMMIT`: the write lock is taken up front (waiting
+    /// out SmolVM's writers within the busy timeout), so no deadlock can occur mid-way.
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(&self.conn).and_then(|v| self.conn.execute_batch("COMMIT").map(|_| v)) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Refuses files that are not SQLite databases before SQLite gets to see them.
+fn check_header(path: &Path) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut head = [0u8; 16];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    match n {
+        0 => Ok(()), // SQLite treats an empty file as an empty DB.
+        16 if &head == b"SQLite format 3\0" => Ok(()),
+        _ => Err("not a SQLite database (bad header); left untouched".to_string()),
+    }
+}
+
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::Text(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn int(v: Value) -> Option<i64> {
+    match v {
+        Value::Integer(i) => Some(i),
+        Value::Real(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+        _ => None,
+    }
+}
+
+fn real(v: Value) -> Option<f64> {
+    match v {
+        Value::Real(f) => Some(f),
+        Value::Integer(i) => Some(i as f64),
+        _ => None,
+    }
+}
+
+/// `2026-11-28T15:22:55.286913+00:00`, the form SmolVM writes.
+pub fn iso8601_utc(unix: Duration) -> String {
+    let secs = unix.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix.subsec_micros()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_format() {
+        assert_eq!(
+            iso8601_utc(Duration::from_micros(0)),
+            "1970-01-01T00:00:00.000000+00:00"
+        );
+        // 2026-11-28T15:22:55.286913Z
+        let t = Duration::from_micros(1_795_879_375_286_913);
+        assert_eq!(iso8601_utc(t), "2026-11-28T15:22:55.286913+00:00");
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}
