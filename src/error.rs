@@ -53,19 +53,36 @@ impl From<rustix::io::Errno> for Cause {
     }
 }
 
-/// strerror without the libc call; EPERM and EACCES both read "Permission denied",
-/// which is what an operator needs to know (run as root / with CAP_NET_ADMIN).
+/// The errno's meaning, from our own table so the text is the same on musl and glibc.
+/// EPERM and EACCES both read "Permission denied": what an operator needs to know is to
+/// run as root / with CAP_NET_ADMIN.
 pub fn errno_text(errno: i32) -> String {
-    match errno {
-        libc::EPERM | libc::EACCES => "Permission denied".to_string(),
-        _ => {
-            let full = std::io::Error::from_raw_os_error(errno).to_string();
-            match full.find(" (os error") {
-                Some(i) => full[..i].to_string(),
-                None => full,
-            }
-        }
-    }
+    let text = match errno {
+        libc::EPERM | libc::EACCES => "Permission denied",
+        libc::ENOENT => "No such file or directory",
+        libc::ESRCH => "No such process",
+        libc::EINTR => "Interrupted",
+        libc::EAGAIN => "Resource temporarily unavailable",
+        libc::ENOMEM => "Out of memory",
+        libc::EBUSY => "Device or resource busy",
+        libc::EEXIST => "File exists",
+        libc::ENODEV => "No such device",
+        libc::ENOTDIR => "Not a directory",
+        libc::EISDIR => "Is a directory",
+        libc::EINVAL => "Invalid argument",
+        libc::EROFS => "Read-only file system",
+        libc::ELOOP => "Too many levels of symbolic links",
+        libc::EPROTO => "Protocol error",
+        libc::EMSGSIZE => "Message too long",
+        libc::EPROTONOSUPPORT => "Protocol not supported",
+        libc::EOPNOTSUPP => "Operation not supported",
+        libc::EAFNOSUPPORT => "Address family not supported",
+        libc::ENOBUFS => "No buffer space available",
+        libc::ETIMEDOUT => "Timed out",
+        libc::ECONNREFUSED => "Connection refused",
+        _ => return format!("errno {errno}"),
+    };
+    text.to_string()
 }
 
 impl fmt::Display for Error {

@@ -1,0 +1,239 @@
+//! End-to-end runs on state built like SmolVM's: default run, `--prefix`, `--all`,
+//! `--dry-run`, nothing to do, a protected VM, running twice, QEMU.
+
+use crate::util::{Proc, VmSpec, World, comments, fake_vmm, has_link, links, pid_alive, sh};
+
+/// A VM id's per-VM rule comments as SmolVM 0.0.5 writes them.
+fn vm_comments(id: &str, tap: &str) -> Vec<String> {
+    let mut v = vec![format!("smolvm:nat:tap:{tap}:to:uplink0")];
+    v.extend(std::iter::repeat_n(format!("smolvm:{id}:ssh"), 4));
+    v
+}
+
+fn globals() -> Vec<String> {
+    vec![
+        "smolvm:global:forward:established".into(),
+        "smolvm:global:forward:tap-isolation".into(),
+        "smolvm:global:nat:masquerade:uplink0".into(),
+    ]
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A pid that was just in use and now is not (a process that has exited and been reaped).
+fn dead_pid() -> i64 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    i64::from(pid)
+}
+
+/// The world of SmolVM's own probe: a live VM, a crashed one, a stopped one, a protected
+/// `keepme`, and a running row with no pid.
+fn standard_world(tag: &str) -> Option<World> {
+    let mut w = World::new(tag)?;
+    w.add(VmSpec::running("vm-aaaa0001", 2));
+    w.add(VmSpec {
+        pid: Some(dead_pid()),
+        ..VmSpec::new("vm-bbbb0002", "running", 3)
+    });
+    w.add(VmSpec::new("vm-cccc0003", "stopped", 4));
+    w.add(VmSpec::new("keepme", "created", 5));
+    w.add(VmSpec::new("vm-dddd0004", "running", 6));
+    Some(w)
+}
+
+fn assert_only_keepme_left(w: &World) {
+    assert_eq!(links(), ["lo", "tap5", "uplink0", "uplink0p"]);
+    let mut want = globals();
+    want.extend(vm_comments("keepme", "tap5"));
+    assert_eq!(comments(), sorted(want));
+    assert_eq!(w.ids(), ["keepme"]);
+    assert_eq!(w.child_rows("ip_leases"), ["keepme"]);
+    assert_eq!(w.child_rows("ssh_forwards"), ["keepme"]);
+    let files: Vec<String> = w.files().into_keys().filter(|f| !f.starts_with("bin")).collect();
+    assert_eq!(
+        files,
+        [
+            "data/",
+            "data/disks/",
+            "data/disks/keepme.ext4",
+            "data/keepme.log",
+            "data/smolvm.db",
+            "sock/"
+        ]
+    );
+}
+
+#[test]
+fn default_run_cleans_stale_and_prefixed_vms_and_nothing_else() {
+    let Some(mut w) = standard_world("default") else {
+        return;
+    };
+    let live = w.vmm_pid("vm-aaaa0001");
+    let r = w.run(&[]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: vm-bbbb0002, vm-dddd0004\n\
+         Targets (4):\n  - vm-aaaa0001\n  - vm-bbbb0002\n  - vm-cccc0003\n  - vm-dddd0004\n\
+         Deleted: vm-aaaa0001\nDeleted: vm-bbbb0002\nDeleted: vm-cccc0003\nDeleted: vm-dddd0004\n\
+         Cleanup complete.\n",
+    );
+    assert!(!pid_alive(live), "the live VM's VMM was stopped");
+    assert!(w.reap("vm-aaaa0001"));
+    assert_only_keepme_left(&w);
+}
+
+#[test]
+fn running_twice_is_safe() {
+    let Some(w) = standard_world("twice") else { return };
+    assert_eq!(w.run(&[]).code, 0);
+    let r = w.run(&[]);
+    r.expect(0, "No matching VMs to clean.\n");
+    assert_only_keepme_left(&w);
+}
+
+#[test]
+fn prefix_targets_other_ids_and_stale_vms_always() {
+    let Some(w) = standard_world("prefix") else { return };
+    let r = w.run(&["--prefix", "keep"]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: vm-bbbb0002, vm-dddd0004\n\
+         Targets (3):\n  - keepme\n  - vm-bbbb0002\n  - vm-dddd0004\n\
+         Deleted: keepme\nDeleted: vm-bbbb0002\nDeleted: vm-dddd0004\nCleanup complete.\n",
+    );
+    // The live VM and the stopped one are not targets: fully intact.
+    assert_eq!(w.ids(), ["vm-aaaa0001", "vm-cccc0003"]);
+    assert_eq!(links(), ["lo", "tap2", "tap4", "uplink0", "uplink0p"]);
+    let mut want = globals();
+    want.extend(vm_comments("vm-aaaa0001", "tap2"));
+    want.extend(vm_comments("vm-cccc0003", "tap4"));
+    assert_eq!(comments(), sorted(want));
+    assert!(pid_alive(w.vmm_pid("vm-aaaa0001")));
+    assert!(w.data.join("vm-cccc0003.log").exists());
+    assert!(w.socket_path("vm-aaaa0001").exists());
+    assert!(!w.data.join("keepme.log").exists());
+}
+
+#[test]
+fn all_targets_every_vm_in_db_order() {
+    let Some(mut w) = standard_world("all") else {
+        return;
+    };
+    let r = w.run(&["--all", "--prefix", "ignored"]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: vm-bbbb0002, vm-dddd0004\n\
+         Targets (5):\n  - vm-aaaa0001\n  - vm-bbbb0002\n  - vm-cccc0003\n  - keepme\n  - vm-dddd0004\n\
+         Deleted: vm-aaaa0001\nDeleted: vm-bbbb0002\nDeleted: vm-cccc0003\nDeleted: keepme\nDeleted: vm-dddd0004\n\
+         Cleanup complete.\n",
+    );
+    assert!(w.reap("vm-aaaa0001"));
+    assert_eq!(links(), ["lo", "uplink0", "uplink0p"]);
+    // Shared rules stay (issue: tables go only when every VM is gone, with --all).
+    assert_eq!(comments(), globals());
+    assert!(w.ids().is_empty());
+    assert!(w.child_rows("ip_leases").is_empty());
+}
+
+#[test]
+fn dry_run_changes_nothing_at_all() {
+    let Some(mut w) = standard_world("dry") else {
+        return;
+    };
+    let before = w.snapshot();
+    let r = w.run(&["--dry-run"]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: vm-bbbb0002, vm-dddd0004\n\
+         Targets (4):\n  - vm-aaaa0001\n  - vm-bbbb0002\n  - vm-cccc0003\n  - vm-dddd0004\n\
+         Dry run complete. No changes made.\n",
+    );
+    let r = w.run(&["--dry-run", "--all"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("Targets (5):\n"), "{}", r.stdout);
+    assert_eq!(
+        w.snapshot(),
+        before,
+        "DB bytes, ruleset, links, files and processes are unchanged"
+    );
+}
+
+#[test]
+fn nothing_to_do_leaves_a_protected_vm_alone() {
+    let Some(mut w) = World::new("none") else { return };
+    w.add(VmSpec::new("keepme", "created", 5));
+    w.add(VmSpec {
+        proc: Proc::Firecracker,
+        ..VmSpec::new("web", "running", 7)
+    });
+    let before = w.snapshot();
+    w.run(&[]).expect(0, "No matching VMs to clean.\n");
+    assert_eq!(w.snapshot(), before);
+    assert!(pid_alive(w.vmm_pid("web")));
+}
+
+#[test]
+fn qemu_vm_without_tap_is_stopped_and_removed() {
+    let Some(mut w) = World::new("qemu") else { return };
+    w.add(VmSpec {
+        octet: None,
+        proc: Proc::Qemu,
+        ..VmSpec::new("vm-qemu0001", "running", 0)
+    });
+    let pid = w.vmm_pid("vm-qemu0001");
+    w.run(&[]).expect(
+        0,
+        "Targets (1):\n  - vm-qemu0001\nDeleted: vm-qemu0001\nCleanup complete.\n",
+    );
+    assert!(!pid_alive(pid));
+    assert!(w.reap("vm-qemu0001"));
+    assert!(w.ids().is_empty());
+    assert!(!w.sock.join("qmp-vm-qemu0001.sock").exists());
+    assert!(!w.data.join("disks/vm-qemu0001.ext4").exists());
+}
+
+#[test]
+fn unrelated_links_rules_and_processes_survive() {
+    let Some(mut w) = World::new("unrelated") else {
+        return;
+    };
+    w.add(VmSpec {
+        pid: Some(dead_pid()),
+        ..VmSpec::new("vm-gone0001", "running", 2)
+    });
+    // Look-alikes that are not SmolVM's: a TAP no row names, a veth named like a TAP,
+    // a rule without a smolvm comment in SmolVM's table, another table, a process.
+    sh("ip tuntap add tap99 mode tap && ip link add tap98 type veth peer name vethx");
+    crate::util::nft(
+        "add rule inet smolvm_filter forward iifname \"tap2\" counter accept comment \"operator:tap2\"
+         add rule inet smolvm_filter forward iifname \"tap2\" counter accept
+         add table inet other
+         add chain inet other c
+         add rule inet other c counter accept comment \"smolvm:vm-gone0001:ssh\"",
+    );
+    let mut sleeper = fake_vmm::spawn_unrelated();
+    w.run(&[]).expect(
+        0,
+        "Reconciled stale VMs: vm-gone0001\nTargets (1):\n  - vm-gone0001\nDeleted: vm-gone0001\nCleanup complete.\n",
+    );
+    assert!(!has_link("tap2"));
+    for l in ["tap99", "tap98", "vethx"] {
+        assert!(has_link(l), "{l} is not SmolVM's");
+    }
+    let c = comments();
+    assert!(c.contains(&"operator:tap2".to_string()));
+    assert_eq!(
+        c.iter().filter(|x| *x == "smolvm:vm-gone0001:ssh").count(),
+        1,
+        "the rule in table other stays"
+    );
+    assert!(crate::util::ruleset().contains("iifname \"tap2\" counter packets 0 bytes 0 accept # handle"));
+    assert!(pid_alive(sleeper.id()));
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}

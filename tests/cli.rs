@@ -1,0 +1,116 @@
+//! The command line as a user meets it: help, version, usage errors (exit 2, a one-line
+//! message and the usage line on stderr), and the `smolvm cleanup` spelling via argv[0].
+
+use std::process::Command;
+
+use crate::util::{BIN, Run, Scratch};
+
+fn run(argv0: Option<&str>, args: &[&str]) -> Run {
+    let scratch = Scratch::new("cli");
+    let exe = match argv0 {
+        Some(name) => {
+            let link = scratch.0.join(name);
+            std::os::unix::fs::symlink(BIN, &link).unwrap();
+            link
+        }
+        None => BIN.into(),
+    };
+    // An empty state dir: nothing to clean, and the host's real state is never read.
+    let state = scratch.0.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    Run::from(
+        Command::new(exe)
+            .args(args)
+            .env("SMOLVM_DATA_DIR", &state)
+            .env("HOME", &scratch.0)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn help_lists_every_option_with_defaults_and_exit_codes() {
+    let r = run(None, &["--help"]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout
+            .starts_with("usage: smolvm-cleanup [--all] [--prefix PREFIX] [--dry-run]")
+    );
+    for opt in [
+        "--all",
+        "--prefix PREFIX",
+        "--dry-run",
+        "--state-dir",
+        "--db",
+        "--socket-dir",
+        "--grace",
+        "--timeout",
+    ] {
+        assert!(r.stdout.contains(opt), "{opt} missing from --help");
+    }
+    assert!(r.stdout.contains("[default: vm-]"));
+    assert!(r.stdout.contains("Exit status:"));
+    let r = run(Some("smolvm"), &["cleanup", "-h"]);
+    assert!(r.stdout.starts_with("usage: smolvm cleanup "), "{}", r.stdout);
+}
+
+#[test]
+fn version_names_the_commit() {
+    let r = run(None, &["--version"]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout
+            .starts_with(&format!("smolvm-cleanup {} (commit ", env!("CARGO_PKG_VERSION")))
+    );
+    assert_eq!(r.stdout.lines().count(), 1);
+}
+
+#[test]
+fn usage_errors_exit_2_with_message_and_usage_line() {
+    for args in [
+        &["--prefix", ""][..],
+        &["--prefix"],
+        &["--bogus"],
+        &["--prefix", "Bad/"],
+        &["stray"],
+    ] {
+        let r = run(None, args);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert!(r.stdout.is_empty());
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{args:?}: {}", r.stderr);
+        assert!(lines[0].starts_with("smolvm-cleanup: "));
+        assert!(lines[1].starts_with("usage: smolvm-cleanup "));
+    }
+}
+
+#[test]
+fn smolvm_argv0_answers_cleanup_only() {
+    let r = run(Some("smolvm"), &["cleanup"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "No matching VMs to clean.\n"),
+        "{}",
+        r.stderr
+    );
+    let r = run(Some("smolvm"), &["cleanup", "--dry-run", "--all"]);
+    assert_eq!(r.code, 0);
+    for args in [&["list"][..], &[], &["cleanup", "--nope"]] {
+        let r = run(Some("smolvm"), args);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert!(
+            r.stderr
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("usage: smolvm cleanup"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(
+        run(Some("smolvm"), &["list"])
+            .stderr
+            .contains("only provides 'cleanup'")
+    );
+}

@@ -1,0 +1,122 @@
+//! Stand-in VMMs: this test binary re-executed through a symlink named `firecracker` (or
+//! `qemu-system-x86_64`), with the command line SmolVM gives the real one. A constructor
+//! in `.init_array` takes over before libtest's `main` when `SMOLVM_FAKE_VMM` is set: it
+//! binds the API socket like Firecracker and then sleeps until signalled.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{Proc, World, wait_until};
+
+const ENV: &str = "SMOLVM_FAKE_VMM";
+const ENV_IGNORE_TERM: &str = "SMOLVM_FAKE_VMM_IGNORE_TERM";
+
+// SAFETY: a constructor runs before main with no Rust runtime guarantees; `hook` only
+// reads the environment and /proc, and returns at once unless SMOLVM_FAKE_VMM is set,
+// in which case it never returns (the process is a stand-in VMM, not a test run).
+#[allow(unsafe_code)]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static FAKE_VMM_HOOK: extern "C" fn() = hook;
+
+extern "C" fn hook() {
+    if std::env::var_os(ENV).is_none() {
+        return;
+    }
+    run();
+}
+
+fn run() -> ! {
+    let raw = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and signal(SIGTERM, SIG_IGN) only change this
+    // process's signal dispositions; no Rust code relies on them.
+    #[allow(unsafe_code)]
+    unsafe {
+        // Die with the test thread that started us, even if the test never reaps us.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if std::env::var_os(ENV_IGNORE_TERM).is_some() {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+    }
+    let mut sock = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == "--api-sock" {
+            sock = args.get(i + 1).cloned();
+        }
+        if let Some(rest) = a.strip_prefix("unix:") {
+            sock = rest.split(',').next().map(String::from);
+        }
+    }
+    let _listener = sock.map(|p| std::os::unix::net::UnixListener::bind(p).expect("bind API socket"));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// A symlink named `name` to this test binary, so /proc/PID/comm reads like a VMM's.
+fn exe_as(world: &World, name: &str) -> PathBuf {
+    let dir = world.scratch.0.join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join(name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &link).unwrap();
+    }
+    link
+}
+
+/// Starts a stand-in VMM for `id` and waits until its socket is bound.
+pub fn spawn(world: &World, id: &str, kind: Proc) -> Child {
+    let (exe, argv0, args, sock) = match kind {
+        Proc::Qemu => {
+            let qmp = world.sock.join(format!("qmp-{id}.sock"));
+            let disk = world.data.join(format!("disks/{id}.ext4"));
+            let args = vec![
+                "-drive".to_string(),
+                format!("file={},format=raw,if=virtio", disk.display()),
+                "-qmp".to_string(),
+                format!("unix:{},server,nowait", qmp.display()),
+            ];
+            (
+                exe_as(world, "qemu-system-x86_64"),
+                "qemu-system-x86_64",
+                args,
+                qmp,
+            )
+        }
+        _ => {
+            let sock = world.socket_path(id);
+            let args = vec!["--api-sock".to_string(), sock.display().to_string()];
+            (exe_as(world, "firecracker"), "firecracker", args, sock)
+        }
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg0(argv0)
+        .args(&args)
+        .env(ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if kind == Proc::IgnoresTerm {
+        cmd.env(ENV_IGNORE_TERM, "1");
+    }
+    let child = cmd.spawn().expect("spawn stand-in VMM");
+    wait_until("the stand-in VMM's socket", Duration::from_secs(10), || {
+        sock.exists()
+    });
+    child
+}
+
+/// Starts a process that is not a VMM at all (for pid-reuse cases).
+pub fn spawn_unrelated() -> Child {
+    Command::new("sleep")
+        .arg("300")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sleep")
+}
