@@ -132,6 +132,16 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
             .collect(),
         failed: vec![false; plan.targets.len()],
     };
+    if env.stop.load(Ordering::SeqCst) {
+        for i in run.live() {
+            run.fail(
+                i,
+                StepKind::Process,
+                "interrupted before this step; state row kept".into(),
+            );
+        }
+        return run.finish();
+    }
     let updated = mark_stale(plan, obs, env);
     for (i, t) in plan.targets.iter().enumerate() {
         if let Some(why) = &t.refuse {

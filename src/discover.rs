@@ -4,7 +4,7 @@
 //! nothing (that is `reconcile`).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
 use crate::files;
@@ -44,13 +44,6 @@ pub fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// SQLite waits this long for SmolVM's writers (it holds `BEGIN EXCLUSIVE` only briefly).
-fn busy_timeout(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .min(Duration::from_secs(10))
-}
-
 pub fn discover(cfg: &Config<'_>) -> Discovery {
     let procfs = Procfs::new(&cfg.proc_root, now_unix());
     let mut d = Discovery {
@@ -75,7 +68,7 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         }
         let index = d.dbs.len();
         d.obs.db_dirs.push(dd.dir.clone());
-        let opened = Db::open(path, cfg.read_only, busy_timeout(cfg.deadline)).and_then(|db| {
+        let opened = Db::open(path, cfg.read_only, cfg.deadline).and_then(|db| {
             let rows = db.load(index)?;
             Ok((db, rows))
         });

@@ -5,14 +5,13 @@
 //! targets and order) → report the header → apply (processes, TAPs, rules, files, rows)
 //! → report the outcome. Exit codes are chosen here and nowhere else.
 
-#![forbid(unsafe_code)]
-
 mod apply;
 mod cli;
 mod discover;
 mod error;
 mod files;
 mod locate;
+mod lock;
 mod model;
 mod netlink;
 mod plan;
@@ -20,12 +19,12 @@ mod process;
 mod procfs;
 mod reconcile;
 mod report;
+mod signals;
 mod state;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use cli::{Action, Mode, Options};
@@ -92,6 +91,24 @@ fn run(opts: &Options) -> ExitCode {
     let timing = apply::timing(start, opts.grace, opts.timeout);
     let env = locate::Env::from_process();
     let dirs = locate::resolve(opts.db.as_deref(), opts.state_dir.as_deref(), &env);
+    let stop = signals::install();
+
+    // Taken before anything is read: a second run sees what the first one left.
+    let mut lock_dirs: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| d.dir.clone())
+        .filter(|d| d.is_dir())
+        .collect();
+    if lock_dirs.is_empty() {
+        lock_dirs.push(opts.socket_dir.clone());
+    }
+    let _lock = match lock::acquire(&lock_dirs, !opts.dry_run, timing.deadline, &mut |m| warn(&m)) {
+        Ok(held) => held,
+        Err(e) => {
+            eprintln!("smolvm-cleanup: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let found = discover::discover(&discover::Config {
         data_dirs: &dirs,
@@ -145,7 +162,6 @@ fn run(opts: &Options) -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let stop = AtomicBool::new(false);
     let mut warn_fn = |m: String| warn(&m);
     report.outcomes = apply::apply(
         &plan,
@@ -156,7 +172,7 @@ fn run(opts: &Options) -> ExitCode {
             timing,
             link_error: found.link_error.as_ref(),
             nft_error: found.nft_error.as_ref(),
-            stop: &stop,
+            stop,
             warn: &mut warn_fn,
         },
     );

@@ -4,7 +4,7 @@
 //! transactions, foreign keys on) and never creates, repairs or overwrites a DB file.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, params};
@@ -20,6 +20,15 @@ pub struct Db {
     pub path: PathBuf,
     conn: Connection,
     tables: Vec<String>,
+    deadline: Instant,
+}
+
+/// How long SQLite may wait for SmolVM's writers (they hold `BEGIN EXCLUSIVE` briefly):
+/// at most 10 s, and never past the run's deadline.
+fn busy_timeout(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(10))
 }
 
 /// What happened to one row we were asked to delete.
@@ -34,7 +43,7 @@ pub enum RowOutcome {
 
 impl Db {
     /// Opens an existing DB. `read_only` opens it so that SQLite cannot write a byte.
-    pub fn open(path: &Path, read_only: bool, busy: Duration) -> Result<Db> {
+    pub fn open(path: &Path, read_only: bool, deadline: Instant) -> Result<Db> {
         let action = || format!("open state DB {}", path.display());
         check_header(path).map_err(|m| Error::msg(action(), m))?;
         let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -44,7 +53,8 @@ impl Db {
             OpenFlags::SQLITE_OPEN_READ_WRITE
         };
         let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::db(action(), e))?;
-        conn.busy_timeout(busy).map_err(|e| Error::db(action(), e))?;
+        conn.busy_timeout(busy_timeout(deadline))
+            .map_err(|e| Error::db(action(), e))?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(|e| Error::db(action(), e))?;
         let tables = {
@@ -59,6 +69,7 @@ impl Db {
             path: path.to_path_buf(),
             conn,
             tables,
+            deadline,
         })
     }
 
@@ -215,6 +226,7 @@ impl Db {
     /// Runs `f` inside `BEGIN IMMEDIATE … COMMIT`: the write lock is taken up front (waiting
     /// out SmolVM's writers within the busy timeout), so no deadlock can occur mid-way.
     fn write<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        self.conn.busy_timeout(busy_timeout(self.deadline))?;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         match f(&self.conn).and_then(|v| self.conn.execute_batch("COMMIT").map(|_| v)) {
             Ok(v) => Ok(v),

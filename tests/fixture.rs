@@ -82,5 +82,14 @@ fn cleans_what_smolvm_005_made() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     left.sort();
-    assert_eq!(left, ["disks", "smolvm.db", "web-server.ext4", "web-server.log"]);
+    assert_eq!(
+        left,
+        [
+            "disks",
+            "smolvm-cleanup.lock",
+            "smolvm.db",
+            "web-server.ext4",
+            "web-server.log"
+        ]
+    );
 }

@@ -452,12 +452,35 @@ impl Drop for World {
     }
 }
 
-#[derive(Debug, PartialEq)]
+/// The world as a run could change it.
+#[derive(PartialEq)]
 pub struct Snapshot {
     pub files: BTreeMap<String, Vec<u8>>,
     pub ruleset: String,
     pub links: String,
     pub live: BTreeMap<String, bool>,
+}
+
+impl Snapshot {
+    pub fn without_lock(mut self) -> Snapshot {
+        self.files.retain(|k, _| !k.ends_with("smolvm-cleanup.lock"));
+        self
+    }
+
+    /// Panics naming what differs (files by name, not by their bytes).
+    #[track_caller]
+    pub fn assert_same(&self, before: &Snapshot) {
+        let changed: Vec<&String> = self
+            .files
+            .keys()
+            .chain(before.files.keys())
+            .filter(|k| self.files.get(*k) != before.files.get(*k))
+            .collect();
+        assert!(changed.is_empty(), "files changed: {changed:?}");
+        assert_eq!(self.ruleset, before.ruleset, "nft ruleset changed");
+        assert_eq!(self.links, before.links, "links changed");
+        assert_eq!(self.live, before.live, "VMM processes changed");
+    }
 }
 
 /// A finished run of the binary.
