@@ -377,6 +377,10 @@ pub fn inventory(obs: &Observed) -> Inventory {
                 f.path().display()
             ));
         }
+        if vm.refuse.is_some() {
+            // Not ours to judge while something we cannot account for runs: write nothing.
+            vm.mark.clear();
+        }
         for row in &rows {
             if let Some(sp) = &row.socket_path
                 && !vm.files.iter().any(|f| Path::new(sp) == f.path())
@@ -556,6 +560,16 @@ mod tests {
         let inv = inventory(&o);
         assert!(inv.vms[0].vmms.is_empty());
         assert!(inv.vms[0].refuse.is_some());
+
+        // Its recorded pid is that late VMM: stale, refused, and the row is not rewritten.
+        let mut o = obs(vec![row("vm-1", "running", Some(700))]);
+        o.procs.insert(700, fc(700, 1005.0, "vm-1"));
+        o.vmms.push(fc(700, 1005.0, "vm-1"));
+        let inv = inventory(&o);
+        assert!(inv.vms[0].stale.is_some());
+        assert!(inv.vms[0].vmms.is_empty());
+        assert!(inv.vms[0].refuse.is_some());
+        assert!(inv.vms[0].mark.is_empty());
     }
 
     #[test]

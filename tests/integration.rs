@@ -9,4 +9,5 @@ mod util;
 
 mod cleanup;
 mod cli;
+mod failures;
 mod fixture;

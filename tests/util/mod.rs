@@ -80,6 +80,28 @@ pub fn comments() -> Vec<String> {
     v
 }
 
+/// Deletes, with the nft CLI, every rule of SmolVM's chains whose comment matches.
+pub fn delete_rules(matches: impl Fn(&str) -> bool) {
+    let mut script = String::new();
+    for (table, chain) in [
+        ("ip smolvm_nat", "prerouting"),
+        ("ip smolvm_nat", "output"),
+        ("ip smolvm_nat", "postrouting"),
+        ("inet smolvm_filter", "forward"),
+    ] {
+        for line in sh(&format!("nft -a list chain {table} {chain}")).lines() {
+            let Some(comment) = line.split("comment \"").nth(1) else {
+                continue;
+            };
+            if matches(&comment[..comment.find('"').unwrap()]) {
+                let handle = line.rsplit("# handle ").next().unwrap().trim();
+                script.push_str(&format!("delete rule {table} {chain} handle {handle}\n"));
+            }
+        }
+    }
+    nft(&script);
+}
+
 /// Link names in this namespace, sorted.
 pub fn links() -> Vec<String> {
     let mut v: Vec<String> = sh("ip -o link show")
@@ -358,7 +380,19 @@ impl World {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        self.cmd_via(&[], args)
+    }
+
+    /// The binary run through `wrapper` (e.g. `setpriv --bounding-set=-net_admin`).
+    pub fn cmd_via(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut c = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         c.arg("--state-dir")
             .arg(&self.data)
             .arg("--socket-dir")
@@ -380,6 +414,14 @@ impl World {
             .unwrap()
             .map(|r| r.unwrap())
             .collect()
+    }
+
+    pub fn status(&self, id: &str) -> Option<(String, Option<i64>)> {
+        self.conn()
+            .query_row("SELECT status, pid FROM vms WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .ok()
     }
 
     pub fn child_rows(&self, table: &str) -> Vec<String> {
