@@ -332,9 +332,11 @@ fn delete_rules(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
         }
         for &ti in &t.tables {
             let tb = &obs.tables[ti];
+            // A per-TAP policy table holds only that TAP's chains and rules.
             ops.push(nft::Op::Table {
                 family: tb.family,
                 name: tb.name.clone(),
+                recursive: true,
             });
             owner.push(i);
         }
@@ -368,9 +370,10 @@ fn delete_rules(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
                     } => rules.iter().any(|r| {
                         r.family == *family && &r.table == table && &r.chain == chain && r.handle == *handle
                     }),
-                    nft::Op::Table { family, name } => {
+                    nft::Op::Table { family, name, .. } => {
                         tables.iter().any(|t| t.family == *family && &t.name == name)
                     }
+                    nft::Op::Chain { .. } => false,
                 };
                 if present {
                     first_err
@@ -400,6 +403,7 @@ fn describe(op: &nft::Op) -> String {
         nft::Op::Rule {
             table, chain, handle, ..
         } => format!("delete nftables rule {table} {chain} handle {handle}"),
+        nft::Op::Chain { table, name, .. } => format!("delete nftables chain {table} {name}"),
         nft::Op::Table { name, .. } => format!("delete nftables table {name}"),
     }
 }
@@ -485,6 +489,38 @@ fn delete_rows(
             run.step(i, StepKind::Row, StepState::AlreadyGone);
         }
     }
+}
+
+/// With `--all`, once no VM is left: removes SmolVM's shared nft rules, base chains and
+/// tables in one all-or-nothing batch. Ok(false) when there was nothing to remove.
+pub fn remove_shared(deadline: Instant) -> Result<bool, String> {
+    let action = "remove SmolVM's shared nftables tables";
+    let err = |e: rustix::io::Errno| Error::errno(action, e.raw_os_error()).to_string();
+    let mut sock = netlink::Socket::netfilter(deadline).map_err(err)?;
+    let tables = nft::dump_tables(&mut sock).map_err(err)?;
+    let mut chains = Vec::new();
+    let mut rules = Vec::new();
+    for t in tables
+        .iter()
+        .filter(|t| crate::reconcile::is_smolvm_rule_table(t.family, &t.name))
+    {
+        chains.extend(nft::dump_chains(&mut sock, t.family, &t.name).map_err(err)?);
+        rules.extend(nft::dump_rules(&mut sock, t.family, &t.name).map_err(err)?);
+    }
+    let ops = crate::plan::shared_teardown(&tables, &chains, &rules)
+        .map_err(|why| Error::msg(action, why).to_string())?;
+    if ops.is_empty() {
+        return Ok(false);
+    }
+    nft::delete_atomic(&mut sock, &ops).map_err(err)?;
+    let left = nft::dump_tables(&mut sock).map_err(err)?;
+    if left
+        .iter()
+        .any(|t| crate::reconcile::is_smolvm_rule_table(t.family, &t.name))
+    {
+        return Err(Error::msg(action, "they are still present after the delete").to_string());
+    }
+    Ok(true)
 }
 
 /// The deadline-bounded timing for a run started at `start`.

@@ -9,11 +9,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::error::Error;
 use crate::files;
 use crate::locate::DataDir;
-use crate::model::valid_vm_id;
+use crate::model::FileRef;
 use crate::netlink::{self, link, nft};
 use crate::procfs::Procfs;
-use crate::reconcile::{Observed, vm_files};
-use crate::state::Db;
+use crate::reconcile::{DirListing, Observed, socket_id};
+use crate::state::{Db, is_corrupt};
 
 pub struct Discovery {
     pub obs: Observed,
@@ -79,7 +79,14 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
                 d.db_paths.push(path.clone());
             }
             Err(e) => {
-                d.warnings.push(format!("{e}; continuing from the live system"));
+                if is_corrupt(&e) {
+                    d.warnings.push(format!(
+                        "{e}; it is left untouched and cleanup goes by the live system"
+                    ));
+                } else {
+                    d.warnings.push(format!("{e}; its VMs are skipped this run"));
+                    d.obs.rows_incomplete = true;
+                }
                 d.dbs.push(None);
             }
         }
@@ -107,18 +114,41 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         Err(e) => d.nft_error = Some(Error::errno("list nftables rules", e.raw_os_error())),
     }
 
-    // A VM socket still accepting connections has a live owner.
-    for row in &d.obs.rows {
-        if !valid_vm_id(&row.id) {
-            continue;
-        }
-        for f in vm_files(&row.id, &d.obs.socket_dir, &[], true) {
-            if files::socket_has_listener(&f) {
-                d.obs.served.insert(f.path());
-            }
+    // SmolVM's sockets, and which of them a live process still serves.
+    d.obs.socket_names = list(&cfg.socket_dir)
+        .into_iter()
+        .filter(|n| socket_id(n).is_some())
+        .collect();
+    for name in &d.obs.socket_names {
+        let f = FileRef::new(&cfg.socket_dir, name.clone());
+        if files::socket_has_listener(&f) {
+            d.obs.served.insert(f.path());
         }
     }
+    for dd in cfg.data_dirs {
+        d.obs.data_listing.push(DirListing {
+            dir: dd.dir.clone(),
+            top: list(&dd.dir)
+                .into_iter()
+                .filter(|n| n.ends_with(".log"))
+                .collect(),
+            disks: list(&dd.dir.join("disks")),
+        });
+    }
     d
+}
+
+/// File names in a directory (none when it is missing or unreadable).
+fn list(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The table list, then the rules of SmolVM's two rule tables (only if they exist).

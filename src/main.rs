@@ -86,6 +86,14 @@ fn privileged() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
 }
 
+fn remove_shared(deadline: Instant) {
+    match apply::remove_shared(deadline) {
+        Ok(true) => eprintln!("smolvm-cleanup: no VM is left: removed SmolVM's shared nftables tables"),
+        Ok(false) => {}
+        Err(e) => warn(&format!("{e}; they are kept")),
+    }
+}
+
 fn run(opts: &Options) -> ExitCode {
     let start = Instant::now();
     let timing = apply::timing(start, opts.grace, opts.timeout);
@@ -120,7 +128,7 @@ fn run(opts: &Options) -> ExitCode {
     for p in &found.db_paths {
         eprintln!("smolvm-cleanup: state DB: {}", p.display());
     }
-    if found.db_paths.is_empty() {
+    if found.dbs.is_empty() {
         let looked: Vec<String> = dirs.iter().map(|d| d.dir.display().to_string()).collect();
         eprintln!(
             "smolvm-cleanup: no state DB found{}; reconciling from the live system",
@@ -158,7 +166,12 @@ fn run(opts: &Options) -> ExitCode {
     let mut out = std::io::stdout().lock();
     // A closed stdout (`| head`) must not stop the cleanup itself.
     let _ = report::write_header(&report, &mut out);
+    // With --all and nothing left, SmolVM's shared tables go too (stderr says so).
+    let shared = opts.all && plan.remaining == 0 && !found.obs.rows_incomplete && found.nft_error.is_none();
     if opts.dry_run || report.targets.is_empty() {
+        if shared && !opts.dry_run {
+            remove_shared(timing.deadline);
+        }
         return ExitCode::SUCCESS;
     }
 
@@ -176,6 +189,9 @@ fn run(opts: &Options) -> ExitCode {
             warn: &mut warn_fn,
         },
     );
+    if shared && report.failures() == 0 {
+        remove_shared(timing.deadline);
+    }
     let _ = report::write_results(&report, &mut out);
     let _ = out.flush();
     if report.failures() > 0 {

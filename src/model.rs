@@ -140,6 +140,17 @@ pub struct Rule {
     pub chain: String,
     pub handle: u64,
     pub comment: Option<String>,
+    /// 4-byte values the rule compares against or loads (`cmp`, `immediate`): the guest
+    /// IP of a SmolVM SSH rule is among them, which ties the rule's VM to its TAP.
+    pub ipv4: Vec<[u8; 4]>,
+}
+
+/// An nf_tables chain from the dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub family: u8,
+    pub table: String,
+    pub name: String,
 }
 
 /// An nf_tables table from the dump.

@@ -5,8 +5,78 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::Link;
+use crate::model::{Chain, Link, Rule, Table};
+use crate::netlink::nft::{NFPROTO_INET, NFPROTO_IPV4, Op};
 use crate::reconcile::{Inventory, Vm};
+
+/// SmolVM's shared tables and the base chains it creates in them.
+const SHARED: [(u8, &str, &[&str]); 2] = [
+    (
+        NFPROTO_IPV4,
+        "smolvm_nat",
+        &["prerouting", "output", "postrouting"],
+    ),
+    (NFPROTO_INET, "smolvm_filter", &["forward"]),
+];
+
+/// The batch that removes SmolVM's shared nft objects once no VM is left: its shared
+/// rules (`smolvm:global:*`, `smolvm:map:*`), then its base chains, then its two tables,
+/// the chains and tables only if empty (so anything someone else added keeps them all).
+/// Refused when a rule without a SmolVM comment, a VM's own rule, or a chain SmolVM did
+/// not create is still there.
+pub fn shared_teardown(tables: &[Table], chains: &[Chain], rules: &[Rule]) -> Result<Vec<Op>, String> {
+    let mut ops = Vec::new();
+    let mut drop_chains = Vec::new();
+    let mut drops = Vec::new();
+    for (family, name, base) in SHARED {
+        if !tables.iter().any(|t| t.family == family && t.name == name) {
+            continue;
+        }
+        for r in rules.iter().filter(|r| r.family == family && r.table == name) {
+            match r.comment.as_deref() {
+                Some(c) if c.starts_with("smolvm:global:") || c.starts_with("smolvm:map:") => {
+                    ops.push(Op::for_rule(r));
+                }
+                Some(c) if c.starts_with("smolvm:") => {
+                    return Err(format!("{name} still holds a VM's rule ({c})"));
+                }
+                _ => {
+                    return Err(format!(
+                        "{name} holds a rule that is not SmolVM's (handle {})",
+                        r.handle
+                    ));
+                }
+            }
+        }
+        for c in chains_in(chains, family, name) {
+            if !base.contains(&c.name.as_str()) {
+                return Err(format!(
+                    "{name} holds chain {} that SmolVM did not create",
+                    c.name
+                ));
+            }
+            drop_chains.push(Op::Chain {
+                family,
+                table: name.to_string(),
+                name: c.name.clone(),
+            });
+        }
+        drops.push(Op::Table {
+            family,
+            name: name.to_string(),
+            recursive: false,
+        });
+    }
+    ops.extend(drop_chains);
+    ops.extend(drops);
+    Ok(ops)
+}
+
+fn chains_in<'c>(chains: &'c [Chain], family: u8, table: &'c str) -> impl Iterator<Item = &'c Chain> {
+    chains
+        .iter()
+        .filter(move |c| c.family == family && c.table == table)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
@@ -20,6 +90,8 @@ pub struct Plan {
     pub stale: Vec<String>,
     /// Targets in output order, each trimmed to what it may delete.
     pub targets: Vec<Vm>,
+    /// VMs (and other SmolVM things) that stay after this run if every target goes.
+    pub remaining: usize,
     pub warnings: Vec<String>,
 }
 
@@ -35,7 +107,8 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
     let mut chosen: Vec<usize> = (0..inv.vms.len())
         .filter(|&i| {
             let v = &inv.vms[i];
-            sel.all || v.stale.is_some() || v.id.starts_with(&sel.prefix)
+            // A rowless VM that is alive is only ever taken by --all.
+            sel.all || v.stale.is_some() || (!v.rowless && v.id.starts_with(&sel.prefix))
         })
         .collect();
     if !sel.all {
@@ -53,6 +126,7 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
     let kept_tables: BTreeSet<usize> = keep.iter().flat_map(|v| v.tables.iter().copied()).collect();
     let mut plan = Plan {
         stale,
+        remaining: keep.len() + inv.kept,
         ..Plan::default()
     };
     for i in chosen {
@@ -112,7 +186,7 @@ mod tests {
                 vm("web", true),
                 vm("vm-a", false),
             ],
-            warnings: vec![],
+            ..Inventory::default()
         };
         let p = build(&inv, &[], &sel(false, "vm-"));
         assert_eq!(ids(&p), ["vm-a", "vm-b", "web"]);
@@ -125,7 +199,7 @@ mod tests {
     fn all_keeps_db_order() {
         let inv = Inventory {
             vms: vec![vm("vm-b", false), vm("keepme", false), vm("vm-a", true)],
-            warnings: vec![],
+            ..Inventory::default()
         };
         assert_eq!(
             ids(&build(&inv, &[], &sel(true, "zzz"))),
@@ -137,9 +211,86 @@ mod tests {
     fn nothing_to_do() {
         let inv = Inventory {
             vms: vec![vm("keepme", false)],
-            warnings: vec![],
+            ..Inventory::default()
         };
         assert!(build(&inv, &[], &sel(false, "vm-")).targets.is_empty());
+    }
+
+    #[test]
+    fn a_live_rowless_vm_is_taken_only_by_all() {
+        let mut live = vm("vm-live", false);
+        live.rowless = true;
+        let inv = Inventory {
+            vms: vec![live, vm("orphan-tap3", true)],
+            kept: 1,
+            ..Inventory::default()
+        };
+        let p = build(&inv, &[], &sel(false, "vm-"));
+        assert_eq!(ids(&p), ["orphan-tap3"]);
+        assert_eq!(p.remaining, 2);
+        let p = build(&inv, &[], &sel(true, "vm-"));
+        assert_eq!(ids(&p), ["vm-live", "orphan-tap3"]);
+        assert_eq!(p.remaining, 1);
+    }
+
+    fn r(family: u8, table: &str, handle: u64, comment: Option<&str>) -> Rule {
+        Rule {
+            family,
+            table: table.into(),
+            chain: "c".into(),
+            handle,
+            comment: comment.map(String::from),
+            ipv4: vec![],
+        }
+    }
+
+    fn chain(family: u8, table: &str, name: &str) -> Chain {
+        Chain {
+            family,
+            table: table.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn shared_teardown_only_when_nothing_foreign_is_left() {
+        let tables = vec![
+            Table {
+                family: NFPROTO_IPV4,
+                name: "smolvm_nat".into(),
+            },
+            Table {
+                family: NFPROTO_INET,
+                name: "smolvm_filter".into(),
+            },
+            Table {
+                family: NFPROTO_INET,
+                name: "other".into(),
+            },
+        ];
+        let chains = vec![
+            chain(NFPROTO_IPV4, "smolvm_nat", "postrouting"),
+            chain(NFPROTO_INET, "smolvm_filter", "forward"),
+        ];
+        let rules = vec![r(
+            NFPROTO_IPV4,
+            "smolvm_nat",
+            4,
+            Some("smolvm:global:nat:masquerade:uplink0"),
+        )];
+        let ops = shared_teardown(&tables, &chains, &rules).unwrap();
+        assert_eq!(ops.len(), 1 + 2 + 2);
+        assert!(matches!(ops[0], Op::Rule { handle: 4, .. }));
+        assert!(matches!(&ops[1], Op::Chain { name, .. } if name == "postrouting"));
+        assert!(matches!(&ops[4], Op::Table { name, recursive: false, .. } if name == "smolvm_filter"));
+
+        let foreign = [rules.clone(), vec![r(NFPROTO_INET, "smolvm_filter", 9, None)]].concat();
+        assert!(shared_teardown(&tables, &chains, &foreign).is_err());
+        let vm_rule = vec![r(NFPROTO_INET, "smolvm_filter", 9, Some("smolvm:vm-1:ssh"))];
+        assert!(shared_teardown(&tables, &chains, &vm_rule).is_err());
+        let extra = [chains.clone(), vec![chain(NFPROTO_INET, "smolvm_filter", "mine")]].concat();
+        assert!(shared_teardown(&tables, &extra, &rules).is_err());
+        assert!(shared_teardown(&tables[2..], &[], &[]).unwrap().is_empty());
     }
 
     #[test]
@@ -153,7 +304,7 @@ mod tests {
         k.rules = vec![0];
         let inv = Inventory {
             vms: vec![a, k],
-            warnings: vec![],
+            ..Inventory::default()
         };
         let links: Vec<Link> = ["tap5", "tap6"]
             .iter()

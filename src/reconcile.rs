@@ -41,7 +41,22 @@ pub struct Observed {
     pub tables: Vec<Table>,
     /// Socket files that a live process still accepts connections on.
     pub served: BTreeSet<PathBuf>,
+    /// Names in the socket dir (one readdir).
+    pub socket_names: Vec<String>,
+    /// What each data dir holds (one readdir of it and of its `disks/`).
+    pub data_listing: Vec<DirListing>,
+    /// A state DB exists but could not be read for a reason other than corruption
+    /// (locked, permissions): a host resource with no row may then be a hidden row's, so
+    /// no rowless leftover is touched.
+    pub rows_incomplete: bool,
     pub own_pid: i32,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DirListing {
+    pub dir: PathBuf,
+    pub top: Vec<String>,
+    pub disks: Vec<String>,
 }
 
 /// One VM id with every resource that is provably its own.
@@ -67,6 +82,10 @@ pub struct Vm {
     /// Indexes into `Observed::tables` (per-TAP policy tables of newer SmolVM).
     pub tables: Vec<usize>,
     pub files: Vec<FileRef>,
+    /// No state row describes it: only the host does.
+    pub rowless: bool,
+    /// Why a rowless VM counts as alive (not stale).
+    pub live: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -74,10 +93,13 @@ pub struct Inventory {
     pub vms: Vec<Vm>,
     /// Hostile or inconsistent input, for stderr.
     pub warnings: Vec<String>,
+    /// Things left alone that are not in `vms` (rows with hostile ids, held TAPs): while
+    /// any remains, SmolVM's shared nft tables stay.
+    pub kept: usize,
 }
 
 /// `fc-<id>.sock` → id, for the socket names SmolVM uses.
-fn socket_id(name: &str) -> Option<&str> {
+pub fn socket_id(name: &str) -> Option<&str> {
     ["fc-", "qmp-", "vsock-"].iter().find_map(|p| {
         let id = name.strip_prefix(p)?.strip_suffix(".sock")?;
         valid_vm_id(id).then_some(id)
@@ -202,6 +224,33 @@ pub fn vm_files(id: &str, socket_dir: &Path, data_dirs: &[PathBuf], retain_disk:
 }
 
 /// Builds the inventory. Rows come first, in DB order.
+/// `smolvm:<id>:ssh` and `smolvm:<id>:local:…` name a VM.
+pub fn rule_vm_id(comment: &str) -> Option<&str> {
+    let mut parts = comment.strip_prefix("smolvm:")?.splitn(3, ':');
+    let (id, kind, tail) = (parts.next()?, parts.next()?, parts.next());
+    let named = (kind == "ssh" && tail.is_none()) || (kind == "local" && tail.is_some());
+    (named && valid_vm_id(id)).then_some(id)
+}
+
+/// `smolvm:nat:tap:<tap>:to:…` and `smolvm:egress:<tap>:…` name a TAP.
+pub fn rule_tap(comment: &str) -> Option<&str> {
+    let rest = comment.strip_prefix("smolvm:")?;
+    let rest = rest
+        .strip_prefix("nat:tap:")
+        .or_else(|| rest.strip_prefix("egress:"))?;
+    let (tap, tail) = rest.split_once(':')?;
+    (valid_tap_name(tap) && (tail.starts_with("to:") || comment.starts_with("smolvm:egress:"))).then_some(tap)
+}
+
+/// The TAP SmolVM gives a guest IP from its 172.16.0.0/16 pool: `tap<index>` (0.0.5 used
+/// the last octet, which is the same number for 172.16.0.N).
+pub fn tap_for_guest_ip(ip: [u8; 4]) -> Option<String> {
+    let index = u32::from(ip[2]) << 8 | u32::from(ip[3]);
+    (ip[0] == 172 && ip[1] == 16 && (2..65535).contains(&index)).then(|| format!("tap{index}"))
+}
+
+/// Builds the inventory: rows first (DB order), then VM ids that only the host shows
+/// (sorted), then TAPs that only a SmolVM rule names (`orphan-<tap>`, sorted).
 pub fn inventory(obs: &Observed) -> Inventory {
     let mut inv = Inventory::default();
     let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
@@ -211,6 +260,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
                 "refusing a state row whose id {:?} is not a SmolVM VM id; it is left as it is",
                 row.id
             ));
+            inv.kept += 1;
             continue;
         }
         let k = *by_id.entry(row.id.clone()).or_insert_with(|| {
@@ -224,177 +274,351 @@ pub fn inventory(obs: &Observed) -> Inventory {
         inv.vms[k].rows.push(i);
     }
 
-    // Scanned VMM processes, by the one VM id each names.
-    let mut scanned: BTreeMap<&str, Vec<&ProcInfo>> = BTreeMap::new();
-    let mut names: Vec<BTreeSet<String>> = Vec::new();
-    for p in &obs.vmms {
-        names.push(named_ids(&p.cmdline, &obs.socket_dir, &obs.data_dirs));
+    // VM ids the host shows (VMM processes, rules, leftover files), with their VMMs.
+    let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = BTreeMap::new();
+    for p in obs.vmms.iter().filter(|p| !p.is_zombie()) {
+        let ids = named_ids(&p.cmdline, &obs.socket_dir, &obs.data_dirs);
+        if ids.len() == 1
+            && let Some(id) = ids.into_iter().next()
+        {
+            evidence.entry(id).or_default().push(p);
+        }
     }
-    for (p, ids) in obs.vmms.iter().zip(&names) {
-        if p.is_zombie() {
+    for r in obs
+        .rules
+        .iter()
+        .filter(|r| is_smolvm_rule_table(r.family, &r.table))
+    {
+        if let Some(id) = r.comment.as_deref().and_then(rule_vm_id) {
+            evidence.entry(id.to_string()).or_default();
+        }
+    }
+    for name in &obs.socket_names {
+        if let Some(id) = socket_id(name) {
+            evidence.entry(id.to_string()).or_default();
+        }
+    }
+    for d in &obs.data_listing {
+        let logs = d
+            .top
+            .iter()
+            .filter_map(|n| n.strip_suffix(".log").filter(|id| valid_vm_id(id)));
+        let disks = d
+            .disks
+            .iter()
+            .filter(|n| !d.disks.contains(&format!("{n}.retained")))
+            .filter_map(|n| disk_id(n));
+        for id in logs.chain(disks) {
+            evidence.entry(id.to_string()).or_default();
+        }
+    }
+
+    // TAP names: rows claim theirs; an SSH rule's guest IP ties a TAP to a rowless VM.
+    let mut claimed: BTreeSet<String> = BTreeSet::new();
+    for row in &obs.rows {
+        claimed.extend(row.taps.iter().cloned());
+    }
+    let mut ties: BTreeMap<String, String> = BTreeMap::new();
+    for r in obs
+        .rules
+        .iter()
+        .filter(|r| is_smolvm_rule_table(r.family, &r.table))
+    {
+        let Some(id) = r.comment.as_deref().and_then(rule_vm_id) else {
+            continue;
+        };
+        if by_id.contains_key(id) {
             continue;
         }
-        if ids.len() == 1
-            && let Some(id) = ids.iter().next()
-        {
-            scanned.entry(id.as_str()).or_default().push(p);
+        for tap in r.ipv4.iter().filter_map(|ip| tap_for_guest_ip(*ip)) {
+            if !claimed.contains(&tap) {
+                ties.entry(tap).or_insert_with(|| id.to_string());
+            }
         }
     }
 
     for vm in &mut inv.vms {
-        let rows: Vec<&Row> = vm.rows.iter().map(|&i| &obs.rows[i]).collect();
-        let dirs: Vec<PathBuf> = {
-            let mut d: Vec<PathBuf> = rows
-                .iter()
-                .filter_map(|r| obs.db_dirs.get(r.db).cloned())
-                .collect();
-            d.dedup();
-            d
-        };
-        let newest_write = rows
-            .iter()
-            .filter_map(|r| r.updated_unix)
-            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
-
-        // The VMM: what rows record, then what the scan found naming this VM.
-        let mut stale_reason = None;
-        let mut expects = false;
-        for (&ri, row) in vm.rows.iter().zip(&rows) {
-            if !Status::parse(&row.status).expects_process() {
-                continue;
-            }
-            expects = true;
-            match judge_pid(row, obs, &dirs) {
-                Ok(v) => {
-                    if !vm.vmms.contains(&v) {
-                        vm.vmms.push(v);
-                    }
-                }
-                Err(why) => {
-                    if let Some(raw) = row.pid
-                        && (raw <= 1 || raw > i64::from(i32::MAX) || raw == i64::from(obs.own_pid))
-                    {
-                        inv.warnings
-                            .push(format!("{}: {why}; refusing to signal it", row.id));
-                    }
-                    stale_reason.get_or_insert(why);
-                    if row.status != "error" || row.pid.is_some() {
-                        vm.mark.push(ri);
-                    }
-                }
-            }
+        judge_row_vm(vm, obs, &mut inv.warnings);
+    }
+    if obs.rows_incomplete {
+        if !evidence.keys().all(|id| by_id.contains_key(id)) {
+            inv.warnings.push(
+                "a state DB could not be read: leftovers that no readable row names are left alone this run"
+                    .into(),
+            );
         }
-        for p in scanned.get(vm.id.as_str()).into_iter().flatten() {
-            if vm.vmms.iter().any(|v| v.pid == p.pid) {
-                continue;
-            }
-            if let Some(t) = newest_write
-                && p.start_unix > t + START_SLACK_SECS
-            {
-                vm.refuse.get_or_insert(format!(
-                    "VMM pid {} started after its state row was last written (VM starting?); not touched",
-                    p.pid
-                ));
-                continue;
-            }
-            vm.vmms.push(Vmm {
+        return inv;
+    }
+
+    for (id, vmms) in evidence.iter().filter(|(id, _)| !by_id.contains_key(*id)) {
+        let mut vm = Vm {
+            id: id.clone(),
+            rowless: true,
+            tap_names: ties
+                .iter()
+                .filter(|(_, v)| *v == id)
+                .map(|(t, _)| t.clone())
+                .collect(),
+            ..Vm::default()
+        };
+        vm.vmms = vmms
+            .iter()
+            .map(|p| Vmm {
                 pid: p.pid,
                 start_ticks: p.start_ticks,
-            });
-        }
-        if expects && vm.vmms.is_empty() {
-            vm.stale = stale_reason.or(Some("VMM is gone".into()));
-        } else {
-            // A VMM lives: the row is not stale, whatever its pid column says.
-            vm.mark.clear();
-        }
-
-        // TAPs: valid names only, and only links that really are TAPs.
-        for row in &rows {
-            for tap in &row.taps {
-                if tap == "usernet" {
-                    continue; // QEMU user-mode networking: no host device.
-                }
-                if !valid_tap_name(tap) {
-                    inv.warnings
-                        .push(format!("{}: refusing TAP name {tap:?} from the state DB", vm.id));
-                    continue;
-                }
-                if !vm.tap_names.contains(tap) {
-                    vm.tap_names.push(tap.clone());
-                }
-            }
-        }
-        for tap in &vm.tap_names {
-            let Some(li) = obs.links.iter().position(|l| &l.name == tap) else {
-                continue;
-            };
-            let l = &obs.links[li];
-            let alias_ok = !tap.starts_with("svmb")
-                || l.alias.as_deref() == Some(format!("smolvm-bridge:{}", vm.id).as_str());
-            if l.is_tap() && alias_ok {
-                vm.taps.push(li);
-            } else {
-                inv.warnings.push(format!(
-                    "{}: link {tap} is not SmolVM's TAP (kind {}); left alone",
-                    vm.id,
-                    l.kind.as_deref().unwrap_or("none")
-                ));
-            }
-        }
-        vm.rules = obs
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| is_smolvm_rule_table(r.family, &r.table))
-            .filter(|(_, r)| {
-                r.comment
-                    .as_deref()
-                    .is_some_and(|c| rule_is_vms(c, &vm.id, &vm.tap_names))
             })
-            .map(|(i, _)| i)
             .collect();
-        vm.tables = obs
-            .tables
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| {
-                t.family == NFPROTO_INET
-                    && t.name
-                        .strip_prefix("smolvm_policy_")
-                        .is_some_and(|tap| vm.tap_names.iter().any(|n| n == tap))
-            })
-            .map(|(i, _)| i)
+        attach_network(&mut vm, obs, &mut inv.warnings);
+        vm.files = vm_files(id, &obs.socket_dir, &obs.data_dirs, false)
+            .into_iter()
+            .filter(|f| !is_retained(f, obs))
             .collect();
-
-        let retain = rows.iter().any(|r| r.retain_disk);
-        vm.files = vm_files(&vm.id, &obs.socket_dir, &dirs, retain);
-        if vm.vmms.is_empty()
-            && let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path()))
-        {
-            vm.refuse.get_or_insert(format!(
-                "{} is still served by a process that is not a VMM of this host's; not touched",
-                f.path().display()
+        judge_rowless(&mut vm, obs);
+        if vm.stale.is_none() {
+            inv.warnings.push(format!(
+                "{}: has no state row but is alive ({}); left alone (--all stops it)",
+                vm.id,
+                vm.live.as_deref().unwrap_or("?")
             ));
         }
-        if vm.refuse.is_some() {
-            // Not ours to judge while something we cannot account for runs: write nothing.
-            vm.mark.clear();
+        inv.vms.push(vm);
+    }
+
+    // TAPs that only a SmolVM rule names, tied to no VM.
+    let mut orphan_taps: BTreeSet<&str> = BTreeSet::new();
+    for r in obs
+        .rules
+        .iter()
+        .filter(|r| is_smolvm_rule_table(r.family, &r.table))
+    {
+        if let Some(tap) = r.comment.as_deref().and_then(rule_tap)
+            && !claimed.contains(tap)
+            && !ties.contains_key(tap)
+        {
+            orphan_taps.insert(tap);
         }
-        for row in &rows {
-            if let Some(sp) = &row.socket_path
-                && !vm.files.iter().any(|f| Path::new(sp) == f.path())
-            {
-                inv.warnings.push(format!(
-                    "{}: socket path {sp:?} is not {}/fc-{}.sock; it is not removed",
-                    vm.id,
-                    obs.socket_dir.display(),
-                    vm.id
-                ));
+    }
+    for tap in orphan_taps {
+        let mut vm = Vm {
+            id: format!("orphan-{tap}"),
+            rowless: true,
+            tap_names: vec![tap.to_string()],
+            ..Vm::default()
+        };
+        attach_network(&mut vm, obs, &mut inv.warnings);
+        if vm.taps.iter().any(|&li| obs.links[li].carrier) {
+            inv.warnings.push(format!(
+                "{tap}: a live process holds this TAP though no state row names it; left alone"
+            ));
+            inv.kept += 1;
+            continue;
+        }
+        vm.stale = Some("no state row names this TAP".into());
+        inv.vms.push(vm);
+    }
+    inv
+}
+
+/// A disk SmolVM marked to keep (`<disk>.retained`, newer releases).
+fn is_retained(f: &FileRef, obs: &Observed) -> bool {
+    let Some(name) = f.rel.strip_prefix("disks/") else {
+        return false;
+    };
+    obs.data_listing
+        .iter()
+        .any(|d| d.dir == f.root && d.disks.contains(&format!("{name}.retained")))
+}
+
+/// A rowless VM is stale unless something shows it alive: its VMM (which `--all` may
+/// stop), or a served socket / a TAP held open by a process we cannot identify.
+fn judge_rowless(vm: &mut Vm, obs: &Observed) {
+    if let Some(v) = vm.vmms.first() {
+        vm.live = Some(format!("VMM pid {} is running", v.pid));
+        return;
+    }
+    if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
+        vm.live = Some(format!("{} is served", f.path().display()));
+    } else if let Some(&li) = vm.taps.iter().find(|&&li| obs.links[li].carrier) {
+        vm.live = Some(format!("TAP {} is held open", obs.links[li].name));
+    }
+    match &vm.live {
+        Some(why) => {
+            vm.refuse = Some(format!(
+                "{why} by a process that is not a VMM we can identify; not touched"
+            ));
+        }
+        None => vm.stale = Some("no state row".into()),
+    }
+}
+
+/// TAP links, rules and per-TAP tables for `vm.id` and `vm.tap_names`.
+fn attach_network(vm: &mut Vm, obs: &Observed, warnings: &mut Vec<String>) {
+    for tap in &vm.tap_names {
+        let Some(li) = obs.links.iter().position(|l| &l.name == tap) else {
+            continue;
+        };
+        let l = &obs.links[li];
+        let alias_ok = !tap.starts_with("svmb")
+            || l.alias.as_deref() == Some(format!("smolvm-bridge:{}", vm.id).as_str());
+        if l.is_tap() && alias_ok {
+            vm.taps.push(li);
+        } else {
+            warnings.push(format!(
+                "{}: link {tap} is not SmolVM's TAP (kind {}); left alone",
+                vm.id,
+                l.kind.as_deref().unwrap_or("none")
+            ));
+        }
+    }
+    vm.rules = obs
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| is_smolvm_rule_table(r.family, &r.table))
+        .filter(|(_, r)| {
+            r.comment
+                .as_deref()
+                .is_some_and(|c| rule_is_vms(c, &vm.id, &vm.tap_names))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    vm.tables = obs
+        .tables
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| {
+            t.family == NFPROTO_INET
+                && t.name
+                    .strip_prefix("smolvm_policy_")
+                    .is_some_and(|tap| vm.tap_names.iter().any(|n| n == tap))
+        })
+        .map(|(i, _)| i)
+        .collect();
+}
+
+/// Judges a VM that has rows: its VMM, staleness, and its resources.
+fn judge_row_vm(vm: &mut Vm, obs: &Observed, warnings: &mut Vec<String>) {
+    let rows: Vec<&Row> = vm.rows.iter().map(|&i| &obs.rows[i]).collect();
+    let dirs: Vec<PathBuf> = {
+        let mut d: Vec<PathBuf> = rows
+            .iter()
+            .filter_map(|r| obs.db_dirs.get(r.db).cloned())
+            .collect();
+        d.dedup();
+        d
+    };
+    let newest_write = rows
+        .iter()
+        .filter_map(|r| r.updated_unix)
+        .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+
+    // The VMM: what rows record, then what the scan found naming this VM.
+    let mut stale_reason = None;
+    let mut expects = false;
+    for (&ri, row) in vm.rows.iter().zip(&rows) {
+        if !Status::parse(&row.status).expects_process() {
+            continue;
+        }
+        expects = true;
+        match judge_pid(row, obs, &dirs) {
+            Ok(v) => {
+                if !vm.vmms.contains(&v) {
+                    vm.vmms.push(v);
+                }
+            }
+            Err(why) => {
+                if let Some(raw) = row.pid
+                    && (raw <= 1 || raw > i64::from(i32::MAX) || raw == i64::from(obs.own_pid))
+                {
+                    warnings.push(format!("{}: {why}; refusing to signal it", row.id));
+                }
+                stale_reason.get_or_insert(why);
+                if row.status != "error" || row.pid.is_some() {
+                    vm.mark.push(ri);
+                }
             }
         }
     }
-    inv
+    let scanned = obs
+        .vmms
+        .iter()
+        .filter(|p| !p.is_zombie() && names_only(p, &vm.id, obs, &obs.data_dirs));
+    for p in scanned {
+        if vm.vmms.iter().any(|v| v.pid == p.pid) {
+            continue;
+        }
+        if let Some(t) = newest_write
+            && p.start_unix > t + START_SLACK_SECS
+        {
+            vm.refuse.get_or_insert(format!(
+                "VMM pid {} started after its state row was last written (VM starting?); not touched",
+                p.pid
+            ));
+            continue;
+        }
+        vm.vmms.push(Vmm {
+            pid: p.pid,
+            start_ticks: p.start_ticks,
+        });
+    }
+    if expects && vm.vmms.is_empty() {
+        vm.stale = stale_reason.or(Some("VMM is gone".into()));
+    } else {
+        // A VMM lives: the row is not stale, whatever its pid column says.
+        vm.mark.clear();
+    }
+
+    // TAPs: valid names only, and only links that really are TAPs.
+    for row in &rows {
+        for tap in &row.taps {
+            if tap == "usernet" {
+                continue; // QEMU user-mode networking: no host device.
+            }
+            if !valid_tap_name(tap) {
+                warnings.push(format!("{}: refusing TAP name {tap:?} from the state DB", vm.id));
+                continue;
+            }
+            if !vm.tap_names.contains(tap) {
+                vm.tap_names.push(tap.clone());
+            }
+        }
+    }
+    attach_network(vm, obs, warnings);
+
+    let retain = rows.iter().any(|r| r.retain_disk);
+    vm.files = vm_files(&vm.id, &obs.socket_dir, &dirs, retain)
+        .into_iter()
+        .filter(|f| !is_retained(f, obs))
+        .collect();
+    if vm.vmms.is_empty() {
+        if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
+            vm.refuse.get_or_insert(format!(
+                "{} is still served by a process that is not a VMM we can identify; not touched",
+                f.path().display()
+            ));
+        } else if let Some(&li) = vm.taps.iter().find(|&&li| obs.links[li].carrier) {
+            vm.refuse.get_or_insert(format!(
+                "TAP {} is held open by a process that is not a VMM we can identify; not touched",
+                obs.links[li].name
+            ));
+        }
+    }
+    if vm.refuse.is_some() {
+        // Not ours to judge while something we cannot account for runs: write nothing.
+        vm.mark.clear();
+    }
+    for row in &rows {
+        if let Some(sp) = &row.socket_path
+            && !vm.files.iter().any(|f| Path::new(sp) == f.path())
+        {
+            warnings.push(format!(
+                "{}: socket path {sp:?} is not {}/fc-{}.sock; it is not removed",
+                vm.id,
+                obs.socket_dir.display(),
+                vm.id
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -465,6 +689,7 @@ mod tests {
             chain: "c".into(),
             handle,
             comment: Some(comment.into()),
+            ipv4: vec![],
         }
     }
 
@@ -649,6 +874,139 @@ mod tests {
         let inv = inventory(&o);
         assert_eq!(inv.vms[0].rules, [0, 1]);
         assert_eq!(inv.vms[0].tables, [0]);
+    }
+
+    #[test]
+    fn comments_name_vms_and_taps() {
+        assert_eq!(rule_vm_id("smolvm:vm-1:ssh"), Some("vm-1"));
+        assert_eq!(rule_vm_id("smolvm:web:local:8080:80"), Some("web"));
+        assert_eq!(rule_vm_id("smolvm:nat:ssh"), Some("nat"));
+        for none in [
+            "smolvm:vm-1:ssh:x",
+            "smolvm:vm-1:local",
+            "smolvm:nat:tap:tap2:to:uplink0",
+            "smolvm:global:forward:established",
+            "smolvm:egress:tap2:allow",
+            "smolvm:Bad:ssh",
+            "other:vm-1:ssh",
+        ] {
+            assert_eq!(rule_vm_id(none), None, "{none}");
+        }
+        assert_eq!(rule_tap("smolvm:nat:tap:tap2:to:uplink0"), Some("tap2"));
+        assert_eq!(rule_tap("smolvm:egress:tap2:drop6"), Some("tap2"));
+        assert_eq!(rule_tap("smolvm:nat:tap:eth0:to:uplink0"), None);
+        assert_eq!(rule_tap("smolvm:nat:tap:tap2"), None);
+        assert_eq!(rule_tap("smolvm:vm-1:ssh"), None);
+    }
+
+    #[test]
+    fn guest_ip_to_tap() {
+        assert_eq!(tap_for_guest_ip([172, 16, 0, 5]).as_deref(), Some("tap5"));
+        assert_eq!(tap_for_guest_ip([172, 16, 1, 2]).as_deref(), Some("tap258"));
+        assert_eq!(tap_for_guest_ip([172, 16, 0, 1]), None, "the gateway");
+        assert_eq!(tap_for_guest_ip([127, 0, 0, 1]), None);
+    }
+
+    fn ssh_rule(id: &str, octet: u8, handle: u64) -> Rule {
+        Rule {
+            ipv4: vec![[172, 16, 0, octet]],
+            ..rule(NFPROTO_IPV4, "smolvm_nat", handle, &format!("smolvm:{id}:ssh"))
+        }
+    }
+
+    #[test]
+    fn with_no_rows_the_host_names_the_vms() {
+        let mut o = obs(vec![]);
+        o.links = vec![tap(2, "tap2"), tap(3, "tap3"), tap(4, "tap4")];
+        o.links[2].carrier = true;
+        o.rules = vec![
+            ssh_rule("vm-1", 2, 10),
+            rule(
+                NFPROTO_INET,
+                "smolvm_filter",
+                11,
+                "smolvm:nat:tap:tap2:to:uplink0",
+            ),
+            rule(
+                NFPROTO_INET,
+                "smolvm_filter",
+                12,
+                "smolvm:nat:tap:tap3:to:uplink0",
+            ),
+            rule(
+                NFPROTO_INET,
+                "smolvm_filter",
+                13,
+                "smolvm:nat:tap:tap4:to:uplink0",
+            ),
+            rule(
+                NFPROTO_INET,
+                "smolvm_filter",
+                14,
+                "smolvm:global:forward:established",
+            ),
+        ];
+        o.socket_names = vec!["fc-vm-2.sock".into(), "fc-vm-3.sock".into(), "other.sock".into()];
+        o.served.insert("/tmp/fc-vm-3.sock".into());
+        o.data_listing = vec![DirListing {
+            dir: "/var/lib/smolvm".into(),
+            top: vec!["vm-4.log".into(), "smolvm.log".into()],
+            disks: vec![
+                "kept.ext4".into(),
+                "kept.ext4.retained".into(),
+                "vm-4.ext4".into(),
+            ],
+        }];
+        o.vmms = vec![fc(70, 1.0, "vm-5")];
+        let inv = inventory(&o);
+        let ids: Vec<&str> = inv.vms.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["smolvm", "vm-1", "vm-2", "vm-3", "vm-4", "vm-5", "orphan-tap3"]
+        );
+        let vm = |id: &str| inv.vms.iter().find(|v| v.id == id).unwrap();
+        // The SSH rule's guest IP ties tap2 and its rule to vm-1.
+        assert_eq!(vm("vm-1").tap_names, ["tap2"]);
+        assert_eq!(vm("vm-1").rules, [0, 1]);
+        assert!(vm("vm-1").stale.is_some());
+        // A served socket or a live VMM: alive, not stale; only the unidentified one is refused.
+        assert!(vm("vm-3").stale.is_none() && vm("vm-3").refuse.is_some());
+        assert!(vm("vm-5").stale.is_none() && vm("vm-5").refuse.is_none());
+        assert_eq!(vm("vm-5").vmms[0].pid, 70);
+        assert!(vm("vm-4").stale.is_some());
+        assert_eq!(vm("orphan-tap3").taps, [1]);
+        assert_eq!(vm("orphan-tap3").rules, [2]);
+        // tap4 has carrier: never an orphan. "kept" is retained: not a leftover.
+        assert_eq!(inv.kept, 1);
+        assert!(!ids.contains(&"kept"));
+
+        // A DB that could not be read: nothing rowless is taken.
+        o.rows_incomplete = true;
+        assert!(inventory(&o).vms.is_empty());
+    }
+
+    #[test]
+    fn a_tap_claimed_by_a_row_is_never_an_orphan_or_tied_elsewhere() {
+        let mut r = row("keepme", "created", None);
+        r.taps = vec!["tap2".into()];
+        let mut o = obs(vec![r]);
+        o.links = vec![tap(2, "tap2")];
+        o.rules = vec![
+            ssh_rule("ghost", 2, 10),
+            rule(
+                NFPROTO_INET,
+                "smolvm_filter",
+                11,
+                "smolvm:nat:tap:tap2:to:uplink0",
+            ),
+        ];
+        let inv = inventory(&o);
+        assert_eq!(inv.vms.len(), 2);
+        assert_eq!(inv.vms[0].taps, [0]);
+        assert_eq!(inv.vms[0].rules, [1]);
+        assert_eq!(inv.vms[1].id, "ghost");
+        assert!(inv.vms[1].tap_names.is_empty());
+        assert_eq!(inv.vms[1].rules, [0]);
     }
 
     #[test]

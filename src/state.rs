@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, params};
 
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::model::Row;
 
 /// Child tables keyed by `vm_id` that SmolVM deletes with the VM (by cascade). We delete
@@ -235,6 +235,21 @@ impl Db {
                 Err(e)
             }
         }
+    }
+}
+
+/// The DB is damaged or not a DB at all (as opposed to locked or unreadable for now):
+/// what it held is lost, and the live system is all there is to go by.
+pub fn is_corrupt(e: &Error) -> bool {
+    match &e.cause {
+        Cause::Msg(_) => true,
+        Cause::Db(rusqlite::Error::SqliteFailure(f, _)) => {
+            matches!(
+                f.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            )
+        }
+        _ => false,
     }
 }
 

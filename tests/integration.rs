@@ -11,3 +11,4 @@ mod cleanup;
 mod cli;
 mod failures;
 mod fixture;
+mod orphans;

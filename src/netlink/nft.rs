@@ -17,7 +17,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 
 use super::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR, Socket, Writer, attr_str, attrs, messages};
-use crate::model::{Rule, Table};
+use crate::model::{Chain, Rule, Table};
 
 pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_IPV4: u8 = 2;
@@ -28,22 +28,36 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 /// u64 big-endian. A DELRULE without it flushes the whole chain: always sent.
 const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
 /// libnftnl's udata TLV type for a rule comment (the value keeps its trailing NUL).
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 
 /// Ops per batch. Each op's ACK takes ~700 bytes of receive buffer; the buffer is grown to
 /// 4 MiB (root), and a lost ACK is caught by the caller's verification dump anyway.
 const BATCH_OPS: usize = 1000;
+/// On DELCHAIN/DELTABLE: fail with EBUSY instead of deleting what the object contains.
+const NLM_F_NONREC: u16 = 0x100;
 
 fn msg_type(op: u16) -> u16 {
     NFNL_SUBSYS_NFTABLES << 8 | op
@@ -63,9 +77,14 @@ pub enum Op {
         chain: String,
         handle: u64,
     },
+    /// A chain, only if empty (NLM_F_NONREC: EBUSY otherwise).
+    Chain { family: u8, table: String, name: String },
+    /// A table; `recursive` deletes its chains and rules with it, otherwise it must be
+    /// empty (NLM_F_NONREC: EBUSY otherwise).
     Table {
         family: u8,
         name: String,
+        recursive: bool,
     },
 }
 
@@ -93,8 +112,27 @@ impl Op {
                 w.attr_str(NFTA_RULE_CHAIN, chain);
                 w.attr(NFTA_RULE_HANDLE, &handle.to_be_bytes());
             }
-            Op::Table { family, name } => {
-                w.begin(msg_type(NFT_MSG_DELTABLE), NLM_F_REQUEST | NLM_F_ACK, seq);
+            Op::Chain { family, table, name } => {
+                w.begin(
+                    msg_type(NFT_MSG_DELCHAIN),
+                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_NONREC,
+                    seq,
+                );
+                nfgenmsg(w, *family, 0);
+                w.attr_str(NFTA_CHAIN_TABLE, table);
+                w.attr_str(NFTA_CHAIN_NAME, name);
+            }
+            Op::Table {
+                family,
+                name,
+                recursive,
+            } => {
+                let nonrec = if *recursive { 0 } else { NLM_F_NONREC };
+                w.begin(
+                    msg_type(NFT_MSG_DELTABLE),
+                    NLM_F_REQUEST | NLM_F_ACK | nonrec,
+                    seq,
+                );
                 nfgenmsg(w, *family, 0);
                 w.attr_str(NFTA_TABLE_NAME, name);
             }
@@ -123,6 +161,40 @@ pub fn dump_tables(sock: &mut Socket) -> Result<Vec<Table>, Errno> {
         }
     })?;
     Ok(out)
+}
+
+/// Every chain of one table. A table that does not exist has no chains.
+pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Chain>, Errno> {
+    let seq = sock.next_seq();
+    let mut w = Writer::default();
+    w.begin(msg_type(NFT_MSG_GETCHAIN), NLM_F_REQUEST | NLM_F_DUMP, seq);
+    nfgenmsg(&mut w, family, 0);
+    w.end();
+    let mut out = Vec::new();
+    let result = sock.dump(&w.buf, seq, |m| {
+        if m.ty != msg_type(NFT_MSG_NEWCHAIN) || m.payload.len() < 4 {
+            return;
+        }
+        let mut c = Chain {
+            family: m.payload[0],
+            table: String::new(),
+            name: String::new(),
+        };
+        for (t, p) in attrs(&m.payload[4..]) {
+            match t {
+                NFTA_CHAIN_TABLE => c.table = attr_str(p),
+                NFTA_CHAIN_NAME => c.name = attr_str(p),
+                _ => {}
+            }
+        }
+        if c.table == table {
+            out.push(c);
+        }
+    });
+    match result {
+        Ok(()) | Err(Errno::NOENT) => Ok(out),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every rule of one table. A table that does not exist has no rules.
@@ -155,6 +227,7 @@ fn decode_rule(payload: &[u8]) -> Option<Rule> {
         chain: String::new(),
         handle: 0,
         comment: None,
+        ipv4: Vec::new(),
     };
     for (ty, p) in attrs(payload.get(4..)?) {
         match ty {
@@ -162,10 +235,42 @@ fn decode_rule(payload: &[u8]) -> Option<Rule> {
             NFTA_RULE_CHAIN => rule.chain = attr_str(p),
             NFTA_RULE_HANDLE => rule.handle = u64::from_be_bytes(p.get(..8)?.try_into().ok()?),
             NFTA_RULE_USERDATA => rule.comment = comment(p),
+            NFTA_RULE_EXPRESSIONS => rule.ipv4 = ipv4_values(p),
             _ => {}
         }
     }
     (rule.handle != 0).then_some(rule)
+}
+
+/// 4-byte data values of the rule's `cmp` and `immediate` expressions.
+///
+/// ```text
+/// NFTA_RULE_EXPRESSIONS → NFTA_LIST_ELEM* → { NFTA_EXPR_NAME "cmp"|"immediate",
+///   NFTA_EXPR_DATA → NFTA_CMP_DATA (3) | NFTA_IMMEDIATE_DATA (2) → NFTA_DATA_VALUE (1) }
+/// ```
+fn ipv4_values(exprs: &[u8]) -> Vec<[u8; 4]> {
+    let mut out = Vec::new();
+    for (_, elem) in attrs(exprs).filter(|(t, _)| *t == NFTA_LIST_ELEM) {
+        let name = attrs(elem)
+            .find(|(t, _)| *t == NFTA_EXPR_NAME)
+            .map(|(_, p)| attr_str(p));
+        let slot = match name.as_deref() {
+            Some("cmp") => NFTA_CMP_DATA,
+            Some("immediate") => NFTA_IMMEDIATE_DATA,
+            _ => continue,
+        };
+        let Some((_, data)) = attrs(elem).find(|(t, _)| *t == NFTA_EXPR_DATA) else {
+            continue;
+        };
+        for (_, value) in attrs(data).filter(|(t, _)| *t == slot) {
+            for (_, v) in attrs(value).filter(|(t, _)| *t == NFTA_DATA_VALUE) {
+                if let Ok(ip) = <[u8; 4]>::try_from(v) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The comment inside NFTA_RULE_USERDATA's `{u8 type; u8 len; value}` list.
@@ -206,6 +311,30 @@ pub fn delete(sock: &mut Socket, ops: &[Op], deadline: Instant) -> Vec<Result<()
         .into_iter()
         .map(|r| r.unwrap_or(Err(Errno::TIMEDOUT)))
         .collect()
+}
+
+/// Deletes `ops` in one batch or not at all: the first error, if any, is returned and
+/// the kernel has applied nothing.
+pub fn delete_atomic(sock: &mut Socket, ops: &[Op]) -> Result<(), Errno> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    if ops.len() > BATCH_OPS {
+        return Err(Errno::MSGSIZE);
+    }
+    sock.grow_buffers(4 << 20);
+    let chunk: Vec<usize> = (0..ops.len()).collect();
+    let results = send_batch(sock, ops, &chunk);
+    // An op left unsettled (None) was rolled back by another op's failure.
+    for r in &results {
+        if let Some(Err(e)) = r {
+            return Err(*e);
+        }
+    }
+    if results.iter().any(Option::is_none) {
+        return Err(Errno::CANCELED);
+    }
+    Ok(())
 }
 
 /// One batch. Per op: Some(final result), or None when the batch was aborted by another
@@ -327,6 +456,28 @@ mod tests {
         let mut u = vec![NFTNL_UDATA_RULE_COMMENT, 23];
         u.extend_from_slice(b"smolvm:vm-0a1b2c3d:ssh\0");
         w.attr(NFTA_RULE_USERDATA, &u);
+        // expressions: payload (ignored), cmp 172.16.0.2, immediate of 2 bytes (a port).
+        let nested = |parts: &[(u16, Vec<u8>)]| {
+            let mut x = Writer::default();
+            for (t, p) in parts {
+                x.attr(*t, p);
+            }
+            x.buf
+        };
+        let expr = |name: &str, slot: u16, value: &[u8]| {
+            let value = nested(&[(NFTA_DATA_VALUE, value.to_vec())]);
+            let data = nested(&[(1, vec![0, 0, 0, 1]), (slot, value)]);
+            nested(&[
+                (NFTA_EXPR_NAME, format!("{name}\0").into_bytes()),
+                (NFTA_EXPR_DATA, data),
+            ])
+        };
+        let exprs = nested(&[
+            (NFTA_LIST_ELEM, nested(&[(NFTA_EXPR_NAME, b"payload\0".to_vec())])),
+            (NFTA_LIST_ELEM, expr("cmp", NFTA_CMP_DATA, &[172, 16, 0, 2])),
+            (NFTA_LIST_ELEM, expr("immediate", NFTA_IMMEDIATE_DATA, &[0, 22])),
+        ]);
+        w.attr(NFTA_RULE_EXPRESSIONS, &exprs);
         w.end();
         let m = messages(&w.buf).next().unwrap().unwrap();
         let r = decode_rule(m.payload).unwrap();
@@ -338,6 +489,7 @@ mod tests {
                 chain: "prerouting".into(),
                 handle: 5,
                 comment: Some("smolvm:vm-0a1b2c3d:ssh".into()),
+                ipv4: vec![[172, 16, 0, 2]],
             }
         );
     }

@@ -102,6 +102,35 @@ pub fn delete_rules(matches: impl Fn(&str) -> bool) {
     nft(&script);
 }
 
+/// Holds an existing TAP open the way a VMM does (TUNSETIFF on /dev/net/tun): the kernel
+/// then reports carrier on it. Dropping the file lets it go.
+pub fn hold_tap(name: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads a struct ifreq (name, flags) from the pointer, which points
+    // to a live, correctly sized #[repr(C)] value for the duration of the call.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
+    assert_eq!(r, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    f
+}
+
 /// Link names in this namespace, sorted.
 pub fn links() -> Vec<String> {
     let mut v: Vec<String> = sh("ip -o link show")
