@@ -4,7 +4,7 @@
 //! confirmed from a fresh dump. A target that fails a phase is skipped by the later ones,
 //! so its state row survives for the next run; "already gone" counts as done.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -278,7 +278,8 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
             .unwrap_or(7);
     let results = link::delete_many(&mut sock, &obs.links, &indexes, seed);
     let by_index: BTreeMap<i32, rustix::io::Result<()>> = indexes.iter().copied().zip(results).collect();
-    let after = link::dump(&mut sock);
+    let after: Result<BTreeSet<(i32, String)>, _> =
+        link::dump(&mut sock).map(|now| now.into_iter().map(|l| (l.index, l.name)).collect());
     for i in pending {
         let t = &run.plan.targets[i];
         let mut why = None;
@@ -288,7 +289,7 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
             match by_index.get(&l.index) {
                 Some(Err(e)) => why = Some(Error::errno(action, e.raw_os_error())),
                 _ => match &after {
-                    Ok(now) if now.iter().any(|n| n.index == l.index && n.name == l.name) => {
+                    Ok(now) if now.contains(&(l.index, l.name.clone())) => {
                         why = Some(Error::msg(action, "it is still present after the delete"))
                     }
                     Ok(_) => {}
@@ -360,19 +361,12 @@ fn delete_rules(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
     // Confirm from the kernel: an ACK is not proof when a batch can be rolled back.
     match crate::discover::dump_nft(deadline) {
         Ok((tables, rules)) => {
+            let rules: BTreeSet<nft::Op> = rules.iter().map(nft::Op::for_rule).collect();
+            let tables: BTreeSet<(u8, &str)> = tables.iter().map(|t| (t.family, t.name.as_str())).collect();
             for (op, &i) in ops.iter().zip(&owner) {
                 let present = match op {
-                    nft::Op::Rule {
-                        family,
-                        table,
-                        chain,
-                        handle,
-                    } => rules.iter().any(|r| {
-                        r.family == *family && &r.table == table && &r.chain == chain && r.handle == *handle
-                    }),
-                    nft::Op::Table { family, name, .. } => {
-                        tables.iter().any(|t| t.family == *family && &t.name == name)
-                    }
+                    nft::Op::Rule { .. } => rules.contains(op),
+                    nft::Op::Table { family, name, .. } => tables.contains(&(*family, name.as_str())),
                     nft::Op::Chain { .. } => false,
                 };
                 if present {

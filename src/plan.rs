@@ -114,8 +114,12 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
     if !sel.all {
         chosen.sort_by(|&a, &b| inv.vms[a].id.cmp(&inv.vms[b].id));
     }
+    let mut is_target = vec![false; inv.vms.len()];
+    for &i in &chosen {
+        is_target[i] = true;
+    }
     let keep: Vec<&Vm> = (0..inv.vms.len())
-        .filter(|i| !chosen.contains(i))
+        .filter(|&i| !is_target[i])
         .map(|i| &inv.vms[i])
         .collect();
     let kept_taps: BTreeSet<&str> = keep

@@ -6,7 +6,7 @@
 //! `--id`) and it started no later than the row was last written; anything else at a
 //! recorded pid is someone else's process that reused the pid.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::model::{FileRef, Link, ProcInfo, Row, Rule, Status, Table, valid_tap_name, valid_vm_id};
@@ -188,24 +188,6 @@ fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<Vmm, String>
     })
 }
 
-/// Rules that belong to a VM: its own comments, and the per-TAP comments of its TAPs.
-pub fn rule_is_vms(comment: &str, id: &str, taps: &[String]) -> bool {
-    let Some(rest) = comment.strip_prefix("smolvm:") else {
-        return false;
-    };
-    if let Some(after) = rest.strip_prefix(id)
-        && (after == ":ssh" || after.starts_with(":local:"))
-    {
-        return true;
-    }
-    taps.iter().any(|tap| {
-        rest.strip_prefix("nat:tap:")
-            .or_else(|| rest.strip_prefix("egress:"))
-            .and_then(|r| r.strip_prefix(tap.as_str()))
-            .is_some_and(|r| r.starts_with(':'))
-    })
-}
-
 /// Files SmolVM leaves for a VM id.
 pub fn vm_files(id: &str, socket_dir: &Path, data_dirs: &[PathBuf], retain_disk: bool) -> Vec<FileRef> {
     let mut files = vec![
@@ -249,9 +231,69 @@ pub fn tap_for_guest_ip(ip: [u8; 4]) -> Option<String> {
     (ip[0] == 172 && ip[1] == 16 && (2..65535).contains(&index)).then(|| format!("tap{index}"))
 }
 
+/// Lookups built once per run, so that judging N VMs costs O(N), not O(N × rules).
+struct Index<'a> {
+    link_by_name: HashMap<&'a str, usize>,
+    rules_by_id: BTreeMap<&'a str, Vec<usize>>,
+    rules_by_tap: BTreeMap<&'a str, Vec<usize>>,
+    table_by_tap: HashMap<&'a str, usize>,
+    /// Live (non-zombie) VMM processes by the one VM id each names.
+    vmms_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(obs: &'a Observed) -> Index<'a> {
+        let mut ix = Index {
+            link_by_name: obs
+                .links
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.name.as_str(), i))
+                .collect(),
+            rules_by_id: BTreeMap::new(),
+            rules_by_tap: BTreeMap::new(),
+            table_by_tap: HashMap::new(),
+            vmms_by_id: BTreeMap::new(),
+        };
+        for (i, r) in obs.rules.iter().enumerate() {
+            let Some(c) = r
+                .comment
+                .as_deref()
+                .filter(|_| is_smolvm_rule_table(r.family, &r.table))
+            else {
+                continue;
+            };
+            if let Some(id) = rule_vm_id(c) {
+                ix.rules_by_id.entry(id).or_default().push(i);
+            } else if let Some(tap) = rule_tap(c) {
+                ix.rules_by_tap.entry(tap).or_default().push(i);
+            }
+        }
+        for (i, t) in obs.tables.iter().enumerate() {
+            if let Some(tap) = t
+                .name
+                .strip_prefix("smolvm_policy_")
+                .filter(|_| t.family == NFPROTO_INET)
+            {
+                ix.table_by_tap.insert(tap, i);
+            }
+        }
+        for p in obs.vmms.iter().filter(|p| !p.is_zombie()) {
+            let ids = named_ids(&p.cmdline, &obs.socket_dir, &obs.data_dirs);
+            if ids.len() == 1
+                && let Some(id) = ids.into_iter().next()
+            {
+                ix.vmms_by_id.entry(id).or_default().push(p);
+            }
+        }
+        ix
+    }
+}
+
 /// Builds the inventory: rows first (DB order), then VM ids that only the host shows
 /// (sorted), then TAPs that only a SmolVM rule names (`orphan-<tap>`, sorted).
 pub fn inventory(obs: &Observed) -> Inventory {
+    let ix = Index::new(obs);
     let mut inv = Inventory::default();
     let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
     for (i, row) in obs.rows.iter().enumerate() {
@@ -273,75 +315,37 @@ pub fn inventory(obs: &Observed) -> Inventory {
         });
         inv.vms[k].rows.push(i);
     }
+    for vm in &mut inv.vms {
+        judge_row_vm(vm, obs, &ix, &mut inv.warnings);
+    }
 
     // VM ids the host shows (VMM processes, rules, leftover files), with their VMMs.
-    let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = BTreeMap::new();
-    for p in obs.vmms.iter().filter(|p| !p.is_zombie()) {
-        let ids = named_ids(&p.cmdline, &obs.socket_dir, &obs.data_dirs);
-        if ids.len() == 1
-            && let Some(id) = ids.into_iter().next()
-        {
-            evidence.entry(id).or_default().push(p);
-        }
-    }
-    for r in obs
-        .rules
-        .iter()
-        .filter(|r| is_smolvm_rule_table(r.family, &r.table))
-    {
-        if let Some(id) = r.comment.as_deref().and_then(rule_vm_id) {
-            evidence.entry(id.to_string()).or_default();
-        }
-    }
-    for name in &obs.socket_names {
-        if let Some(id) = socket_id(name) {
-            evidence.entry(id.to_string()).or_default();
-        }
-    }
-    for d in &obs.data_listing {
-        let logs = d
-            .top
+    let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = ix.vmms_by_id.clone();
+    let files = obs.socket_names.iter().filter_map(|n| socket_id(n));
+    let logs = obs.data_listing.iter().flat_map(|d| {
+        d.top
             .iter()
-            .filter_map(|n| n.strip_suffix(".log").filter(|id| valid_vm_id(id)));
-        let disks = d
-            .disks
+            .filter_map(|n| n.strip_suffix(".log").filter(|id| valid_vm_id(id)))
+    });
+    let disks = obs.data_listing.iter().flat_map(|d| {
+        d.disks
             .iter()
             .filter(|n| !d.disks.contains(&format!("{n}.retained")))
-            .filter_map(|n| disk_id(n));
-        for id in logs.chain(disks) {
-            evidence.entry(id.to_string()).or_default();
-        }
-    }
-
-    // TAP names: rows claim theirs; an SSH rule's guest IP ties a TAP to a rowless VM.
-    let mut claimed: BTreeSet<String> = BTreeSet::new();
-    for row in &obs.rows {
-        claimed.extend(row.taps.iter().cloned());
-    }
-    let mut ties: BTreeMap<String, String> = BTreeMap::new();
-    for r in obs
-        .rules
-        .iter()
-        .filter(|r| is_smolvm_rule_table(r.family, &r.table))
+            .filter_map(|n| disk_id(n))
+    });
+    for id in ix
+        .rules_by_id
+        .keys()
+        .copied()
+        .chain(files)
+        .chain(logs)
+        .chain(disks)
     {
-        let Some(id) = r.comment.as_deref().and_then(rule_vm_id) else {
-            continue;
-        };
-        if by_id.contains_key(id) {
-            continue;
-        }
-        for tap in r.ipv4.iter().filter_map(|ip| tap_for_guest_ip(*ip)) {
-            if !claimed.contains(&tap) {
-                ties.entry(tap).or_insert_with(|| id.to_string());
-            }
-        }
+        evidence.entry(id.to_string()).or_default();
     }
-
-    for vm in &mut inv.vms {
-        judge_row_vm(vm, obs, &mut inv.warnings);
-    }
+    evidence.retain(|id, _| !by_id.contains_key(id));
     if obs.rows_incomplete {
-        if !evidence.keys().all(|id| by_id.contains_key(id)) {
+        if !evidence.is_empty() {
             inv.warnings.push(
                 "a state DB could not be read: leftovers that no readable row names are left alone this run"
                     .into(),
@@ -350,25 +354,41 @@ pub fn inventory(obs: &Observed) -> Inventory {
         return inv;
     }
 
-    for (id, vmms) in evidence.iter().filter(|(id, _)| !by_id.contains_key(*id)) {
+    // TAP names: rows claim theirs; an SSH rule's guest IP ties a TAP to a rowless VM.
+    let claimed: BTreeSet<&str> = obs
+        .rows
+        .iter()
+        .flat_map(|r| r.taps.iter().map(String::as_str))
+        .collect();
+    let mut ties: BTreeMap<String, &str> = BTreeMap::new();
+    for (&id, rules) in ix.rules_by_id.iter().filter(|(id, _)| !by_id.contains_key(**id)) {
+        let ips = rules.iter().flat_map(|&ri| &obs.rules[ri].ipv4);
+        for tap in ips.filter_map(|ip| tap_for_guest_ip(*ip)) {
+            if !claimed.contains(tap.as_str()) {
+                ties.entry(tap).or_insert(id);
+            }
+        }
+    }
+    let mut tied: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (tap, id) in &ties {
+        tied.entry(id).or_default().push(tap.clone());
+    }
+
+    for (id, vmms) in &evidence {
         let mut vm = Vm {
             id: id.clone(),
             rowless: true,
-            tap_names: ties
+            tap_names: tied.get(id.as_str()).cloned().unwrap_or_default(),
+            vmms: vmms
                 .iter()
-                .filter(|(_, v)| *v == id)
-                .map(|(t, _)| t.clone())
+                .map(|p| Vmm {
+                    pid: p.pid,
+                    start_ticks: p.start_ticks,
+                })
                 .collect(),
             ..Vm::default()
         };
-        vm.vmms = vmms
-            .iter()
-            .map(|p| Vmm {
-                pid: p.pid,
-                start_ticks: p.start_ticks,
-            })
-            .collect();
-        attach_network(&mut vm, obs, &mut inv.warnings);
+        attach_network(&mut vm, obs, &ix, &mut inv.warnings);
         vm.files = vm_files(id, &obs.socket_dir, &obs.data_dirs, false)
             .into_iter()
             .filter(|f| !is_retained(f, obs))
@@ -385,19 +405,10 @@ pub fn inventory(obs: &Observed) -> Inventory {
     }
 
     // TAPs that only a SmolVM rule names, tied to no VM.
-    let mut orphan_taps: BTreeSet<&str> = BTreeSet::new();
-    for r in obs
-        .rules
-        .iter()
-        .filter(|r| is_smolvm_rule_table(r.family, &r.table))
-    {
-        if let Some(tap) = r.comment.as_deref().and_then(rule_tap)
-            && !claimed.contains(tap)
-            && !ties.contains_key(tap)
-        {
-            orphan_taps.insert(tap);
-        }
-    }
+    let orphan_taps = ix
+        .rules_by_tap
+        .keys()
+        .filter(|tap| !claimed.contains(**tap) && !ties.contains_key(**tap));
     for tap in orphan_taps {
         let mut vm = Vm {
             id: format!("orphan-{tap}"),
@@ -405,7 +416,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
             tap_names: vec![tap.to_string()],
             ..Vm::default()
         };
-        attach_network(&mut vm, obs, &mut inv.warnings);
+        attach_network(&mut vm, obs, &ix, &mut inv.warnings);
         if vm.taps.iter().any(|&li| obs.links[li].carrier) {
             inv.warnings.push(format!(
                 "{tap}: a live process holds this TAP though no state row names it; left alone"
@@ -451,10 +462,11 @@ fn judge_rowless(vm: &mut Vm, obs: &Observed) {
     }
 }
 
-/// TAP links, rules and per-TAP tables for `vm.id` and `vm.tap_names`.
-fn attach_network(vm: &mut Vm, obs: &Observed, warnings: &mut Vec<String>) {
+/// TAP links, rules and per-TAP tables for `vm.id` and `vm.tap_names`: its own comments
+/// (`smolvm:<id>:…`) and the per-TAP comments and policy tables of its TAPs.
+fn attach_network(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<String>) {
     for tap in &vm.tap_names {
-        let Some(li) = obs.links.iter().position(|l| &l.name == tap) else {
+        let Some(&li) = ix.link_by_name.get(tap.as_str()) else {
             continue;
         };
         let l = &obs.links[li];
@@ -470,34 +482,20 @@ fn attach_network(vm: &mut Vm, obs: &Observed, warnings: &mut Vec<String>) {
             ));
         }
     }
-    vm.rules = obs
-        .rules
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| is_smolvm_rule_table(r.family, &r.table))
-        .filter(|(_, r)| {
-            r.comment
-                .as_deref()
-                .is_some_and(|c| rule_is_vms(c, &vm.id, &vm.tap_names))
-        })
-        .map(|(i, _)| i)
-        .collect();
-    vm.tables = obs
-        .tables
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| {
-            t.family == NFPROTO_INET
-                && t.name
-                    .strip_prefix("smolvm_policy_")
-                    .is_some_and(|tap| vm.tap_names.iter().any(|n| n == tap))
-        })
-        .map(|(i, _)| i)
-        .collect();
+    let mut rules: Vec<usize> = ix.rules_by_id.get(vm.id.as_str()).cloned().unwrap_or_default();
+    let mut tables = Vec::new();
+    for tap in &vm.tap_names {
+        rules.extend(ix.rules_by_tap.get(tap.as_str()).into_iter().flatten());
+        tables.extend(ix.table_by_tap.get(tap.as_str()));
+    }
+    rules.sort_unstable();
+    rules.dedup();
+    vm.rules = rules;
+    vm.tables = tables;
 }
 
 /// Judges a VM that has rows: its VMM, staleness, and its resources.
-fn judge_row_vm(vm: &mut Vm, obs: &Observed, warnings: &mut Vec<String>) {
+fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<String>) {
     let rows: Vec<&Row> = vm.rows.iter().map(|&i| &obs.rows[i]).collect();
     let dirs: Vec<PathBuf> = {
         let mut d: Vec<PathBuf> = rows
@@ -539,11 +537,7 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, warnings: &mut Vec<String>) {
             }
         }
     }
-    let scanned = obs
-        .vmms
-        .iter()
-        .filter(|p| !p.is_zombie() && names_only(p, &vm.id, obs, &obs.data_dirs));
-    for p in scanned {
+    for p in ix.vmms_by_id.get(vm.id.as_str()).into_iter().flatten() {
         if vm.vmms.iter().any(|v| v.pid == p.pid) {
             continue;
         }
@@ -583,7 +577,7 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, warnings: &mut Vec<String>) {
             }
         }
     }
-    attach_network(vm, obs, warnings);
+    attach_network(vm, obs, ix, warnings);
 
     let retain = rows.iter().any(|r| r.retain_disk);
     vm.files = vm_files(&vm.id, &obs.socket_dir, &dirs, retain)
@@ -826,20 +820,6 @@ mod tests {
         let inv = inventory(&o);
         assert!(inv.vms[0].taps.is_empty());
         assert_eq!(inv.warnings.len(), 1);
-    }
-
-    #[test]
-    fn rules_by_comment() {
-        let taps = vec!["tap2".to_string()];
-        assert!(rule_is_vms("smolvm:vm-1:ssh", "vm-1", &taps));
-        assert!(rule_is_vms("smolvm:vm-1:local:8080:80", "vm-1", &taps));
-        assert!(rule_is_vms("smolvm:nat:tap:tap2:to:uplink0", "vm-1", &taps));
-        assert!(rule_is_vms("smolvm:egress:tap2:allow", "vm-1", &taps));
-        assert!(!rule_is_vms("smolvm:vm-10:ssh", "vm-1", &taps));
-        assert!(!rule_is_vms("smolvm:vm-1:sshx", "vm-1", &taps));
-        assert!(!rule_is_vms("smolvm:nat:tap:tap22:to:uplink0", "vm-1", &taps));
-        assert!(!rule_is_vms("smolvm:global:forward:established", "vm-1", &taps));
-        assert!(!rule_is_vms("vm-1:ssh", "vm-1", &taps));
     }
 
     #[test]

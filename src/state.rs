@@ -146,6 +146,8 @@ impl Db {
                 })
             })?
             .collect::<rusqlite::Result<Vec<Row>>>()?;
+        let by_id: std::collections::HashMap<String, usize> =
+            rows.iter().enumerate().map(|(i, r)| (r.id.clone(), i)).collect();
         for table in ["ip_leases", "tap_allocations"] {
             if !self.has_table(table) {
                 continue;
@@ -160,10 +162,10 @@ impl Db {
                 let (Some(vm), Some(tap)) = (vm, tap) else {
                     continue;
                 };
-                if let Some(row) = rows.iter_mut().find(|row| row.id == vm)
-                    && !row.taps.contains(&tap)
+                if let Some(&k) = by_id.get(&vm)
+                    && !rows[k].taps.contains(&tap)
                 {
-                    row.taps.push(tap);
+                    rows[k].taps.push(tap);
                 }
             }
         }
@@ -203,6 +205,10 @@ impl Db {
         self.write(|conn| {
             let mut del = conn.prepare("DELETE FROM vms WHERE id = ?1 AND updated_at IS ?2")?;
             let mut exists = conn.prepare("SELECT 1 FROM vms WHERE id = ?1")?;
+            let mut child_deletes = children
+                .iter()
+                .map(|t| conn.prepare(&format!("DELETE FROM {t} WHERE vm_id = ?1")))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut out = Vec::with_capacity(rows.len());
             for (id, updated) in rows {
                 let outcome = if del.execute(params![id, updated])? == 1 {
@@ -213,8 +219,8 @@ impl Db {
                 } else {
                     RowOutcome::AlreadyGone
                 };
-                for t in &children {
-                    conn.execute(&format!("DELETE FROM {t} WHERE vm_id = ?1"), params![id])?;
+                for stmt in &mut child_deletes {
+                    stmt.execute(params![id])?;
                 }
                 out.push(outcome);
             }

@@ -69,7 +69,7 @@ fn nfgenmsg(w: &mut Writer, family: u8, res_id: u16) {
 }
 
 /// A deletion the caller wants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
     Rule {
         family: u8,
