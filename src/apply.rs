@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::files::{self, Removal};
+use crate::files::{Removal, Remover};
 use crate::netlink::{self, link, nft};
 use crate::plan::Plan;
 use crate::process::{self, Stopped, Timing};
@@ -132,79 +132,38 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
             .collect(),
         failed: vec![false; plan.targets.len()],
     };
-    if env.stop.load(Ordering::SeqCst) {
-        for i in run.live() {
-            run.fail(
-                i,
-                StepKind::Process,
-                "interrupted before this step; state row kept".into(),
-            );
-        }
-        return run.finish();
-    }
-    let updated = mark_stale(plan, obs, env);
     for (i, t) in plan.targets.iter().enumerate() {
         if let Some(why) = &t.refuse {
             run.fail(i, StepKind::Process, why.clone());
         }
     }
-    type Phase = fn(&mut Run<'_>, &Observed, &mut Env<'_>, &BTreeMap<usize, Option<String>>);
-    let phases: [(StepKind, Phase); 5] = [
-        (StepKind::Process, |r, o, e, _| stop_processes(r, o, e)),
-        (StepKind::Tap, |r, o, e, _| delete_taps(r, o, e)),
-        (StepKind::Nft, |r, o, e, _| delete_rules(r, o, e)),
-        (StepKind::Files, |r, _, e, _| remove_files(r, e)),
-        (StepKind::Row, delete_rows),
+    type Phase = fn(&mut Run<'_>, &Observed, &mut Env<'_>);
+    let phases: [(StepKind, Phase); 4] = [
+        (StepKind::Process, stop_processes),
+        (StepKind::Tap, delete_taps),
+        (StepKind::Nft, delete_rules),
+        (StepKind::Files, |r, _, e| remove_files(r, e)),
     ];
     for (kind, phase) in phases {
         if env.stop.load(Ordering::SeqCst) {
             for i in run.live() {
-                run.fail(i, kind, "interrupted before this step; state row kept".into());
+                run.fail(i, kind, INTERRUPTED.into());
             }
             break;
         }
-        phase(&mut run, obs, env, &updated);
+        phase(&mut run, obs, env);
     }
+    if env.stop.load(Ordering::SeqCst) {
+        for i in run.live() {
+            run.fail(i, StepKind::Row, INTERRUPTED.into());
+        }
+    }
+    // Always, even after an interrupt: it writes whole outcomes only.
+    finish_rows(&mut run, obs, env);
     run.finish()
 }
 
-/// Marks stale rows `error`/pid NULL as SmolVM's reconcile does, so a row that outlives
-/// this run (a failed target) reads truthfully. Returns each touched row's new
-/// `updated_at`, which the final delete is conditioned on.
-fn mark_stale(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> BTreeMap<usize, Option<String>> {
-    let mut updated = BTreeMap::new();
-    let mut by_db: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for t in &plan.targets {
-        for &ri in &t.mark {
-            by_db.entry(obs.rows[ri].db).or_default().push(ri);
-        }
-    }
-    let now = iso8601_utc(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default(),
-    );
-    for (db, rows) in by_db {
-        let Some(Some(conn)) = env.dbs.get(db) else {
-            continue;
-        };
-        let args: Vec<(&str, Option<&str>)> = rows
-            .iter()
-            .map(|&ri| (obs.rows[ri].id.as_str(), obs.rows[ri].updated_at.as_deref()))
-            .collect();
-        match conn.mark_stale(&args, &now) {
-            Ok(res) => {
-                for (ri, new) in rows.into_iter().zip(res) {
-                    if new.is_some() {
-                        updated.insert(ri, new);
-                    }
-                }
-            }
-            Err(e) => (env.warn)(format!("{e}; stale rows keep their status")),
-        }
-    }
-    updated
-}
+const INTERRUPTED: &str = "interrupted before this step; state row kept";
 
 fn stop_processes(run: &mut Run<'_>, _obs: &Observed, env: &mut Env<'_>) {
     let mut vmms = Vec::new();
@@ -403,12 +362,13 @@ fn describe(op: &nft::Op) -> String {
 }
 
 fn remove_files(run: &mut Run<'_>, env: &mut Env<'_>) {
+    let mut remover = Remover::default();
     for i in run.live() {
         let t = &run.plan.targets[i];
         let mut removed = false;
         let mut err = None;
         for f in &t.files {
-            match files::remove(f) {
+            match remover.remove(f) {
                 Ok(Removal::Deleted) => removed = true,
                 Ok(Removal::AlreadyGone) => {}
                 Ok(Removal::Refused(why)) => {
@@ -428,39 +388,51 @@ fn remove_files(run: &mut Run<'_>, env: &mut Env<'_>) {
     }
 }
 
-fn delete_rows(
-    run: &mut Run<'_>,
-    obs: &Observed,
-    env: &mut Env<'_>,
-    updated: &BTreeMap<usize, Option<String>>,
-) {
-    let mut by_db: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
-    for i in run.live() {
-        let t = &run.plan.targets[i];
-        if t.rows.is_empty() {
-            run.step(i, StepKind::Row, StepState::Skipped);
-        }
-        for &ri in &t.rows {
-            by_db.entry(obs.rows[ri].db).or_default().push((i, ri));
+/// The last step, one transaction per DB: deletes the rows of every target whose
+/// resources are all gone, and marks the stale rows of the others `error`/pid NULL as
+/// SmolVM's reconcile does, so a row that outlives this run reads truthfully.
+fn finish_rows(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
+    // Per DB: (target, row) pairs to delete, and rows to mark.
+    #[derive(Default)]
+    struct Work {
+        deletes: Vec<(usize, usize)>,
+        marks: Vec<usize>,
+    }
+    let mut by_db: BTreeMap<usize, Work> = BTreeMap::new();
+    for (i, t) in run.plan.targets.iter().enumerate() {
+        if run.failed[i] {
+            for &ri in &t.mark {
+                by_db.entry(obs.rows[ri].db).or_default().marks.push(ri);
+            }
+        } else {
+            for &ri in &t.rows {
+                by_db.entry(obs.rows[ri].db).or_default().deletes.push((i, ri));
+            }
         }
     }
+    for i in run.live() {
+        if run.plan.targets[i].rows.is_empty() {
+            run.step(i, StepKind::Row, StepState::Skipped);
+        }
+    }
+    let row_arg = |ri: usize| (obs.rows[ri].id.as_str(), obs.rows[ri].updated_at.as_deref());
+    let now = iso8601_utc(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
     let mut states: BTreeMap<usize, Vec<Result<RowOutcome, String>>> = BTreeMap::new();
-    for (db, items) in by_db {
-        let args: Vec<(&str, Option<&str>)> = items
-            .iter()
-            .map(|&(_, ri)| {
-                let stamp = match updated.get(&ri) {
-                    Some(new) => new.as_deref(),
-                    None => obs.rows[ri].updated_at.as_deref(),
-                };
-                (obs.rows[ri].id.as_str(), stamp)
-            })
-            .collect();
+    for (db, Work { deletes, marks }) in by_db {
+        let del: Vec<(&str, Option<&str>)> = deletes.iter().map(|&(_, ri)| row_arg(ri)).collect();
+        let mark: Vec<(&str, Option<&str>)> = marks.iter().map(|&ri| row_arg(ri)).collect();
         let res = match env.dbs.get(db) {
-            Some(Some(conn)) => conn.delete_rows(&args).map_err(|e| e.to_string()),
+            Some(Some(conn)) => conn.finish(&del, &mark, &now).map_err(|e| e.to_string()),
             _ => Err("the state DB is not open".to_string()),
         };
-        for (k, &(i, _)) in items.iter().enumerate() {
+        if let (Err(e), true) = (&res, deletes.is_empty()) {
+            (env.warn)(format!("{e}; stale rows keep their status"));
+        }
+        for (k, &(i, _)) in deletes.iter().enumerate() {
             let r = match &res {
                 Ok(v) => Ok(v[k].clone()),
                 Err(e) => Err(e.clone()),

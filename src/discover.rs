@@ -9,7 +9,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::error::Error;
 use crate::files;
 use crate::locate::DataDir;
-use crate::model::FileRef;
 use crate::netlink::{self, link, nft};
 use crate::procfs::Procfs;
 use crate::reconcile::{DirListing, Observed, socket_id};
@@ -120,9 +119,9 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         .filter(|n| socket_id(n).is_some())
         .collect();
     for name in &d.obs.socket_names {
-        let f = FileRef::new(&cfg.socket_dir, name.clone());
-        if files::socket_has_listener(&f) {
-            d.obs.served.insert(f.path());
+        let path = cfg.socket_dir.join(name);
+        if files::socket_has_listener(&path) {
+            d.obs.served.insert(path);
         }
     }
     for dd in cfg.data_dirs {

@@ -6,7 +6,7 @@
 //! `--id`) and it started no later than the row was last written; anything else at a
 //! recorded pid is someone else's process that reused the pid.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::model::{FileRef, Link, ProcInfo, Row, Rule, Status, Table, valid_tap_name, valid_vm_id};
@@ -239,6 +239,8 @@ struct Index<'a> {
     table_by_tap: HashMap<&'a str, usize>,
     /// Live (non-zombie) VMM processes by the one VM id each names.
     vmms_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
+    /// Files discovery listed that are SmolVM's to remove (retained disks excluded).
+    present: HashSet<PathBuf>,
 }
 
 impl<'a> Index<'a> {
@@ -254,7 +256,15 @@ impl<'a> Index<'a> {
             rules_by_tap: BTreeMap::new(),
             table_by_tap: HashMap::new(),
             vmms_by_id: BTreeMap::new(),
+            present: obs.socket_names.iter().map(|n| obs.socket_dir.join(n)).collect(),
         };
+        for d in &obs.data_listing {
+            ix.present.extend(d.top.iter().map(|n| d.dir.join(n)));
+            let names: HashSet<&str> = d.disks.iter().map(String::as_str).collect();
+            let kept = |n: &str| names.contains(format!("{n}.retained").as_str());
+            let disks = d.disks.iter().filter(|n| !kept(n));
+            ix.present.extend(disks.map(|n| d.dir.join("disks").join(n)));
+        }
         for (i, r) in obs.rules.iter().enumerate() {
             let Some(c) = r
                 .comment
@@ -321,23 +331,25 @@ pub fn inventory(obs: &Observed) -> Inventory {
 
     // VM ids the host shows (VMM processes, rules, leftover files), with their VMMs.
     let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = ix.vmms_by_id.clone();
-    let files = obs.socket_names.iter().filter_map(|n| socket_id(n));
+    let sockets = obs.socket_names.iter().filter_map(|n| socket_id(n));
     let logs = obs.data_listing.iter().flat_map(|d| {
         d.top
             .iter()
             .filter_map(|n| n.strip_suffix(".log").filter(|id| valid_vm_id(id)))
     });
+    let present = &ix.present;
     let disks = obs.data_listing.iter().flat_map(|d| {
+        let dir = d.dir.join("disks");
         d.disks
             .iter()
-            .filter(|n| !d.disks.contains(&format!("{n}.retained")))
+            .filter(move |n| present.contains(&dir.join(n)))
             .filter_map(|n| disk_id(n))
     });
     for id in ix
         .rules_by_id
         .keys()
         .copied()
-        .chain(files)
+        .chain(sockets)
         .chain(logs)
         .chain(disks)
     {
@@ -391,7 +403,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
         attach_network(&mut vm, obs, &ix, &mut inv.warnings);
         vm.files = vm_files(id, &obs.socket_dir, &obs.data_dirs, false)
             .into_iter()
-            .filter(|f| !is_retained(f, obs))
+            .filter(|f| ix.present.contains(&f.path()))
             .collect();
         judge_rowless(&mut vm, obs);
         if vm.stale.is_none() {
@@ -428,16 +440,6 @@ pub fn inventory(obs: &Observed) -> Inventory {
         inv.vms.push(vm);
     }
     inv
-}
-
-/// A disk SmolVM marked to keep (`<disk>.retained`, newer releases).
-fn is_retained(f: &FileRef, obs: &Observed) -> bool {
-    let Some(name) = f.rel.strip_prefix("disks/") else {
-        return false;
-    };
-    obs.data_listing
-        .iter()
-        .any(|d| d.dir == f.root && d.disks.contains(&format!("{name}.retained")))
 }
 
 /// A rowless VM is stale unless something shows it alive: its VMM (which `--all` may
@@ -582,7 +584,7 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
     let retain = rows.iter().any(|r| r.retain_disk);
     vm.files = vm_files(&vm.id, &obs.socket_dir, &dirs, retain)
         .into_iter()
-        .filter(|f| !is_retained(f, obs))
+        .filter(|f| ix.present.contains(&f.path()))
         .collect();
     if vm.vmms.is_empty() {
         if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
@@ -1027,20 +1029,40 @@ mod tests {
     #[test]
     fn served_socket_without_a_known_vmm_is_refused() {
         let mut o = obs(vec![row("vm-1", "stopped", None)]);
+        o.socket_names = vec!["fc-vm-1.sock".into()];
         o.served.insert("/tmp/fc-vm-1.sock".into());
         let inv = inventory(&o);
         assert!(inv.vms[0].refuse.is_some());
     }
 
+    fn listed(o: &mut Observed, sockets: &[&str], top: &[&str], disks: &[&str]) {
+        o.socket_names = sockets.iter().map(|s| s.to_string()).collect();
+        o.data_listing = vec![DirListing {
+            dir: "/var/lib/smolvm".into(),
+            top: top.iter().map(|s| s.to_string()).collect(),
+            disks: disks.iter().map(|s| s.to_string()).collect(),
+        }];
+    }
+
     #[test]
-    fn files_follow_the_row_and_retain_flag() {
-        let mut r = row("vm-1", "stopped", None);
-        r.retain_disk = true;
-        let inv = inventory(&obs(vec![r]));
-        let rels: Vec<&str> = inv.vms[0].files.iter().map(|f| f.rel.as_str()).collect();
-        assert_eq!(
-            rels,
-            ["fc-vm-1.sock", "qmp-vm-1.sock", "vsock-vm-1.sock", "vm-1.log"]
+    fn files_are_what_was_listed_minus_kept_disks() {
+        let rels = |o: &Observed| -> Vec<String> {
+            inventory(o).vms[0].files.iter().map(|f| f.rel.clone()).collect()
+        };
+        let mut o = obs(vec![row("vm-1", "stopped", None), row("vm-2", "stopped", None)]);
+        listed(
+            &mut o,
+            &["fc-vm-1.sock", "vsock-vm-1.sock"],
+            &["vm-1.log"],
+            &["vm-1.ext4", "vm-2.ext4", "vm-2.ext4.retained"],
         );
+        assert_eq!(
+            rels(&o),
+            ["fc-vm-1.sock", "vsock-vm-1.sock", "vm-1.log", "disks/vm-1.ext4"]
+        );
+        o.rows[0].retain_disk = true;
+        assert_eq!(rels(&o), ["fc-vm-1.sock", "vsock-vm-1.sock", "vm-1.log"]);
+        // A disk with a .retained marker is kept.
+        assert!(inventory(&o).vms[1].files.is_empty());
     }
 }

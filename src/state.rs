@@ -177,40 +177,34 @@ impl Db {
         stmt.query_map([], |r| r.get::<_, String>(1))?.collect()
     }
 
-    /// Marks stale rows as SmolVM does (`status='error', pid=NULL`), each only if the row
-    /// is still as we read it. Returns, per input, the new `updated_at` when it changed.
-    pub fn mark_stale(&self, rows: &[(&str, Option<&str>)], now: &str) -> Result<Vec<Option<String>>> {
-        let action = || format!("mark stale VMs in {}", self.path.display());
+    /// In one transaction: deletes the `deletes` rows with their child rows, and marks the
+    /// `marks` rows stale as SmolVM does (`status='error', pid=NULL`). Each row is touched
+    /// only if it is unchanged since we read it (`updated_at`), so a VM that SmolVM
+    /// restarted in the meantime keeps its row as SmolVM wrote it.
+    pub fn finish(
+        &self,
+        deletes: &[(&str, Option<&str>)],
+        marks: &[(&str, Option<&str>)],
+        now: &str,
+    ) -> Result<Vec<RowOutcome>> {
+        let action = || format!("update state DB {}", self.path.display());
+        let children: Vec<&str> = CHILD_TABLES.into_iter().filter(|t| self.has_table(t)).collect();
         self.write(|conn| {
-            let mut stmt = conn.prepare(
+            let mut mark = conn.prepare(
                 "UPDATE vms SET status = 'error', pid = NULL, updated_at = ?1 \
                  WHERE id = ?2 AND updated_at IS ?3",
             )?;
-            rows.iter()
-                .map(|(id, old)| {
-                    let n = stmt.execute(params![now, id, old])?;
-                    Ok((n == 1).then(|| now.to_string()))
-                })
-                .collect()
-        })
-        .map_err(|e| Error::db(action(), e))
-    }
-
-    /// Deletes VM rows and their child rows in one transaction. A row is deleted only if
-    /// it is unchanged since we read it (`updated_at`), so a VM that SmolVM restarted in
-    /// the meantime keeps its row.
-    pub fn delete_rows(&self, rows: &[(&str, Option<&str>)]) -> Result<Vec<RowOutcome>> {
-        let action = || format!("delete rows from {}", self.path.display());
-        let children: Vec<&str> = CHILD_TABLES.into_iter().filter(|t| self.has_table(t)).collect();
-        self.write(|conn| {
+            for (id, old) in marks {
+                mark.execute(params![now, id, old])?;
+            }
             let mut del = conn.prepare("DELETE FROM vms WHERE id = ?1 AND updated_at IS ?2")?;
             let mut exists = conn.prepare("SELECT 1 FROM vms WHERE id = ?1")?;
             let mut child_deletes = children
                 .iter()
                 .map(|t| conn.prepare(&format!("DELETE FROM {t} WHERE vm_id = ?1")))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut out = Vec::with_capacity(rows.len());
-            for (id, updated) in rows {
+            let mut out = Vec::with_capacity(deletes.len());
+            for (id, updated) in deletes {
                 let outcome = if del.execute(params![id, updated])? == 1 {
                     RowOutcome::Deleted
                 } else if exists.exists(params![id])? {

@@ -1,6 +1,6 @@
 //! TAP devices over rtnetlink: one dump of every link, and deletion of chosen links.
-//! The rtnetlink payloads (`ifinfomsg` and its `IFLA_*` attributes) are encoded and
-//! decoded with neli's typed structs; transport and ACK accounting are `super::Socket`'s.
+//! Requests are built with neli's typed `Ifinfomsg`/`Rtattr`; replies are walked in place
+//! for the few attributes needed; transport and ACK accounting are `super::Socket`'s.
 //!
 //! Deleting many links one `RTM_DELLINK` at a time costs an RCU grace period each (about
 //! 17 ms). Moving them into a private link group and deleting the group unregisters them
@@ -9,19 +9,21 @@
 
 use std::io::Cursor;
 
-use neli::consts::rtnl::{Ifla, IflaInfo, RtAddrFamily, Rtm};
+use neli::ToBytes;
+use neli::consts::rtnl::{Ifla, RtAddrFamily, Rtm};
 use neli::rtnl::{Ifinfomsg, IfinfomsgBuilder, RtattrBuilder};
 use neli::types::{Buffer, RtBuffer};
-use neli::{FromBytesWithInput, ToBytes};
 use rustix::io::Errno;
 
-use super::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, messages};
+use super::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages};
 use crate::model::Link;
 
 /// IFLA_TUN_TYPE inside IFLA_INFO_DATA when the kind is "tun" (1 tun, 2 tap).
 const IFLA_TUN_TYPE: u16 = 3;
-/// Links per send when pipelining requests: their ACKs must fit the receive buffer.
+/// Requests per send when pipelining (errors, at most one per request, must fit the
+/// receive buffer).
 const PIPELINE: usize = 256;
+const IFINFOMSG_LEN: usize = 16;
 
 fn encode(ty: Rtm, flags: u16, seq: u32, msg: &Ifinfomsg, w: &mut Writer) -> Result<(), Errno> {
     let mut body = Cursor::new(Vec::new());
@@ -81,37 +83,60 @@ pub fn dump(sock: &mut Socket) -> Result<Vec<Link>, Errno> {
     }
 }
 
+/// Decodes an RTM_NEWLINK: the `ifinfomsg` header, then only the attributes cleanup needs,
+/// walked in place (a full typed parse of every attribute of thousands of links costs
+/// more than the kernel's dump itself).
+///
+/// ```text
+/// struct ifinfomsg { u8 family; u8 pad; u16 type; i32 index; u32 flags; u32 change; }
+/// ```
 fn decode(payload: &[u8]) -> Option<Link> {
-    let info = Ifinfomsg::from_bytes_with_input(&mut Cursor::new(payload), payload.len()).ok()?;
-    let h = info.rtattrs().get_attr_handle();
-    let name = h.get_attr_payload_as_with_len::<String>(Ifla::Ifname).ok()?;
-    let mut kind = None;
-    let mut tun_type = None;
-    if let Some(li) = h.get_attribute(Ifla::Linkinfo)
-        && let Ok(lih) = li.get_attr_handle::<IflaInfo>()
-    {
-        kind = lih.get_attr_payload_as_with_len::<String>(IflaInfo::Kind).ok();
-        // IFLA_INFO_DATA means something else for every kind: decode it only for tun.
-        if kind.as_deref() == Some("tun")
-            && let Some(data) = lih.get_attribute(IflaInfo::Data)
-        {
-            tun_type = super::attrs(data.rta_payload().as_ref())
-                .find(|(t, _)| *t == IFLA_TUN_TYPE)
-                .and_then(|(_, p)| p.first().copied());
+    let index = i32::from_ne_bytes(payload.get(4..8)?.try_into().ok()?);
+    let mut link = Link {
+        index,
+        name: String::new(),
+        kind: None,
+        tun_type: None,
+        group: 0,
+        alias: None,
+        carrier: false,
+    };
+    let u32_of = |p: &[u8]| p.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes);
+    for (ty, p) in attrs(payload.get(IFINFOMSG_LEN..)?) {
+        match ty {
+            libc::IFLA_IFNAME => link.name = attr_str(p),
+            libc::IFLA_GROUP => link.group = u32_of(p).unwrap_or(0),
+            libc::IFLA_IFALIAS => link.alias = Some(attr_str(p)).filter(|a| !a.is_empty()),
+            libc::IFLA_CARRIER => link.carrier = p.first() == Some(&1),
+            libc::IFLA_LINKINFO => {
+                for (t, q) in attrs(p) {
+                    match t {
+                        libc::IFLA_INFO_KIND => link.kind = Some(attr_str(q)),
+                        libc::IFLA_INFO_DATA => link.tun_type = tun_type(q),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    Some(Link {
-        index: *info.ifi_index(),
-        name,
-        kind,
-        tun_type,
-        group: h.get_attr_payload_as::<u32>(Ifla::Group).unwrap_or(0),
-        alias: h.get_attr_payload_as_with_len::<String>(Ifla::Ifalias).ok(),
-        carrier: h.get_attr_payload_as::<u8>(Ifla::Carrier).is_ok_and(|c| c == 1),
-    })
+    // IFLA_INFO_DATA means something else for every kind: it is a tun type only for tun.
+    if link.kind.as_deref() != Some("tun") {
+        link.tun_type = None;
+    }
+    (!link.name.is_empty()).then_some(link)
 }
 
-/// Sends one request per item (pipelined, `PIPELINE` per send) and returns each ACK.
+fn tun_type(info_data: &[u8]) -> Option<u8> {
+    attrs(info_data)
+        .find(|(t, _)| *t == IFLA_TUN_TYPE)
+        .and_then(|(_, p)| p.first().copied())
+}
+
+/// Sends one request per item, `PIPELINE` per send, and returns each one's answer.
+/// Only the last request of a send asks for an ACK: the kernel handles a send's messages
+/// in order, so once that ACK is in, every earlier message has been handled and any of
+/// them that failed has already queued its error.
 fn pipelined(
     sock: &mut Socket,
     items: &[i32],
@@ -122,31 +147,39 @@ fn pipelined(
         let first = sock.reserve_seqs(chunk.len() as u32);
         let mut w = Writer::default();
         let mut results: Vec<Option<Result<(), Errno>>> = vec![None; chunk.len()];
-        for (i, &idx) in chunk.iter().enumerate() {
-            match build(idx).and_then(|(ty, m)| {
-                encode(
-                    ty,
-                    NLM_F_REQUEST | NLM_F_ACK,
-                    first.wrapping_add(i as u32),
-                    &m,
-                    &mut w,
-                )
-            }) {
-                Ok(()) => {}
-                Err(e) => results[i] = Some(Err(e)),
+        let mut last = None;
+        let encoded: Vec<(usize, Rtm, Ifinfomsg)> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &idx)| match build(idx) {
+                Ok((ty, m)) => Some((i, ty, m)),
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    None
+                }
+            })
+            .collect();
+        for (k, (i, ty, m)) in encoded.iter().enumerate() {
+            let ack = if k + 1 == encoded.len() { NLM_F_ACK } else { 0 };
+            match encode(*ty, NLM_F_REQUEST | ack, first.wrapping_add(*i as u32), m, &mut w) {
+                Ok(()) => last = Some(*i),
+                Err(e) => results[*i] = Some(Err(e)),
             }
         }
+        let Some(last) = last else {
+            out.extend(results.into_iter().map(|r| r.unwrap_or(Err(Errno::INVAL))));
+            continue;
+        };
         if let Err(e) = sock.send(&w.buf) {
             out.extend(std::iter::repeat_n(Err(e), chunk.len()));
             continue;
         }
-        let mut pending = results.iter().filter(|r| r.is_none()).count();
         let mut buf = Vec::new();
-        while pending > 0 {
+        while results[last].is_none() {
             let data = match sock.recv(&mut buf) {
                 Ok(d) => d,
                 Err(e) => {
-                    // Lost or late ACKs: the caller re-dumps to learn the truth.
+                    // No final ACK in time: what happened is unknown; the caller re-dumps.
                     for r in results.iter_mut().filter(|r| r.is_none()) {
                         *r = Some(Err(e));
                     }
@@ -163,11 +196,11 @@ fn pipelined(
                     } else {
                         Err(Errno::from_raw_os_error(code))
                     });
-                    pending -= 1;
                 }
             }
         }
-        out.extend(results.into_iter().map(|r| r.unwrap_or(Err(Errno::PROTO))));
+        // Handled before the final ACK and no error came back: done.
+        out.extend(results.into_iter().map(|r| r.unwrap_or(Ok(()))));
     }
     out
 }
@@ -281,6 +314,46 @@ mod tests {
         assert_eq!(free_group(&links, 7), 0x5e00_0008);
         assert_eq!(free_group(&links, 9), 0x5e00_0009);
         assert_ne!(free_group(&[], 0), 0);
+    }
+
+    #[test]
+    fn newlink_decoding() {
+        let nested = |parts: &[(u16, &[u8])]| {
+            let mut w = Writer::default();
+            for (t, p) in parts {
+                w.attr(*t, p);
+            }
+            w.buf
+        };
+        let data = nested(&[(1, &[0, 0, 0, 0][..]), (IFLA_TUN_TYPE, &[2])]);
+        let info = nested(&[
+            (libc::IFLA_INFO_KIND, b"tun\0"),
+            (libc::IFLA_INFO_DATA | 0x8000, &data),
+        ]);
+        let mut payload = vec![0u8; IFINFOMSG_LEN];
+        payload[4..8].copy_from_slice(&7i32.to_ne_bytes());
+        payload.extend(nested(&[
+            (libc::IFLA_IFNAME, b"tap7\0"),
+            (libc::IFLA_GROUP, &9u32.to_ne_bytes()),
+            (libc::IFLA_CARRIER, &[1]),
+            (libc::IFLA_LINKINFO | 0x8000, &info),
+        ]));
+        let l = decode(&payload).unwrap();
+        assert_eq!(
+            (l.index, l.name.as_str(), l.group, l.carrier),
+            (7, "tap7", 9, true)
+        );
+        assert_eq!((l.kind.as_deref(), l.tun_type), (Some("tun"), Some(2)));
+        assert!(l.is_tap());
+        // Another kind's INFO_DATA attribute 3 is not a tun type.
+        let bridge = nested(&[(libc::IFLA_INFO_KIND, b"bridge\0"), (libc::IFLA_INFO_DATA, &data)]);
+        let mut p2 = vec![0u8; IFINFOMSG_LEN];
+        p2.extend(nested(&[
+            (libc::IFLA_IFNAME, b"br0\0"),
+            (libc::IFLA_LINKINFO, &bridge),
+        ]));
+        assert_eq!(decode(&p2).unwrap().tun_type, None);
+        assert!(decode(&[0u8; 4]).is_none());
     }
 
     #[test]

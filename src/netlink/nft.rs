@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use rustix::io::Errno;
 
-use super::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR, Socket, Writer, attr_str, attrs, messages};
+use super::{NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages};
 use crate::model::{Chain, Rule, Table};
 
 pub const NFPROTO_INET: u8 = 1;
@@ -106,18 +106,14 @@ impl Op {
                 chain,
                 handle,
             } => {
-                w.begin(msg_type(NFT_MSG_DELRULE), NLM_F_REQUEST | NLM_F_ACK, seq);
+                w.begin(msg_type(NFT_MSG_DELRULE), NLM_F_REQUEST, seq);
                 nfgenmsg(w, *family, 0);
                 w.attr_str(NFTA_RULE_TABLE, table);
                 w.attr_str(NFTA_RULE_CHAIN, chain);
                 w.attr(NFTA_RULE_HANDLE, &handle.to_be_bytes());
             }
             Op::Chain { family, table, name } => {
-                w.begin(
-                    msg_type(NFT_MSG_DELCHAIN),
-                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_NONREC,
-                    seq,
-                );
+                w.begin(msg_type(NFT_MSG_DELCHAIN), NLM_F_REQUEST | NLM_F_NONREC, seq);
                 nfgenmsg(w, *family, 0);
                 w.attr_str(NFTA_CHAIN_TABLE, table);
                 w.attr_str(NFTA_CHAIN_NAME, name);
@@ -128,11 +124,7 @@ impl Op {
                 recursive,
             } => {
                 let nonrec = if *recursive { 0 } else { NLM_F_NONREC };
-                w.begin(
-                    msg_type(NFT_MSG_DELTABLE),
-                    NLM_F_REQUEST | NLM_F_ACK | nonrec,
-                    seq,
-                );
+                w.begin(msg_type(NFT_MSG_DELTABLE), NLM_F_REQUEST | nonrec, seq);
                 nfgenmsg(w, *family, 0);
                 w.attr_str(NFTA_TABLE_NAME, name);
             }
@@ -359,50 +351,46 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
     if let Err(e) = sock.send(&w.buf) {
         return vec![Some(Err(e)); n];
     }
-    let mut codes: Vec<Option<i32>> = vec![None; n];
+    // Ops ask for no ACK: the kernel runs the whole batch inside send(), so when send
+    // returns, the error of every op that failed (and nothing else) is already queued.
+    let mut errors: Vec<Option<i32>> = vec![None; n];
     let mut batch_err = None;
-    let mut answered = 0;
+    let mut lost = false;
     let mut buf = Vec::new();
-    // The kernel handles the whole batch inside send(); replies are normally all queued.
-    while answered < n && batch_err.is_none() {
+    loop {
         let data = match sock.recv_queued(&mut buf) {
             Ok(Some(d)) => d,
-            Ok(None) => match sock.recv(&mut buf) {
-                Ok(d) => d,
-                Err(_) => break,
-            },
-            Err(_) => break, // ENOBUFS: ACKs were dropped; the verification dump decides.
+            Ok(None) => break,
+            Err(Errno::NOBUFS) => {
+                lost = true; // Errors were dropped; the caller's verification dump decides.
+                break;
+            }
+            Err(e) => return vec![Some(Err(e)); n],
         };
         for m in messages(data).flatten() {
-            if m.ty != NLMSG_ERROR {
+            let Some(code) = m.error_code().filter(|&c| c != 0) else {
                 continue;
-            }
-            let Some(code) = m.error_code() else { continue };
+            };
             if m.seq == begin_seq {
-                if code != 0 {
-                    batch_err = Some(code);
-                }
+                batch_err = Some(code);
                 continue;
             }
             let k = m.seq.wrapping_sub(begin_seq).wrapping_sub(1) as usize;
-            if k < n && codes[k].is_none() {
-                codes[k] = Some(code);
-                answered += 1;
+            if let Some(slot) = errors.get_mut(k) {
+                *slot = Some(code);
             }
         }
     }
     if let Some(e) = batch_err {
         return vec![Some(Err(Errno::from_raw_os_error(e))); n];
     }
-    let aborted = codes.iter().any(|c| matches!(c, Some(c) if *c != 0));
-    codes
+    let aborted = !lost && errors.iter().any(Option::is_some);
+    errors
         .into_iter()
         .map(|c| match c {
-            Some(0) if aborted => None,
-            Some(0) => Some(Ok(())),
             Some(libc::ENOENT) => Some(Ok(())),
             Some(e) => Some(Err(Errno::from_raw_os_error(e))),
-            // No answer (lost ACK): assume applied; verification will tell.
+            // Rolled back with the rest of an aborted batch: to be sent again.
             None if aborted => None,
             None => Some(Ok(())),
         })
