@@ -317,6 +317,35 @@ mod tests {
     }
 
     #[test]
+    fn real_group_delete_takes_exactly_the_given_taps() {
+        if !crate::netlink::test_netns() {
+            return;
+        }
+        crate::netlink::test_sh("for t in tap2 tap3 tap4; do ip tuntap add $t mode tap; done");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut sock = Socket::route(deadline).unwrap();
+        let links = dump(&mut sock).unwrap();
+        let idx = |n: &str| links.iter().find(|l| l.name == n).map(|l| l.index).unwrap();
+        assert!(
+            links
+                .iter()
+                .filter(|l| l.name.starts_with("tap"))
+                .all(Link::is_tap)
+        );
+        let r = delete_many(&mut sock, &links, &[idx("tap2"), idx("tap4")], 1);
+        assert_eq!(r, vec![Ok(()), Ok(())]);
+        let names: Vec<String> = dump(&mut sock).unwrap().into_iter().map(|l| l.name).collect();
+        assert_eq!(names, ["lo", "tap3"]);
+        // Gone already: done. A single link takes the per-link path.
+        assert_eq!(
+            delete_many(&mut sock, &links, &[idx("tap2"), idx("tap4")], 1),
+            vec![Ok(()), Ok(())]
+        );
+        assert_eq!(delete_many(&mut sock, &links, &[idx("tap3")], 1), vec![Ok(())]);
+        assert_eq!(dump(&mut sock).unwrap().len(), 1);
+    }
+
+    #[test]
     fn newlink_decoding() {
         let nested = |parts: &[(u16, &[u8])]| {
             let mut w = Writer::default();

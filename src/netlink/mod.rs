@@ -290,6 +290,27 @@ impl Writer {
     }
 }
 
+/// For kernel tests: moves this test's thread into a new network namespace. False (after
+/// saying so) when not root.
+#[cfg(test)]
+pub fn test_netns() -> bool {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root for a private network namespace");
+        return false;
+    }
+    // SAFETY: unshare(CLONE_NEWNET) changes only this thread's network namespace, which
+    // nothing else in the test process relies on; libtest gives each test its own thread.
+    #[allow(unsafe_code)]
+    let r = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) };
+    r.is_ok()
+}
+
+#[cfg(test)]
+pub fn test_sh(cmd: &str) {
+    let out = std::process::Command::new("sh").arg("-c").arg(cmd).output();
+    assert!(out.as_ref().is_ok_and(|o| o.status.success()), "{cmd}: {out:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
