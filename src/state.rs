@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, params};
 
 use crate::error::{Cause, Error, Result};
@@ -129,7 +129,7 @@ impl Db {
         let mut stmt = self.conn.prepare(sql)?;
         let mut rows = stmt
             .query_map([], |r| {
-                let v = |i: usize| r.get::<_, Value>(i);
+                let v = |i: usize| lossy(r, i);
                 let tap = text(v(8)?);
                 Ok(Row {
                     db: db_index,
@@ -156,7 +156,7 @@ impl Db {
                 .conn
                 .prepare(&format!("SELECT vm_id, tap_device FROM {table}"))?;
             let pairs = stmt
-                .query_map([], |r| Ok((text(r.get(0)?), text(r.get(1)?))))?
+                .query_map([], |r| Ok((text(lossy(r, 0)?), text(lossy(r, 1)?))))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             for (vm, tap) in pairs {
                 let (Some(vm), Some(tap)) = (vm, tap) else {
@@ -271,6 +271,15 @@ fn check_header(path: &Path) -> std::result::Result<(), String> {
         16 if &head == b"SQLite format 3\0" => Ok(()),
         _ => Err("not a SQLite database (bad header); left untouched".to_string()),
     }
+}
+
+/// A column's value; text that is not UTF-8 (hostile or damaged) is read with
+/// replacement characters, so it fails every name check instead of failing the read.
+fn lossy(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Value> {
+    Ok(match r.get_ref(i)? {
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        other => Value::try_from(other).unwrap_or(Value::Null),
+    })
 }
 
 fn text(v: Value) -> Option<String> {

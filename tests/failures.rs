@@ -167,6 +167,12 @@ fn hostile_db_values_are_refused_and_never_acted_on() {
     insert("vm-hostile02", Some(-1), net("../x"), "/tmp/../etc/shadow");
     insert("vm-hostile04", Some(1 << 40), net("lo"), "");
     insert("vm-hostile05", Some(0), "null".into(), "/tmp");
+    // An id that is not UTF-8 at all.
+    c.execute(
+        "INSERT INTO vms VALUES (CAST(X'766dff' AS TEXT), 'running', '{}', NULL, NULL, NULL, 'x', 'x')",
+        [],
+    )
+    .unwrap();
     c.execute(
         "INSERT INTO ip_leases (ip, vm_id, tap_device, created_at) VALUES ('172.16.0.250', 'vm-hostile01', 'lo', 'x')",
         [],
@@ -183,6 +189,7 @@ fn hostile_db_values_are_refused_and_never_acted_on() {
     );
     for expected in [
         "refusing a state row whose id \"../../etc\"",
+        "refusing a state row whose id \"vm\u{fffd}\"",
         "refusing TAP name \"eth0\"",
         "refusing TAP name \"lo\"",
         "refusing TAP name \"../x\"",
@@ -206,10 +213,18 @@ fn hostile_db_values_are_refused_and_never_acted_on() {
         "the symlink itself is left alone"
     );
     assert!(std::path::Path::new("/etc/passwd").exists());
+    let ids: Vec<Vec<u8>> = w
+        .conn()
+        .prepare("SELECT CAST(id AS BLOB) FROM vms ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
     assert_eq!(
-        w.ids(),
-        ["../../etc"],
-        "the row with a hostile id is reported, not acted on"
+        ids,
+        [b"../../etc".to_vec(), b"vm\xff".to_vec()],
+        "hostile ids are reported, not acted on"
     );
 }
 
