@@ -26,6 +26,18 @@ pub enum StepKind {
     Row,
 }
 
+impl StepKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Process => "process",
+            StepKind::Tap => "tap",
+            StepKind::Nft => "nft",
+            StepKind::Files => "files",
+            StepKind::Row => "row",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepState {
     Removed,
@@ -33,6 +45,17 @@ pub enum StepState {
     /// Nothing of this kind to do, or not attempted after an earlier failure.
     Skipped,
     Failed,
+}
+
+impl StepState {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepState::Removed => "removed",
+            StepState::AlreadyGone => "already_gone",
+            StepState::Skipped => "skipped",
+            StepState::Failed => "failed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +87,8 @@ pub struct Env<'a> {
     /// Set by SIGINT/SIGTERM: finish the phase in progress, start no other.
     pub stop: &'a AtomicBool,
     pub warn: &'a mut dyn FnMut(String),
+    /// Told of each step as soon as its phase is over (target index, step).
+    pub on_step: &'a mut dyn FnMut(usize, &Step),
 }
 
 struct Run<'p> {
@@ -144,6 +169,15 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
         (StepKind::Nft, delete_rules),
         (StepKind::Files, |r, _, e| remove_files(r, e)),
     ];
+    let mut told = vec![0; run.out.len()];
+    let mut tell = |run: &Run<'_>, env: &mut Env<'_>| {
+        for (i, o) in run.out.iter().enumerate() {
+            for s in &o.steps[told[i]..] {
+                (env.on_step)(i, s);
+            }
+            told[i] = o.steps.len();
+        }
+    };
     for (kind, phase) in phases {
         if env.stop.load(Ordering::SeqCst) {
             for i in run.live() {
@@ -152,6 +186,7 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
             break;
         }
         phase(&mut run, obs, env);
+        tell(&run, env);
     }
     if env.stop.load(Ordering::SeqCst) {
         for i in run.live() {
@@ -160,6 +195,7 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
     }
     // Always, even after an interrupt: it writes whole outcomes only.
     finish_rows(&mut run, obs, env);
+    tell(&run, env);
     run.finish()
 }
 

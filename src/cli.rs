@@ -20,6 +20,12 @@ pub struct Options {
     pub socket_dir: PathBuf,
     pub grace: Duration,
     pub timeout: Duration,
+    pub json: bool,
+    pub check: bool,
+    pub older_than: Option<Duration>,
+    pub verbose: bool,
+    /// Run again every this long until SIGTERM/SIGINT (a DaemonSet's way to be periodic).
+    pub every: Option<Duration>,
 }
 
 impl Default for Options {
@@ -33,6 +39,11 @@ impl Default for Options {
             socket_dir: PathBuf::from("/tmp"),
             grace: Duration::from_secs(3),
             timeout: Duration::from_secs(60),
+            json: false,
+            check: false,
+            older_than: None,
+            verbose: false,
+            every: None,
         }
     }
 }
@@ -106,16 +117,28 @@ Options:
                          data dir that holds a smolvm.db]
       --db PATH          Use this state DB file only (its directory is the data dir)
       --socket-dir DIR   Where SmolVM puts fc-<id>.sock [default: /tmp]
+      --older-than DURATION
+                         Leave VMs whose state row was created less than DURATION ago
+                         alone, stale or not [default: off]
+      --check            Change nothing; exit 1 if anything cleanup would target is left
+                         (a leak check for CI post-steps) [default: off]
+      --json             Print one JSON document on stdout instead of the text [default: off]
+  -v, --verbose          Report each step on stderr as it happens [default: off]
+      --every DURATION   Run again every DURATION until SIGTERM, for hosts where the
+                         scheduler is a long-lived container (a DaemonSet) [default: once]
       --grace DURATION   Time a VMM gets after SIGTERM before SIGKILL [default: 3s]
       --timeout DURATION Bound on the whole run, DB and netlink waits included [default: 60s]
   -h, --help             Print this help
   -V, --version          Print version and commit
 
 DURATION is a number with an optional unit: ms, s, m, h (e.g. 500ms, 3s, 2m).
+NO_COLOR (or a stderr that is not a terminal) turns off the colour of warnings.
 
 Exit status:
-  0  every target was cleaned, or there was nothing to do (also for --dry-run)
-  1  at least one target failed (its state row is kept), or the run could not start
+  0  every target was cleaned, or there was nothing to do (also for --dry-run);
+     with --check: nothing is left
+  1  at least one target failed (its state row is kept), or the run could not start;
+     with --check: something is left, or the host could not be fully inspected
   2  bad usage
 ";
 
@@ -168,6 +191,11 @@ fn parse_cleanup(mode: Mode, mut parser: lexopt::Parser) -> Result<Action, Strin
             Long("db") => o.db = Some(path_value(&mut parser, "--db")?),
             Long("socket-dir") => o.socket_dir = path_value(&mut parser, "--socket-dir")?,
             Long("grace") => o.grace = duration_value(&mut parser, "--grace")?,
+            Long("older-than") => o.older_than = Some(duration_value(&mut parser, "--older-than")?),
+            Long("check") => o.check = true,
+            Long("every") => o.every = Some(duration_value(&mut parser, "--every")?),
+            Long("json") => o.json = true,
+            Short('v') | Long("verbose") => o.verbose = true,
             Long("timeout") => o.timeout = duration_value(&mut parser, "--timeout")?,
             Short('h') | Long("help") => return Ok(Action::Help(mode)),
             Short('V') | Long("version") => return Ok(Action::Version),
@@ -176,6 +204,9 @@ fn parse_cleanup(mode: Mode, mut parser: lexopt::Parser) -> Result<Action, Strin
     }
     if o.timeout.is_zero() {
         return Err("--timeout must be more than 0".into());
+    }
+    if o.every.is_some_and(|e| e.is_zero()) {
+        return Err("--every must be more than 0".into());
     }
     Ok(Action::Run(o))
 }
@@ -232,6 +263,9 @@ mod tests {
     #[test]
     fn defaults_and_flags() {
         assert_eq!(opts(&[]), Options::default());
+        let o = opts(&["--check", "--json", "-v", "--older-than", "10m"]);
+        assert!(o.check && o.json && o.verbose);
+        assert_eq!(o.older_than, Some(Duration::from_secs(600)));
         let o = opts(&[
             "--all",
             "--prefix",

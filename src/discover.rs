@@ -18,8 +18,8 @@ pub struct Discovery {
     pub obs: Observed,
     /// The opened DBs, by `Row::db` (None: that DB could not be used).
     pub dbs: Vec<Option<Db>>,
-    /// Paths of the DBs that were read.
-    pub db_paths: Vec<PathBuf>,
+    /// Every state DB looked at, with why it could not be read (None: read).
+    pub db_status: Vec<(PathBuf, Option<String>)>,
     pub warnings: Vec<String>,
     /// Set when the link dump failed: TAP deletion cannot be decided.
     pub link_error: Option<Error>,
@@ -53,7 +53,7 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
             ..Observed::default()
         },
         dbs: Vec::new(),
-        db_paths: Vec::new(),
+        db_status: Vec::new(),
         warnings: Vec::new(),
         link_error: None,
         nft_error: None,
@@ -75,9 +75,10 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
             Ok((db, rows)) => {
                 d.obs.rows.extend(rows);
                 d.dbs.push(Some(db));
-                d.db_paths.push(path.clone());
+                d.db_status.push((path.clone(), None));
             }
             Err(e) => {
+                d.db_status.push((path.clone(), Some(e.to_string())));
                 if is_corrupt(&e) {
                     d.warnings.push(format!(
                         "{e}; it is left untouched and cleanup goes by the live system"

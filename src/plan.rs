@@ -78,10 +78,14 @@ fn chains_in<'c>(chains: &'c [Chain], family: u8, table: &'c str) -> impl Iterat
         .filter(move |c| c.family == family && c.table == table)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Selection {
     pub all: bool,
     pub prefix: String,
+    /// `--older-than`: VMs whose row is younger (seconds) are left alone.
+    pub min_age: Option<f64>,
+    /// Now, in Unix seconds (for `min_age`).
+    pub now: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -97,10 +101,15 @@ pub struct Plan {
 
 /// `links` is the dump the inventory's link indexes point into.
 pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
+    // --older-than: a VM whose row is younger is left alone entirely, stale or not.
+    let young = |v: &Vm| match (sel.min_age, v.created_unix) {
+        (Some(age), Some(created)) => sel.now - created < age,
+        _ => false,
+    };
     let mut stale: Vec<String> = inv
         .vms
         .iter()
-        .filter(|v| v.stale.is_some())
+        .filter(|v| v.stale.is_some() && !young(v))
         .map(|v| v.id.clone())
         .collect();
     stale.sort();
@@ -108,7 +117,8 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
         .filter(|&i| {
             let v = &inv.vms[i];
             // A rowless VM that is alive is only ever taken by --all.
-            sel.all || v.stale.is_some() || (!v.rowless && v.id.starts_with(&sel.prefix))
+            let wanted = sel.all || v.stale.is_some() || (!v.rowless && v.id.starts_with(&sel.prefix));
+            wanted && !young(v)
         })
         .collect();
     if !sel.all {
@@ -178,7 +188,32 @@ mod tests {
         Selection {
             all,
             prefix: prefix.into(),
+            min_age: None,
+            now: 0.0,
         }
+    }
+
+    #[test]
+    fn older_than_spares_young_rows_even_stale_ones() {
+        let mut old = vm("vm-old", true);
+        old.created_unix = Some(100.0);
+        let mut young = vm("vm-young", true);
+        young.created_unix = Some(950.0);
+        let rowless = vm("orphan-tap3", true);
+        let inv = Inventory {
+            vms: vec![old, young, rowless],
+            ..Inventory::default()
+        };
+        let s = Selection {
+            min_age: Some(600.0),
+            now: 1000.0,
+            ..sel(true, "vm-")
+        };
+        let p = build(&inv, &[], &s);
+        assert_eq!(ids(&p), ["vm-old", "orphan-tap3"]);
+        assert_eq!(p.remaining, 1);
+        // A VM left alone is not reported as reconciled either.
+        assert_eq!(p.stale, ["orphan-tap3", "vm-old"]);
     }
 
     #[test]

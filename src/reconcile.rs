@@ -86,6 +86,8 @@ pub struct Vm {
     pub rowless: bool,
     /// Why a rowless VM counts as alive (not stale).
     pub live: Option<String>,
+    /// When its row was created (Unix seconds; the oldest row when several DBs have one).
+    pub created_unix: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -507,6 +509,10 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
         d.dedup();
         d
     };
+    vm.created_unix = rows
+        .iter()
+        .filter_map(|r| r.created_unix.or(r.updated_unix))
+        .reduce(f64::min);
     let newest_write = rows
         .iter()
         .filter_map(|r| r.updated_unix)

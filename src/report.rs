@@ -1,19 +1,112 @@
-//! The only place that formats stdout: the text contract of `smolvm cleanup`, line by line
-//! (`../shared/spec/cli-contract.md`). Writes into any `io::Write` so tests can compare
-//! bytes.
+//! The only place that formats stdout: the text contract of `smolvm cleanup`
+//! (`../shared/spec/cli-contract.md`) line by line, the `--check` listing, and the
+//! `--json` document. Writes into any `io::Write` so tests can compare bytes. The JSON
+//! field names are fixed here, apart from the internal types they are filled from.
 
 use std::io::{self, Write};
 
 use crate::apply::Outcome;
+use crate::json::Json;
+use crate::reconcile::{Observed, Vm};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Clean,
+    DryRun,
+    Check,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Clean => "cleanup",
+            Mode::DryRun => "dry_run",
+            Mode::Check => "check",
+        }
+    }
+}
+
+/// What a target has on the host, by kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub vmm_pids: Vec<i32>,
+    pub taps: Vec<String>,
+    pub nft_rules: usize,
+    pub nft_tables: Vec<String>,
+    pub files: Vec<String>,
+    pub rows: usize,
+}
+
+impl Resources {
+    pub fn of(vm: &Vm, obs: &Observed) -> Resources {
+        Resources {
+            vmm_pids: vm.vmms.iter().map(|v| v.pid).collect(),
+            taps: vm.taps.iter().map(|&li| obs.links[li].name.clone()).collect(),
+            nft_rules: vm.rules.len(),
+            nft_tables: vm.tables.iter().map(|&t| obs.tables[t].name.clone()).collect(),
+            files: vm.files.iter().map(|f| f.path().display().to_string()).collect(),
+            rows: vm.rows.len(),
+        }
+    }
+
+    /// `VMM pid 7, TAP tap3, 5 nft rules, 2 files, state row`.
+    pub fn describe(&self) -> String {
+        let plural = |n: usize, one: &str| {
+            if n == 1 {
+                format!("1 {one}")
+            } else {
+                format!("{n} {one}s")
+            }
+        };
+        let mut parts: Vec<String> = self.vmm_pids.iter().map(|p| format!("VMM pid {p}")).collect();
+        parts.extend(self.taps.iter().map(|t| format!("TAP {t}")));
+        if self.nft_rules > 0 {
+            parts.push(plural(self.nft_rules, "nft rule"));
+        }
+        parts.extend(self.nft_tables.iter().map(|t| format!("nft table {t}")));
+        if !self.files.is_empty() {
+            parts.push(plural(self.files.len(), "file"));
+        }
+        if self.rows > 0 {
+            parts.push(if self.rows == 1 {
+                "state row".into()
+            } else {
+                format!("{} state rows", self.rows)
+            });
+        }
+        if parts.is_empty() {
+            parts.push("state only".into());
+        }
+        parts.join(", ")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Target {
+    pub id: String,
+    /// Why it is stale, when it is.
+    pub stale: Option<String>,
+    pub has_row: bool,
+    pub resources: Resources,
+}
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
+    pub mode: Mode,
     /// Not root, or CAP_NET_ADMIN missing.
     pub unprivileged: bool,
+    pub all: bool,
+    pub prefix: String,
+    pub older_than_secs: Option<f64>,
+    /// Each state DB looked at, and why it could not be read.
+    pub dbs: Vec<(String, Option<String>)>,
     pub stale: Vec<String>,
-    pub targets: Vec<String>,
-    pub dry_run: bool,
+    pub targets: Vec<Target>,
     pub outcomes: Vec<Outcome>,
+    pub warnings: Vec<String>,
+    /// `--check` could not see everything (a listing or a DB failed): it cannot vouch.
+    pub incomplete: Vec<String>,
 }
 
 pub const NOT_ROOT_WARNING: &str =
@@ -22,6 +115,15 @@ pub const NOT_ROOT_WARNING: &str =
 impl Report {
     pub fn failures(&self) -> usize {
         self.outcomes.iter().filter(|o| o.error().is_some()).count()
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        let bad = match self.mode {
+            Mode::Clean => self.failures() > 0,
+            Mode::DryRun => false,
+            Mode::Check => !self.targets.is_empty() || !self.incomplete.is_empty(),
+        };
+        u8::from(bad)
     }
 }
 
@@ -38,10 +140,10 @@ pub fn write_header(r: &Report, w: &mut impl Write) -> io::Result<()> {
         return writeln!(w, "No matching VMs to clean.");
     }
     writeln!(w, "Targets ({}):", r.targets.len())?;
-    for id in &r.targets {
-        writeln!(w, "  - {id}")?;
+    for t in &r.targets {
+        writeln!(w, "  - {}", t.id)?;
     }
-    if r.dry_run {
+    if r.mode == Mode::DryRun {
         writeln!(w, "Dry run complete. No changes made.")?;
     }
     w.flush()
@@ -60,6 +162,117 @@ pub fn write_results(r: &Report, w: &mut impl Write) -> io::Result<()> {
         n => writeln!(w, "Cleanup completed with {n} failure(s).")?,
     }
     w.flush()
+}
+
+/// `--check`: what cleanup would take, with what each still has.
+pub fn write_check(r: &Report, w: &mut impl Write) -> io::Result<()> {
+    if r.unprivileged {
+        writeln!(w, "{NOT_ROOT_WARNING}")?;
+    }
+    if r.targets.is_empty() && r.incomplete.is_empty() {
+        writeln!(w, "No leaked SmolVM resources.")?;
+    } else if !r.targets.is_empty() {
+        writeln!(w, "Leaked SmolVM resources ({}):", r.targets.len())?;
+        for t in &r.targets {
+            writeln!(w, "  - {}: {}", t.id, t.resources.describe())?;
+        }
+    }
+    for why in &r.incomplete {
+        writeln!(w, "Check incomplete: {why}")?;
+    }
+    w.flush()
+}
+
+/// The `--json` document (schema in the README).
+pub fn write_json(r: &Report, w: &mut impl Write) -> io::Result<()> {
+    let mut j = Json::new(true);
+    j.begin_obj();
+    j.key("version").str(env!("CARGO_PKG_VERSION"));
+    j.key("mode").str(r.mode.name());
+    j.key("all").bool(r.all);
+    j.key("prefix").str(&r.prefix);
+    j.key("older_than_seconds");
+    match r.older_than_secs {
+        Some(s) => j.num(s),
+        None => j.null(),
+    };
+    j.key("privileged").bool(!r.unprivileged);
+    j.key("state_dbs").begin_arr();
+    for (path, err) in &r.dbs {
+        j.begin_obj();
+        j.key("path").str(path);
+        j.key("read").bool(err.is_none());
+        j.key("error").opt_str(err.as_deref());
+        j.end_obj();
+    }
+    j.end_arr();
+    j.key("stale").str_arr(r.stale.iter().map(String::as_str));
+    j.key("targets").begin_arr();
+    for (i, t) in r.targets.iter().enumerate() {
+        let outcome = r.outcomes.get(i);
+        j.begin_obj();
+        j.key("id").str(&t.id);
+        j.key("stale").bool(t.stale.is_some());
+        j.key("stale_reason").opt_str(t.stale.as_deref());
+        j.key("has_row").bool(t.has_row);
+        write_resources(&mut j, &t.resources);
+        let (state, error) = match (r.mode, outcome) {
+            (Mode::DryRun, _) => ("would_delete", None),
+            (Mode::Check, _) => ("leaked", None),
+            (Mode::Clean, Some(o)) => match o.error() {
+                None => ("deleted", None),
+                Some(e) => ("failed", Some(e)),
+            },
+            (Mode::Clean, None) => ("not_run", None),
+        };
+        j.key("outcome").str(state);
+        j.key("error").opt_str(error);
+        j.key("steps").begin_arr();
+        for s in outcome.map(|o| o.steps.as_slice()).unwrap_or_default() {
+            j.begin_obj();
+            j.key("step").str(s.kind.name());
+            j.key("state").str(s.state.name());
+            j.key("error").opt_str(s.error.as_deref());
+            j.end_obj();
+        }
+        j.end_arr();
+        j.end_obj();
+    }
+    j.end_arr();
+    j.key("incomplete")
+        .str_arr(r.incomplete.iter().map(String::as_str));
+    j.key("warnings").str_arr(r.warnings.iter().map(String::as_str));
+    let failed = r.failures();
+    j.key("summary").begin_obj();
+    j.key("stale").num(r.stale.len());
+    j.key("targets").num(r.targets.len());
+    j.key("deleted").num(if r.mode == Mode::Clean {
+        r.outcomes.len() - failed
+    } else {
+        0
+    });
+    j.key("failed").num(failed);
+    j.end_obj();
+    j.key("exit_code").num(r.exit_code());
+    j.end_obj();
+    w.write_all(j.finish().as_bytes())?;
+    w.flush()
+}
+
+fn write_resources(j: &mut Json, r: &Resources) {
+    j.key("resources").begin_obj();
+    j.key("vmm_pids").begin_arr();
+    for p in &r.vmm_pids {
+        j.num(p);
+    }
+    j.end_arr();
+    j.key("taps").str_arr(r.taps.iter().map(String::as_str));
+    j.key("nft_rules").num(r.nft_rules);
+    j.key("nft_tables")
+        .str_arr(r.nft_tables.iter().map(String::as_str));
+    j.key("files").str_arr(r.files.iter().map(String::as_str));
+    j.key("rows").num(r.rows);
+    j.end_obj();
 }
 
 #[cfg(test)]
@@ -82,10 +295,19 @@ mod tests {
         }
     }
 
+    fn targets(ids: &[&str]) -> Vec<Target> {
+        ids.iter()
+            .map(|id| Target {
+                id: id.to_string(),
+                ..Target::default()
+            })
+            .collect()
+    }
+
     fn text(r: &Report) -> String {
         let mut v = Vec::new();
         write_header(r, &mut v).unwrap();
-        if !r.dry_run && !r.targets.is_empty() {
+        if r.mode == Mode::Clean && !r.targets.is_empty() {
             write_results(r, &mut v).unwrap();
         }
         String::from_utf8(v).unwrap()
@@ -95,8 +317,8 @@ mod tests {
     fn dry_run_example_from_the_contract() {
         let r = Report {
             stale: vec!["vm-12345".into()],
-            targets: vec!["vm-12345".into(), "vm-test-1".into(), "vm-demo".into()],
-            dry_run: true,
+            targets: targets(&["vm-12345", "vm-test-1", "vm-demo"]),
+            mode: Mode::DryRun,
             ..Report::default()
         };
         assert_eq!(
@@ -104,12 +326,13 @@ mod tests {
             "Reconciled stale VMs: vm-12345\nTargets (3):\n  - vm-12345\n  - vm-test-1\n  - vm-demo\n\
              Dry run complete. No changes made.\n"
         );
+        assert_eq!(r.exit_code(), 0);
     }
 
     #[test]
     fn failure_example_from_the_contract() {
         let r = Report {
-            targets: vec!["vm-test-1".into(), "vm-test-2".into(), "vm-test-3".into()],
+            targets: targets(&["vm-test-1", "vm-test-2", "vm-test-3"]),
             outcomes: vec![
                 outcome("vm-test-1", None),
                 outcome("vm-test-2", Some("Permission denied")),
@@ -122,7 +345,7 @@ mod tests {
             "Targets (3):\n  - vm-test-1\n  - vm-test-2\n  - vm-test-3\nDeleted: vm-test-1\n\
              Failed:  vm-test-2 (Permission denied)\nDeleted: vm-test-3\nCleanup completed with 1 failure(s).\n"
         );
-        assert_eq!(r.failures(), 1);
+        assert_eq!((r.failures(), r.exit_code()), (1, 1));
     }
 
     #[test]
@@ -141,11 +364,48 @@ mod tests {
     fn multiple_stale_are_joined() {
         let r = Report {
             stale: vec!["vm-1".into(), "vm-2".into()],
-            targets: vec!["vm-1".into(), "vm-2".into()],
+            targets: targets(&["vm-1", "vm-2"]),
             outcomes: vec![outcome("vm-1", None), outcome("vm-2", None)],
             ..Report::default()
         };
         assert!(text(&r).starts_with("Reconciled stale VMs: vm-1, vm-2\n"));
         assert!(text(&r).ends_with("Deleted: vm-2\nCleanup complete.\n"));
+    }
+
+    #[test]
+    fn check_lists_leaks_with_their_resources() {
+        let mut r = Report {
+            mode: Mode::Check,
+            targets: targets(&["vm-1"]),
+            ..Report::default()
+        };
+        r.targets[0].resources = Resources {
+            vmm_pids: vec![7],
+            taps: vec!["tap3".into()],
+            nft_rules: 5,
+            files: vec!["/a".into(), "/b".into()],
+            rows: 1,
+            ..Resources::default()
+        };
+        let mut v = Vec::new();
+        write_check(&r, &mut v).unwrap();
+        assert_eq!(
+            String::from_utf8(v).unwrap(),
+            "Leaked SmolVM resources (1):\n  - vm-1: VMM pid 7, TAP tap3, 5 nft rules, 2 files, state row\n"
+        );
+        assert_eq!(r.exit_code(), 1);
+        let clean = Report {
+            mode: Mode::Check,
+            ..Report::default()
+        };
+        let mut v = Vec::new();
+        write_check(&clean, &mut v).unwrap();
+        assert_eq!(v, b"No leaked SmolVM resources.\n");
+        assert_eq!(clean.exit_code(), 0);
+        let blind = Report {
+            incomplete: vec!["Permission denied: cannot list nftables rules".into()],
+            ..clean
+        };
+        assert_eq!(blind.exit_code(), 1);
     }
 }

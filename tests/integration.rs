@@ -11,4 +11,5 @@ mod cleanup;
 mod cli;
 mod failures;
 mod fixture;
+mod operator;
 mod orphans;

@@ -328,6 +328,7 @@ impl World {
 
     pub fn conn(&self) -> Connection {
         let c = Connection::open(&self.db).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
         c.execute_batch("PRAGMA foreign_keys = ON").unwrap();
         c
     }

@@ -1,0 +1,348 @@
+//! What operators and CI use: `--json`, `--check`, `--older-than`, `--verbose`, `--every`,
+//! and the deployment files (systemd units, Kubernetes manifest).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use rusqlite::params;
+use serde_json::Value;
+
+use crate::util::{BIN, Proc, Run, VmSpec, World, has_link, pid_alive, sh, wait_until};
+
+fn dead_pid() -> i64 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    i64::from(pid)
+}
+
+fn stale(id: &str, octet: u32) -> VmSpec {
+    VmSpec {
+        pid: Some(dead_pid()),
+        ..VmSpec::new(id, "running", octet)
+    }
+}
+
+fn json(r: &Run) -> Value {
+    serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", r.stdout))
+}
+
+fn target<'v>(doc: &'v Value, id: &str) -> &'v Value {
+    doc["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .unwrap_or_else(|| panic!("no target {id} in {doc}"))
+}
+
+fn step<'v>(t: &'v Value, name: &str) -> &'v Value {
+    t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap()
+}
+
+#[test]
+fn json_reports_successes_a_failure_steps_and_hostile_strings() {
+    let Some(mut w) = World::new("json") else { return };
+    w.add(stale("vm-ok000001", 2));
+    w.add(VmSpec {
+        proc: Proc::Firecracker,
+        updated_offset: -60,
+        ..VmSpec::new("vm-late0001", "running", 3)
+    });
+    w.add(VmSpec::new("keepme", "created", 4));
+    w.conn()
+        .execute(
+            "INSERT INTO vms VALUES (?1, 'running', '{}', NULL, 1, NULL, 'x', 'x')",
+            params!["bad\"id\n\u{1}"],
+        )
+        .unwrap();
+    let r = w.run(&["--json"]);
+    let doc = json(&r);
+    assert_eq!(r.code, 1);
+    assert_eq!(doc["exit_code"], 1, "the document's exit code is the process's");
+    assert_eq!(doc["mode"], "cleanup");
+    assert_eq!(doc["prefix"], "vm-");
+    assert_eq!(doc["state_dbs"][0]["read"], true);
+    assert_eq!(doc["stale"], serde_json::json!(["vm-late0001", "vm-ok000001"]));
+    assert_eq!(
+        doc["summary"],
+        serde_json::json!({"stale": 2, "targets": 2, "deleted": 1, "failed": 1})
+    );
+
+    let ok = target(&doc, "vm-ok000001");
+    assert_eq!(ok["outcome"], "deleted");
+    assert_eq!(ok["error"], Value::Null);
+    assert_eq!(ok["has_row"], true);
+    assert_eq!(ok["resources"]["taps"], serde_json::json!(["tap2"]));
+    assert_eq!(ok["resources"]["nft_rules"], 5);
+    assert_eq!(step(ok, "process")["state"], "skipped");
+    assert_eq!(step(ok, "tap")["state"], "removed");
+    assert_eq!(step(ok, "nft")["state"], "removed");
+    assert_eq!(step(ok, "files")["state"], "removed");
+    assert_eq!(step(ok, "row")["state"], "removed");
+
+    let late = target(&doc, "vm-late0001");
+    assert_eq!(late["outcome"], "failed");
+    assert!(
+        late["error"]
+            .as_str()
+            .unwrap()
+            .contains("started after its state row")
+    );
+    assert_eq!(step(late, "process")["state"], "failed");
+    assert_eq!(step(late, "tap")["state"], "skipped");
+
+    // A hostile id comes back intact through two layers of quoting.
+    let warnings: Vec<&str> = doc["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains(r#""bad\"id\n\u{1}""#)),
+        "{warnings:?}"
+    );
+    // The world agrees with the document.
+    assert!(!has_link("tap2") && has_link("tap3") && has_link("tap4"));
+    assert_eq!(w.ids().len(), 3);
+}
+
+#[test]
+fn json_dry_run_plans_and_changes_nothing() {
+    let Some(mut w) = World::new("jsondry") else {
+        return;
+    };
+    w.add(stale("vm-ok000001", 2));
+    w.add(VmSpec::new("keepme", "created", 4));
+    let before = w.snapshot();
+    let r = w.run(&["--json", "--dry-run"]);
+    let doc = json(&r);
+    assert_eq!((r.code, doc["exit_code"].as_i64()), (0, Some(0)));
+    assert_eq!(doc["mode"], "dry_run");
+    let t = target(&doc, "vm-ok000001");
+    assert_eq!(t["outcome"], "would_delete");
+    assert_eq!(t["stale"], true);
+    assert!(t["stale_reason"].as_str().unwrap().contains("is gone"));
+    assert_eq!(t["steps"], serde_json::json!([]));
+    assert_eq!(doc["summary"]["deleted"], 0);
+    w.snapshot().assert_same(&before);
+}
+
+#[test]
+fn check_fails_on_leftovers_passes_after_cleanup_and_changes_nothing() {
+    let Some(mut w) = World::new("check") else { return };
+    w.add(stale("vm-left0001", 2));
+    w.add(VmSpec::new("keepme", "created", 4));
+    let before = w.snapshot();
+    let r = w.run(&["--check"]);
+    r.expect(
+        1,
+        "Leaked SmolVM resources (1):\n  - vm-left0001: TAP tap2, 5 nft rules, 3 files, state row\n",
+    );
+    let r = w.run(&["--check", "--json"]);
+    let doc = json(&r);
+    assert_eq!((r.code, doc["exit_code"].as_i64()), (1, Some(1)));
+    assert_eq!(doc["mode"], "check");
+    assert_eq!(target(&doc, "vm-left0001")["outcome"], "leaked");
+    w.snapshot().assert_same(&before);
+
+    assert_eq!(w.run(&[]).code, 0);
+    w.run(&["--check"]).expect(0, "No leaked SmolVM resources.\n");
+    let doc = json(&w.run(&["--check", "--json"]));
+    assert_eq!(doc["exit_code"], 0);
+    assert_eq!(doc["targets"], serde_json::json!([]));
+    // keepme is protected by default, but --all or a matching prefix would take it.
+    w.run(&["--check", "--all"]).expect(
+        1,
+        "Leaked SmolVM resources (1):\n  - keepme: TAP tap4, 5 nft rules, 2 files, state row\n",
+    );
+    assert_eq!(w.run(&["--check", "--prefix", "keep"]).code, 1);
+}
+
+#[test]
+fn check_without_cap_net_admin_cannot_vouch() {
+    let Some(mut w) = World::new("checkcap") else {
+        return;
+    };
+    w.add(VmSpec::new("keepme", "created", 4));
+    let out = w
+        .cmd_via(
+            &["setpriv", "--inh-caps=-all", "--bounding-set=-net_admin"],
+            &["--check"],
+        )
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    r.expect(
+        1,
+        "Warning: not running as root. Cleanup may fail for TAP/nftables resources.\n\
+         Check incomplete: Permission denied: cannot list nftables rules\n",
+    );
+}
+
+#[test]
+fn older_than_spares_a_fresh_row_and_takes_an_old_one() {
+    let Some(mut w) = World::new("olderthan") else {
+        return;
+    };
+    w.add(VmSpec {
+        updated_offset: -3600,
+        ..stale("vm-old00001", 2)
+    });
+    w.add(stale("vm-new00001", 3));
+    w.add(VmSpec {
+        updated_offset: -3600,
+        ..VmSpec::new("vm-old00002", "stopped", 4)
+    });
+    w.run(&["--older-than", "10m"]).expect(
+        0,
+        "Reconciled stale VMs: vm-old00001\nTargets (2):\n  - vm-old00001\n  - vm-old00002\n\
+         Deleted: vm-old00001\nDeleted: vm-old00002\nCleanup complete.\n",
+    );
+    assert_eq!(w.ids(), ["vm-new00001"]);
+    assert!(has_link("tap3") && !has_link("tap2") && !has_link("tap4"));
+    assert_eq!(
+        w.status("vm-new00001").unwrap().0,
+        "running",
+        "a spared row is not even marked"
+    );
+    // Once old enough (here: any age), it goes too.
+    w.run(&["--older-than", "0s"])
+        .expect(0, "Reconciled stale VMs: vm-new00001\nTargets (1):\n  - vm-new00001\nDeleted: vm-new00001\nCleanup complete.\n");
+}
+
+#[test]
+fn verbose_reports_each_step_on_stderr_without_colour_off_a_terminal() {
+    let Some(mut w) = World::new("verbose") else {
+        return;
+    };
+    w.add(VmSpec::running("vm-live0001", 2));
+    let pid = w.vmm_pid("vm-live0001");
+    let r = w.run(&["-v"]);
+    r.expect(
+        0,
+        "Targets (1):\n  - vm-live0001\nDeleted: vm-live0001\nCleanup complete.\n",
+    );
+    for line in [
+        "vm-live0001: target".to_string(),
+        format!("vm-live0001: process (pid {pid}) removed"),
+        "vm-live0001: tap (tap2) removed".into(),
+        "vm-live0001: nft (5 rules) removed".into(),
+        "vm-live0001: files (3 files) removed".into(),
+        "vm-live0001: row (1 row) removed".into(),
+    ] {
+        assert!(r.stderr.contains(&line), "stderr lacks {line:?}:\n{}", r.stderr);
+    }
+    assert!(
+        !r.stderr.contains('\x1b'),
+        "no colour when stderr is not a terminal"
+    );
+    w.reap("vm-live0001");
+}
+
+#[test]
+fn every_runs_again_until_sigterm() {
+    let Some(mut w) = World::new("every") else { return };
+    w.add(stale("vm-one00001", 2));
+    let mut child = w
+        .cmd(&["--every", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the first run", Duration::from_secs(10), || !has_link("tap2"));
+    w.add(stale("vm-two00001", 3));
+    wait_until("a later run", Duration::from_secs(10), || w.ids().is_empty());
+    assert!(!has_link("tap3"));
+    sh(&format!("kill -TERM {}", child.id()));
+    wait_until("exit on SIGTERM", Duration::from_secs(5), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!pid_alive(child.id()));
+}
+
+#[test]
+fn systemd_units_verify() {
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: systemd-analyze is not installed here");
+        return;
+    }
+    let dir = crate::util::Scratch::new("systemd");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd");
+    let service = std::fs::read_to_string(format!("{root}/smolvm-cleanup.service")).unwrap();
+    assert!(service.contains("ExecStart=/usr/local/bin/smolvm-cleanup "));
+    // verify checks that ExecStart exists: point it at the binary under test.
+    std::fs::write(
+        dir.0.join("smolvm-cleanup.service"),
+        service.replace("/usr/local/bin/smolvm-cleanup", BIN),
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{root}/smolvm-cleanup.timer"),
+        dir.0.join("smolvm-cleanup.timer"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.0.join("smolvm-cleanup.service"))
+        .arg(dir.0.join("smolvm-cleanup.timer"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kubernetes_manifest_parses_and_runs_on_the_hosts_namespaces() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes/daemonset.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
+    assert_eq!(docs.len(), 1);
+    let d = &docs[0];
+    assert_eq!(d["kind"].as_str(), Some("DaemonSet"));
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"].as_bool(), Some(true));
+    assert_eq!(pod["hostPID"].as_bool(), Some(true));
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--every"), "{args:?}");
+    let caps: Vec<&str> = c["securityContext"]["capabilities"]["add"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(caps.contains(&"NET_ADMIN") && caps.contains(&"KILL"), "{caps:?}");
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert_eq!(mounts, ["/var/lib/smolvm", "/tmp"]);
+    // The selector matches the pod's labels, or the DaemonSet is rejected.
+    assert_eq!(
+        d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+    );
+}
