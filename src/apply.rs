@@ -1,8 +1,8 @@
 //! Runs a plan against the system, one phase per resource kind across all targets:
-//! processes, then TAPs, then nft rules, then files, then state rows. Each phase is
-//! batched (one signal round, one link batch, nft batches, one DB transaction) and
-//! confirmed from a fresh dump. A target that fails a phase is skipped by the later ones,
-//! so its state row survives for the next run; "already gone" counts as done.
+//! processes, then TAPs and nft rules (side by side), then files, then state rows. Each
+//! phase is batched (one signal round, one link batch, nft batches, one DB transaction)
+//! and confirmed from a fresh dump. A target that fails a phase is skipped by the later
+//! ones, so its state row survives for the next run; "already gone" counts as done.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,10 +163,9 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
         }
     }
     type Phase = fn(&mut Run<'_>, &Observed, &mut Env<'_>);
-    let phases: [(StepKind, Phase); 4] = [
+    let phases: [(StepKind, Phase); 3] = [
         (StepKind::Process, stop_processes),
-        (StepKind::Tap, delete_taps),
-        (StepKind::Nft, delete_rules),
+        (StepKind::Tap, delete_network),
         (StepKind::Files, |r, _, e| remove_files(r, e)),
     ];
     let mut told = vec![0; run.out.len()];
@@ -307,58 +306,76 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
     }
 }
 
-fn delete_rules(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
-    let mut ops = Vec::new();
-    let mut owner = Vec::new();
-    let mut pending = Vec::new();
+/// The nft deletions for the targets still live: ops to send, and the outcomes already
+/// known without sending anything (nothing to delete, or the rules could not be listed).
+struct NftWork {
+    ops: Vec<nft::Op>,
+    /// Target index of each op.
+    owner: Vec<usize>,
+    /// Targets with ops.
+    pending: Vec<usize>,
+    decided: Vec<(usize, Result<(), String>)>,
+}
+
+fn nft_work(run: &Run<'_>, obs: &Observed, env: &Env<'_>) -> NftWork {
+    let mut w = NftWork {
+        ops: Vec::new(),
+        owner: Vec::new(),
+        pending: Vec::new(),
+        decided: Vec::new(),
+    };
     for i in run.live() {
         let t = &run.plan.targets[i];
         if let Some(e) = env.nft_error {
-            run.fail(i, StepKind::Nft, e.to_string());
+            w.decided.push((i, Err(e.to_string())));
             continue;
         }
         if t.rules.is_empty() && t.tables.is_empty() {
-            run.step(i, StepKind::Nft, StepState::Skipped);
+            w.decided.push((i, Ok(())));
             continue;
         }
-        pending.push(i);
+        w.pending.push(i);
         for &ri in &t.rules {
-            ops.push(nft::Op::for_rule(&obs.rules[ri]));
-            owner.push(i);
+            w.ops.push(nft::Op::for_rule(&obs.rules[ri]));
+            w.owner.push(i);
         }
         for &ti in &t.tables {
             let tb = &obs.tables[ti];
             // A per-TAP policy table holds only that TAP's chains and rules.
-            ops.push(nft::Op::Table {
+            w.ops.push(nft::Op::Table {
                 family: tb.family,
                 name: tb.name.clone(),
                 recursive: true,
             });
-            owner.push(i);
+            w.owner.push(i);
         }
     }
-    if ops.is_empty() {
-        return;
-    }
-    let deadline = env.timing.deadline;
-    let results = match netlink::Socket::netfilter(deadline) {
-        Ok(mut sock) => nft::delete(&mut sock, &ops, deadline),
-        Err(e) => vec![Err(e); ops.len()],
-    };
+    w
+}
+
+/// Sends the deletions and confirms them from a fresh dump (an ACK is no proof when a
+/// batch can be rolled back). Returns the first error of each target that has one.
+fn nft_run(w: &NftWork, deadline: Instant) -> BTreeMap<usize, Error> {
     let mut first_err: BTreeMap<usize, Error> = BTreeMap::new();
-    for ((op, r), &i) in ops.iter().zip(&results).zip(&owner) {
+    if w.ops.is_empty() {
+        return first_err;
+    }
+    let results = match netlink::Socket::netfilter(deadline) {
+        Ok(mut sock) => nft::delete(&mut sock, &w.ops, deadline),
+        Err(e) => vec![Err(e); w.ops.len()],
+    };
+    for ((op, r), &i) in w.ops.iter().zip(&results).zip(&w.owner) {
         if let Err(e) = r {
             first_err
                 .entry(i)
                 .or_insert_with(|| Error::errno(describe(op), e.raw_os_error()));
         }
     }
-    // Confirm from the kernel: an ACK is not proof when a batch can be rolled back.
     match crate::discover::dump_nft(deadline) {
         Ok((tables, rules)) => {
             let rules: BTreeSet<nft::Op> = rules.iter().map(nft::Op::for_rule).collect();
             let tables: BTreeSet<(u8, &str)> = tables.iter().map(|t| (t.family, t.name.as_str())).collect();
-            for (op, &i) in ops.iter().zip(&owner) {
+            for (op, &i) in w.ops.iter().zip(&w.owner) {
                 let present = match op {
                     nft::Op::Rule { .. } => rules.contains(op),
                     nft::Op::Table { family, name, .. } => tables.contains(&(*family, name.as_str())),
@@ -372,19 +389,50 @@ fn delete_rules(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
             }
         }
         Err(e) => {
-            for &i in &pending {
+            for &i in &w.pending {
                 first_err
                     .entry(i)
                     .or_insert_with(|| Error::errno("confirm deletion of nftables rules", e.raw_os_error()));
             }
         }
     }
-    for i in pending {
-        match first_err.remove(&i) {
+    first_err
+}
+
+fn nft_record(run: &mut Run<'_>, w: NftWork, mut errors: BTreeMap<usize, Error>) {
+    for (i, r) in w.decided {
+        match r {
+            Ok(()) => run.step(i, StepKind::Nft, StepState::Skipped),
+            Err(e) => run.fail(i, StepKind::Nft, e),
+        }
+    }
+    for i in w.pending {
+        match errors.remove(&i) {
             Some(e) => run.fail(i, StepKind::Nft, e.to_string()),
             None => run.step(i, StepKind::Nft, StepState::Removed),
         }
     }
+}
+
+/// TAPs and nft rules at once: two independent kernel subsystems, and the TAP batch
+/// spends most of its time waiting for an RCU grace period. A target whose TAP fails is
+/// reported with the TAP's error either way (its rules going early does no harm: a
+/// later run finds the TAP through its row).
+fn delete_network(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
+    let work = nft_work(run, obs, env);
+    let deadline = env.timing.deadline;
+    let errors = std::thread::scope(|s| {
+        let job = s.spawn(|| nft_run(&work, deadline));
+        delete_taps(run, obs, env);
+        job.join()
+    });
+    let errors = errors.unwrap_or_else(|_| {
+        work.pending
+            .iter()
+            .map(|&i| (i, Error::msg("delete nftables rules", "the worker thread failed")))
+            .collect()
+    });
+    nft_record(run, work, errors);
 }
 
 fn describe(op: &nft::Op) -> String {

@@ -224,8 +224,9 @@ fn run(opts: &Options) -> u8 {
     for w in inv.warnings.iter().chain(&plan.warnings) {
         diag.warn(w.clone());
     }
-    for vm in &inv.vms {
-        let taken = plan.targets.iter().any(|t| t.id == vm.id);
+    let taken: std::collections::HashSet<&str> = plan.targets.iter().map(|t| t.id.as_str()).collect();
+    for vm in inv.vms.iter().filter(|_| opts.verbose) {
+        let taken = taken.contains(vm.id.as_str());
         diag.note(|| {
             let why = vm
                 .stale
@@ -255,7 +256,12 @@ fn run(opts: &Options) -> u8 {
                 id: t.id.clone(),
                 stale: t.stale.clone(),
                 has_row: !t.rows.is_empty(),
-                resources: Resources::of(t, obs),
+                // Only JSON, --check and --verbose show them.
+                resources: if opts.json || opts.check || opts.verbose {
+                    Resources::of(t, obs)
+                } else {
+                    Resources::default()
+                },
             })
             .collect(),
         ..Report::default()

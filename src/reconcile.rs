@@ -190,24 +190,6 @@ fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<Vmm, String>
     })
 }
 
-/// Files SmolVM leaves for a VM id.
-pub fn vm_files(id: &str, socket_dir: &Path, data_dirs: &[PathBuf], retain_disk: bool) -> Vec<FileRef> {
-    let mut files = vec![
-        FileRef::new(socket_dir, format!("fc-{id}.sock")),
-        FileRef::new(socket_dir, format!("qmp-{id}.sock")),
-        FileRef::new(socket_dir, format!("vsock-{id}.sock")),
-    ];
-    for d in data_dirs {
-        files.push(FileRef::new(d, format!("{id}.log")));
-        if !retain_disk {
-            files.push(FileRef::new(d, format!("disks/{id}.ext4")));
-            files.push(FileRef::new(d, format!("disks/{id}.qcow2")));
-        }
-    }
-    files
-}
-
-/// Builds the inventory. Rows come first, in DB order.
 /// `smolvm:<id>:ssh` and `smolvm:<id>:local:…` name a VM.
 pub fn rule_vm_id(comment: &str) -> Option<&str> {
     let mut parts = comment.strip_prefix("smolvm:")?.splitn(3, ':');
@@ -241,8 +223,8 @@ struct Index<'a> {
     table_by_tap: HashMap<&'a str, usize>,
     /// Live (non-zombie) VMM processes by the one VM id each names.
     vmms_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
-    /// Files discovery listed that are SmolVM's to remove (retained disks excluded).
-    present: HashSet<PathBuf>,
+    /// The files discovery listed, by the VM id their name carries (retained disks left out).
+    files_by_id: HashMap<&'a str, Vec<FileRef>>,
 }
 
 impl<'a> Index<'a> {
@@ -258,14 +240,31 @@ impl<'a> Index<'a> {
             rules_by_tap: BTreeMap::new(),
             table_by_tap: HashMap::new(),
             vmms_by_id: BTreeMap::new(),
-            present: obs.socket_names.iter().map(|n| obs.socket_dir.join(n)).collect(),
+            files_by_id: HashMap::new(),
         };
+        for n in &obs.socket_names {
+            if let Some(id) = socket_id(n) {
+                let f = FileRef::new(&obs.socket_dir, n.as_str());
+                ix.files_by_id.entry(id).or_default().push(f);
+            }
+        }
         for d in &obs.data_listing {
-            ix.present.extend(d.top.iter().map(|n| d.dir.join(n)));
+            for n in &d.top {
+                if let Some(id) = n.strip_suffix(".log").filter(|id| valid_vm_id(id)) {
+                    ix.files_by_id
+                        .entry(id)
+                        .or_default()
+                        .push(FileRef::new(&d.dir, n.as_str()));
+                }
+            }
             let names: HashSet<&str> = d.disks.iter().map(String::as_str).collect();
-            let kept = |n: &str| names.contains(format!("{n}.retained").as_str());
-            let disks = d.disks.iter().filter(|n| !kept(n));
-            ix.present.extend(disks.map(|n| d.dir.join("disks").join(n)));
+            for n in &d.disks {
+                // A disk SmolVM marked to keep (`<disk>.retained`, newer releases) stays.
+                if let Some(id) = disk_id(n).filter(|_| !names.contains(format!("{n}.retained").as_str())) {
+                    let f = FileRef::new(&d.dir, format!("disks/{n}"));
+                    ix.files_by_id.entry(id).or_default().push(f);
+                }
+            }
         }
         for (i, r) in obs.rules.iter().enumerate() {
             let Some(c) = r
@@ -333,28 +332,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
 
     // VM ids the host shows (VMM processes, rules, leftover files), with their VMMs.
     let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = ix.vmms_by_id.clone();
-    let sockets = obs.socket_names.iter().filter_map(|n| socket_id(n));
-    let logs = obs.data_listing.iter().flat_map(|d| {
-        d.top
-            .iter()
-            .filter_map(|n| n.strip_suffix(".log").filter(|id| valid_vm_id(id)))
-    });
-    let present = &ix.present;
-    let disks = obs.data_listing.iter().flat_map(|d| {
-        let dir = d.dir.join("disks");
-        d.disks
-            .iter()
-            .filter(move |n| present.contains(&dir.join(n)))
-            .filter_map(|n| disk_id(n))
-    });
-    for id in ix
-        .rules_by_id
-        .keys()
-        .copied()
-        .chain(sockets)
-        .chain(logs)
-        .chain(disks)
-    {
+    for id in ix.rules_by_id.keys().chain(ix.files_by_id.keys()) {
         evidence.entry(id.to_string()).or_default();
     }
     evidence.retain(|id, _| !by_id.contains_key(id));
@@ -403,10 +381,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
             ..Vm::default()
         };
         attach_network(&mut vm, obs, &ix, &mut inv.warnings);
-        vm.files = vm_files(id, &obs.socket_dir, &obs.data_dirs, false)
-            .into_iter()
-            .filter(|f| ix.present.contains(&f.path()))
-            .collect();
+        vm.files = ix.files_by_id.get(id.as_str()).cloned().unwrap_or_default();
         judge_rowless(&mut vm, obs);
         if vm.stale.is_none() {
             inv.warnings.push(format!(
@@ -587,10 +562,19 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
     }
     attach_network(vm, obs, ix, warnings);
 
+    // What discovery listed for this id in the socket dir and in its DBs' data dirs: a
+    // missing file is already gone.
     let retain = rows.iter().any(|r| r.retain_disk);
-    vm.files = vm_files(&vm.id, &obs.socket_dir, &dirs, retain)
+    let ours = |f: &&FileRef| {
+        (f.root == obs.socket_dir || dirs.contains(&f.root)) && !(retain && f.rel.starts_with("disks/"))
+    };
+    vm.files = ix
+        .files_by_id
+        .get(vm.id.as_str())
         .into_iter()
-        .filter(|f| ix.present.contains(&f.path()))
+        .flatten()
+        .filter(ours)
+        .cloned()
         .collect();
     if vm.vmms.is_empty() {
         if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
@@ -611,7 +595,7 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
     }
     for row in &rows {
         if let Some(sp) = &row.socket_path
-            && !vm.files.iter().any(|f| Path::new(sp) == f.path())
+            && Path::new(sp) != obs.socket_dir.join(format!("fc-{}.sock", vm.id))
         {
             warnings.push(format!(
                 "{}: socket path {sp:?} is not {}/fc-{}.sock; it is not removed",

@@ -245,7 +245,10 @@ pub fn align4(n: usize) -> usize {
 /// A NUL-terminated (or not) netlink string attribute.
 pub fn attr_str(payload: &[u8]) -> String {
     let end = payload.iter().position(|&b| b == 0).unwrap_or(payload.len());
-    String::from_utf8_lossy(&payload[..end]).into_owned()
+    match std::str::from_utf8(&payload[..end]) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(&payload[..end]).into_owned(),
+    }
 }
 
 /// Builds netlink messages into one buffer (a batch is several messages in one send).
