@@ -17,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, params};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_smolvm-cleanup");
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/smolvm-0.0.5");
+/// State the real SmolVM 0.0.5 wrote (its DB, and `nft -a list ruleset`, `ip -d link show`
+/// and the file listing taken right after), kept in the repo so a clean clone tests alone.
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smolvm-0.0.5");
 
 /// Moves this test's thread into a new network namespace (children inherit it). Returns
 /// false, after saying why, when the test cannot run here (not root).
