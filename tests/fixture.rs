@@ -1,4 +1,4 @@
-//! The state a real SmolVM 0.0.5 wrote (`../shared/fixtures/smolvm-0.0.5`): its DB as is,
+//! The state a real SmolVM 0.0.5 wrote (`tests/fixtures/smolvm-0.0.5`, from the shared fixtures): its DB as is,
 //! its TAPs and its nft ruleset rebuilt from the dumps, its files from the listing.
 
 use crate::util::{FIXTURES, Scratch, comments, enter_netns, links, nft, sh};
