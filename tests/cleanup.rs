@@ -1,7 +1,7 @@
 //! End-to-end runs on state built like SmolVM's: default run, `--prefix`, `--all`,
 //! `--dry-run`, nothing to do, a protected VM, running twice, QEMU.
 
-use crate::util::{Proc, VmSpec, World, comments, fake_vmm, has_link, links, pid_alive, sh};
+use crate::util::{Proc, VmSpec, World, comments, fake_vmm, has_link, links, pid_alive, probe_world, sh};
 
 /// A VM id's per-VM rule comments as SmolVM 0.0.5 writes them.
 fn vm_comments(id: &str, tap: &str) -> Vec<String> {
@@ -21,29 +21,6 @@ fn globals() -> Vec<String> {
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
-}
-
-/// A pid that was just in use and now is not (a process that has exited and been reaped).
-fn dead_pid() -> i64 {
-    let mut c = std::process::Command::new("true").spawn().unwrap();
-    let pid = c.id();
-    c.wait().unwrap();
-    i64::from(pid)
-}
-
-/// The world of SmolVM's own probe: a live VM, a crashed one, a stopped one, a protected
-/// `keepme`, and a running row with no pid.
-fn standard_world(tag: &str) -> Option<World> {
-    let mut w = World::new(tag)?;
-    w.add(VmSpec::running("vm-aaaa0001", 2));
-    w.add(VmSpec {
-        pid: Some(dead_pid()),
-        ..VmSpec::new("vm-bbbb0002", "running", 3)
-    });
-    w.add(VmSpec::new("vm-cccc0003", "stopped", 4));
-    w.add(VmSpec::new("keepme", "created", 5));
-    w.add(VmSpec::new("vm-dddd0004", "running", 6));
-    Some(w)
 }
 
 fn assert_only_keepme_left(w: &World) {
@@ -71,7 +48,7 @@ fn assert_only_keepme_left(w: &World) {
 
 #[test]
 fn default_run_cleans_stale_and_prefixed_vms_and_nothing_else() {
-    let Some(mut w) = standard_world("default") else {
+    let Some(mut w) = probe_world("default", true) else {
         return;
     };
     let live = w.vmm_pid("vm-aaaa0001");
@@ -90,7 +67,9 @@ fn default_run_cleans_stale_and_prefixed_vms_and_nothing_else() {
 
 #[test]
 fn running_twice_is_safe() {
-    let Some(w) = standard_world("twice") else { return };
+    let Some(w) = probe_world("twice", true) else {
+        return;
+    };
     assert_eq!(w.run(&[]).code, 0);
     let r = w.run(&[]);
     r.expect(0, "No matching VMs to clean.\n");
@@ -99,7 +78,9 @@ fn running_twice_is_safe() {
 
 #[test]
 fn prefix_targets_other_ids_and_stale_vms_always() {
-    let Some(w) = standard_world("prefix") else { return };
+    let Some(w) = probe_world("prefix", true) else {
+        return;
+    };
     let r = w.run(&["--prefix", "keep"]);
     r.expect(
         0,
@@ -122,7 +103,7 @@ fn prefix_targets_other_ids_and_stale_vms_always() {
 
 #[test]
 fn all_targets_every_vm_in_db_order() {
-    let Some(mut w) = standard_world("all") else {
+    let Some(mut w) = probe_world("all", true) else {
         return;
     };
     let r = w.run(&["--all", "--prefix", "ignored"]);
@@ -143,7 +124,7 @@ fn all_targets_every_vm_in_db_order() {
 
 #[test]
 fn dry_run_changes_nothing_at_all() {
-    let Some(mut w) = standard_world("dry") else {
+    let Some(mut w) = probe_world("dry", true) else {
         return;
     };
     let before = w.snapshot();
@@ -201,10 +182,7 @@ fn unrelated_links_rules_and_processes_survive() {
     let Some(mut w) = World::new("unrelated") else {
         return;
     };
-    w.add(VmSpec {
-        pid: Some(dead_pid()),
-        ..VmSpec::new("vm-gone0001", "running", 2)
-    });
+    w.add(VmSpec::stale("vm-gone0001", 2));
     // Look-alikes that are not SmolVM's: a TAP no row names, a veth named like a TAP,
     // a rule without a smolvm comment in SmolVM's table, another table, a process.
     sh("ip tuntap add tap99 mode tap && ip link add tap98 type veth peer name vethx");

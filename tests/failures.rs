@@ -11,20 +11,6 @@ use rusqlite::params;
 
 use crate::util::{Proc, VmSpec, World, comments, fake_vmm, has_link, pid_alive, sh, wait_until};
 
-fn dead_pid() -> i64 {
-    let mut c = std::process::Command::new("true").spawn().unwrap();
-    let pid = c.id();
-    c.wait().unwrap();
-    i64::from(pid)
-}
-
-fn stale(id: &str, octet: u32) -> VmSpec {
-    VmSpec {
-        pid: Some(dead_pid()),
-        ..VmSpec::new(id, "running", octet)
-    }
-}
-
 fn vm_rules(id: &str) -> usize {
     comments()
         .iter()
@@ -147,7 +133,7 @@ fn hostile_db_values_are_refused_and_never_acted_on() {
     sh("ip tuntap add eth0 mode tap");
     let precious = w.scratch.0.join("precious");
     std::fs::write(&precious, b"keep me").unwrap();
-    w.add(stale("vm-hostile03", 3));
+    w.add(VmSpec::stale("vm-hostile03", 3));
     std::os::unix::fs::symlink(&precious, w.socket_path("vm-hostile03")).unwrap_or_else(|_| {
         std::fs::remove_file(w.socket_path("vm-hostile03")).unwrap();
         std::os::unix::fs::symlink(&precious, w.socket_path("vm-hostile03")).unwrap();
@@ -250,7 +236,7 @@ fn assert_perm_world_intact(w: &World) {
 #[test]
 fn eperm_as_nobody_is_a_failure_and_keeps_everything() {
     let Some(mut w) = World::new("nobody") else { return };
-    w.add(stale("vm-perm0001", 2));
+    w.add(VmSpec::stale("vm-perm0001", 2));
     let r = crate::util::Run::from(w.cmd(&[]).uid(65534).gid(65534).output().unwrap());
     expect_permission_failure(&r);
     assert_perm_world_intact(&w);
@@ -264,7 +250,7 @@ fn eperm_as_nobody_is_a_failure_and_keeps_everything() {
 #[test]
 fn eperm_without_cap_net_admin_is_a_failure_and_keeps_the_row() {
     let Some(mut w) = World::new("nocap") else { return };
-    w.add(stale("vm-perm0001", 2));
+    w.add(VmSpec::stale("vm-perm0001", 2));
     let out = w
         .cmd_via(&["setpriv", "--inh-caps=-all", "--bounding-set=-net_admin"], &[])
         .output()
@@ -287,7 +273,7 @@ fn a_writer_holding_begin_exclusive_is_waited_for() {
     let Some(mut w) = World::new("busywriter") else {
         return;
     };
-    w.add(stale("vm-busy0001", 2));
+    w.add(VmSpec::stale("vm-busy0001", 2));
     let db = w.db.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
@@ -318,7 +304,7 @@ fn eight_concurrent_cleanups_delete_each_vm_exactly_once() {
     for (i, id) in ids.iter().enumerate() {
         w.add(VmSpec::running(id, 2 + i as u32));
     }
-    w.add(stale("vm-conc0005", 9));
+    w.add(VmSpec::stale("vm-conc0005", 9));
     w.add(VmSpec::new("keepme", "created", 10));
     let children: Vec<_> = (0..8)
         .map(|_| {
@@ -362,7 +348,7 @@ fn sigint_mid_run_finishes_the_step_reports_and_keeps_rows() {
         proc: Proc::IgnoresTerm,
         ..VmSpec::new("vm-int00001", "running", 2)
     });
-    w.add(stale("vm-int00002", 3));
+    w.add(VmSpec::stale("vm-int00002", 3));
     let pid = w.vmm_pid("vm-int00001");
     let mut child = w
         .cmd(&["--grace", "2s"])
@@ -412,9 +398,9 @@ fn sigint_mid_run_finishes_the_step_reports_and_keeps_rows() {
 #[test]
 fn resources_already_gone_are_done() {
     let Some(mut w) = World::new("gone") else { return };
-    w.add(stale("vm-gone0001", 2));
-    w.add(stale("vm-gone0002", 3));
-    w.add(stale("vm-gone0003", 4));
+    w.add(VmSpec::stale("vm-gone0001", 2));
+    w.add(VmSpec::stale("vm-gone0002", 3));
+    w.add(VmSpec::stale("vm-gone0003", 4));
     // 0001: TAP gone, rules present. 0002: rules gone, TAP present. 0003: files gone too.
     sh("ip link del tap2");
     crate::util::delete_rules(|comment| comment.contains("vm-gone0002") || comment.contains("tap:tap3:"));

@@ -9,20 +9,6 @@ use serde_json::Value;
 
 use crate::util::{BIN, Proc, Run, VmSpec, World, has_link, pid_alive, sh, wait_until};
 
-fn dead_pid() -> i64 {
-    let mut c = std::process::Command::new("true").spawn().unwrap();
-    let pid = c.id();
-    c.wait().unwrap();
-    i64::from(pid)
-}
-
-fn stale(id: &str, octet: u32) -> VmSpec {
-    VmSpec {
-        pid: Some(dead_pid()),
-        ..VmSpec::new(id, "running", octet)
-    }
-}
-
 fn json(r: &Run) -> Value {
     serde_json::from_str(&r.stdout)
         .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", r.stdout))
@@ -49,7 +35,7 @@ fn step<'v>(t: &'v Value, name: &str) -> &'v Value {
 #[test]
 fn json_reports_successes_a_failure_steps_and_hostile_strings() {
     let Some(mut w) = World::new("json") else { return };
-    w.add(stale("vm-ok000001", 2));
+    w.add(VmSpec::stale("vm-ok000001", 2));
     w.add(VmSpec {
         proc: Proc::Firecracker,
         updated_offset: -60,
@@ -119,7 +105,7 @@ fn json_dry_run_plans_and_changes_nothing() {
     let Some(mut w) = World::new("jsondry") else {
         return;
     };
-    w.add(stale("vm-ok000001", 2));
+    w.add(VmSpec::stale("vm-ok000001", 2));
     w.add(VmSpec::new("keepme", "created", 4));
     let before = w.snapshot();
     let r = w.run(&["--json", "--dry-run"]);
@@ -138,7 +124,7 @@ fn json_dry_run_plans_and_changes_nothing() {
 #[test]
 fn check_fails_on_leftovers_passes_after_cleanup_and_changes_nothing() {
     let Some(mut w) = World::new("check") else { return };
-    w.add(stale("vm-left0001", 2));
+    w.add(VmSpec::stale("vm-left0001", 2));
     w.add(VmSpec::new("keepme", "created", 4));
     let before = w.snapshot();
     let r = w.run(&["--check"]);
@@ -194,9 +180,9 @@ fn older_than_spares_a_fresh_row_and_takes_an_old_one() {
     };
     w.add(VmSpec {
         updated_offset: -3600,
-        ..stale("vm-old00001", 2)
+        ..VmSpec::stale("vm-old00001", 2)
     });
-    w.add(stale("vm-new00001", 3));
+    w.add(VmSpec::stale("vm-new00001", 3));
     w.add(VmSpec {
         updated_offset: -3600,
         ..VmSpec::new("vm-old00002", "stopped", 4)
@@ -250,7 +236,7 @@ fn verbose_reports_each_step_on_stderr_without_colour_off_a_terminal() {
 #[test]
 fn every_runs_again_until_sigterm() {
     let Some(mut w) = World::new("every") else { return };
-    w.add(stale("vm-one00001", 2));
+    w.add(VmSpec::stale("vm-one00001", 2));
     let mut child = w
         .cmd(&["--every", "200ms"])
         .stdout(Stdio::null())
@@ -258,7 +244,7 @@ fn every_runs_again_until_sigterm() {
         .spawn()
         .unwrap();
     wait_until("the first run", Duration::from_secs(10), || !has_link("tap2"));
-    w.add(stale("vm-two00001", 3));
+    w.add(VmSpec::stale("vm-two00001", 3));
     wait_until("a later run", Duration::from_secs(10), || w.ids().is_empty());
     assert!(!has_link("tap3"));
     sh(&format!("kill -TERM {}", child.id()));

@@ -5,28 +5,8 @@ use std::process::Command;
 
 use crate::util::{
     BIN, Proc, Run, Scratch, VmSpec, World, comments, enter_netns, fake_vmm, has_link, hold_tap, links, nft,
-    pid_alive, ruleset, sh, smolvm_base_nft, smolvm_vm_nft,
+    pid_alive, probe_world, ruleset, sh, smolvm_base_nft, smolvm_vm_nft,
 };
-
-fn dead_pid() -> i64 {
-    let mut c = Command::new("true").spawn().unwrap();
-    let pid = c.id();
-    c.wait().unwrap();
-    i64::from(pid)
-}
-
-/// SmolVM-like state with no live VMM: crashed, stopped and created VMs.
-fn crashed_world(tag: &str) -> Option<World> {
-    let mut w = World::new(tag)?;
-    w.add(VmSpec {
-        pid: Some(dead_pid()),
-        ..VmSpec::new("vm-bbbb0002", "running", 3)
-    });
-    w.add(VmSpec::new("vm-cccc0003", "stopped", 4));
-    w.add(VmSpec::new("keepme", "created", 5));
-    w.add(VmSpec::new("vm-dddd0004", "running", 6));
-    Some(w)
-}
 
 const ALL_FOUR: &str = "Reconciled stale VMs: keepme, vm-bbbb0002, vm-cccc0003, vm-dddd0004\n\
      Targets (4):\n  - keepme\n  - vm-bbbb0002\n  - vm-cccc0003\n  - vm-dddd0004\n\
@@ -54,7 +34,9 @@ fn assert_host_clean(w: &World) {
 
 #[test]
 fn db_removed_everything_is_reclaimed_from_the_host() {
-    let Some(w) = crashed_world("dbgone") else { return };
+    let Some(w) = probe_world("dbgone", false) else {
+        return;
+    };
     // SmolVM's "State Database Corruption" recipe: back up, remove, run cleanup.
     let backup = w.scratch.0.join("smolvm.db.bak");
     std::fs::rename(&w.db, &backup).unwrap();
@@ -68,7 +50,9 @@ fn db_removed_everything_is_reclaimed_from_the_host() {
 
 #[test]
 fn garbage_db_is_reported_kept_byte_identical_and_the_host_reclaimed() {
-    let Some(w) = crashed_world("garbage") else { return };
+    let Some(w) = probe_world("garbage", false) else {
+        return;
+    };
     let garbage: Vec<u8> = (0..9000u32).map(|i| (i * 7 + 3) as u8).collect();
     std::fs::write(&w.db, &garbage).unwrap();
     let r = w.run(&[]);
@@ -80,7 +64,7 @@ fn garbage_db_is_reported_kept_byte_identical_and_the_host_reclaimed() {
 
 #[test]
 fn truncated_db_is_reported_kept_byte_identical_and_the_host_reclaimed() {
-    let Some(w) = crashed_world("truncated") else {
+    let Some(w) = probe_world("truncated", false) else {
         return;
     };
     let full = std::fs::read(&w.db).unwrap();
@@ -187,7 +171,7 @@ fn a_live_vmm_without_a_row_is_reported_and_only_all_stops_it() {
 
 #[test]
 fn dry_run_lists_rows_and_orphans_and_changes_nothing() {
-    let Some(mut w) = crashed_world("mixeddry") else {
+    let Some(mut w) = probe_world("mixeddry", false) else {
         return;
     };
     w.add(VmSpec::running("vm-aaaa0001", 2));
@@ -229,7 +213,7 @@ fn dry_run_lists_rows_and_orphans_and_changes_nothing() {
 
 #[test]
 fn a_locked_db_keeps_rowless_leftovers_alone() {
-    let Some(w) = crashed_world("lockeddb") else {
+    let Some(w) = probe_world("lockeddb", false) else {
         return;
     };
     sh("ip tuntap add tap9 mode tap");
@@ -247,7 +231,9 @@ fn a_locked_db_keeps_rowless_leftovers_alone() {
 
 #[test]
 fn all_removes_the_shared_tables_once_no_vm_is_left_and_only_then() {
-    let Some(w) = crashed_world("shared") else { return };
+    let Some(w) = probe_world("shared", false) else {
+        return;
+    };
     // A rule someone else put in SmolVM's table keeps the tables.
     nft("add rule inet smolvm_filter forward counter accept comment \"operator rule\"");
     let r = w.run(&["--all"]);

@@ -153,6 +153,28 @@ pub fn pid_alive(pid: u32) -> bool {
         .is_ok_and(|s| !matches!(s[s.rfind(')').unwrap() + 2..].chars().next(), Some('Z' | 'X')))
 }
 
+/// A pid that was just in use and now is not (its process has exited and been reaped).
+pub fn dead_pid() -> i64 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    i64::from(pid)
+}
+
+/// The world of SmolVM's own probe: a crashed VM, a stopped one, a protected `keepme`, a
+/// running row with no pid, and (with `live`) a live VM first.
+pub fn probe_world(tag: &str, live: bool) -> Option<World> {
+    let mut w = World::new(tag)?;
+    if live {
+        w.add(VmSpec::running("vm-aaaa0001", 2));
+    }
+    w.add(VmSpec::stale("vm-bbbb0002", 3));
+    w.add(VmSpec::new("vm-cccc0003", "stopped", 4));
+    w.add(VmSpec::new("keepme", "created", 5));
+    w.add(VmSpec::new("vm-dddd0004", "running", 6));
+    Some(w)
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !cond() {
@@ -278,6 +300,14 @@ impl VmSpec {
             pid: None,
             updated_offset: 0,
             files: true,
+        }
+    }
+
+    /// A crashed VM: `running` with the pid of a process that is gone.
+    pub fn stale(id: &str, octet: u32) -> VmSpec {
+        VmSpec {
+            pid: Some(dead_pid()),
+            ..VmSpec::new(id, "running", octet)
         }
     }
 
