@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
@@ -27,6 +28,7 @@ pub fn acquire(
     dirs: &[PathBuf],
     exclusive: bool,
     deadline: Instant,
+    stop: &AtomicBool,
     warn: &mut dyn FnMut(String),
 ) -> Result<Held, Error> {
     let mut dirs: Vec<&PathBuf> = dirs.iter().filter(|d| d.is_dir()).collect();
@@ -38,7 +40,7 @@ pub fn acquire(
         let Some(file) = open(&path, exclusive, warn) else {
             continue;
         };
-        wait_for(&file, &path, exclusive, deadline, warn)?;
+        wait_for(&file, &path, exclusive, deadline, stop, warn)?;
         files.push(file);
     }
     Ok(Held { _files: files })
@@ -68,6 +70,7 @@ fn wait_for(
     path: &Path,
     exclusive: bool,
     deadline: Instant,
+    stop: &AtomicBool,
     warn: &mut dyn FnMut(String),
 ) -> Result<(), Error> {
     let op = if exclusive {
@@ -81,6 +84,12 @@ fn wait_for(
             Ok(()) => return Ok(()),
             Err(Errno::WOULDBLOCK | Errno::INTR) => {}
             Err(e) => return Err(Error::errno(format!("lock {}", path.display()), e.raw_os_error())),
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Err(Error::msg(
+                format!("take the cleanup lock {}", path.display()),
+                "interrupted while another cleanup held it",
+            ));
         }
         if Instant::now() >= deadline {
             return Err(Error::msg(
@@ -103,19 +112,34 @@ fn wait_for(
 mod tests {
     use super::*;
 
+    static NO: AtomicBool = AtomicBool::new(false);
+
     #[test]
     fn second_exclusive_lock_waits_until_the_deadline() {
         let d = std::env::temp_dir().join(format!("smolvm-lock-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         let mut notes = Vec::new();
         let far = Instant::now() + Duration::from_secs(5);
-        let held = acquire(std::slice::from_ref(&d), true, far, &mut |m| notes.push(m)).unwrap();
+        let held = acquire(std::slice::from_ref(&d), true, far, &NO, &mut |m| notes.push(m)).unwrap();
         let soon = Instant::now() + Duration::from_millis(100);
-        let err = acquire(std::slice::from_ref(&d), true, soon, &mut |m| notes.push(m));
+        let err = acquire(std::slice::from_ref(&d), true, soon, &NO, &mut |m| notes.push(m));
         assert!(err.is_err());
         assert_eq!(notes.len(), 1, "{notes:?}");
         drop(held);
-        assert!(acquire(std::slice::from_ref(&d), true, soon, &mut |_| {}).is_ok());
+        assert!(acquire(std::slice::from_ref(&d), true, soon, &NO, &mut |_| {}).is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_interrupt_ends_the_wait() {
+        let d = std::env::temp_dir().join(format!("smolvm-lock-int-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let far = Instant::now() + Duration::from_secs(30);
+        let _held = acquire(std::slice::from_ref(&d), true, far, &NO, &mut |_| {}).unwrap();
+        let stop = AtomicBool::new(true);
+        let t = Instant::now();
+        assert!(acquire(std::slice::from_ref(&d), true, far, &stop, &mut |_| {}).is_err());
+        assert!(t.elapsed() < Duration::from_secs(5));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -124,7 +148,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("smolvm-lock-sh-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         let far = Instant::now() + Duration::from_secs(5);
-        drop(acquire(std::slice::from_ref(&d), false, far, &mut |_| {}).unwrap());
+        drop(acquire(std::slice::from_ref(&d), false, far, &NO, &mut |_| {}).unwrap());
         assert!(!d.join(LOCK_NAME).exists());
         std::fs::remove_dir_all(&d).unwrap();
     }

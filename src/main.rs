@@ -165,7 +165,9 @@ fn run(opts: &Options) -> u8 {
     if lock_dirs.is_empty() {
         lock_dirs.push(opts.socket_dir.clone());
     }
-    let _lock = match lock::acquire(&lock_dirs, !read_only, timing.deadline, &mut |m| diag.warn(m)) {
+    let _lock = match lock::acquire(&lock_dirs, !read_only, timing.deadline, stop, &mut |m| {
+        diag.warn(m)
+    }) {
         Ok(held) => held,
         Err(e) => {
             eprintln!("smolvm-cleanup: {e}");
