@@ -234,6 +234,42 @@ fn verbose_reports_each_step_on_stderr_without_colour_off_a_terminal() {
 }
 
 #[test]
+fn warnings_are_coloured_on_a_terminal_unless_no_color() {
+    let Some(w) = World::new("colour") else { return };
+    // A hostile row makes a warning.
+    w.conn()
+        .execute(
+            "INSERT INTO vms VALUES ('../x', 'running', '{}', NULL, NULL, NULL, 'x', 'x')",
+            [],
+        )
+        .unwrap();
+    let on_tty = |no_color: Option<&str>| {
+        // script(1) gives the run a pseudo-terminal; everything it printed comes back here.
+        let cmd = format!(
+            "{BIN} --state-dir {} --socket-dir {}",
+            w.data.display(),
+            w.sock.display()
+        );
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]).env("TERM", "xterm");
+        match no_color {
+            Some(v) => c.env("NO_COLOR", v),
+            None => c.env_remove("NO_COLOR"),
+        };
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let coloured = on_tty(None);
+    assert!(
+        coloured.contains("\x1b[33mwarning\x1b[0m: refusing a state row"),
+        "{coloured:?}"
+    );
+    assert!(coloured.contains("No matching VMs to clean."));
+    let plain = on_tty(Some("1"));
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+    assert!(plain.contains("warning: refusing a state row"));
+}
+
+#[test]
 fn every_runs_again_until_sigterm() {
     let Some(mut w) = World::new("every") else { return };
     w.add(VmSpec::stale("vm-one00001", 2));
