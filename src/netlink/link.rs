@@ -346,6 +346,24 @@ mod tests {
     }
 
     #[test]
+    fn real_group_refused_falls_back_to_each_link_with_its_own_answer() {
+        if !crate::netlink::test_netns() {
+            return;
+        }
+        crate::netlink::test_sh("ip tuntap add tap5 mode tap");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut sock = Socket::route(deadline).unwrap();
+        let links = dump(&mut sock).unwrap();
+        let idx = |n: &str| links.iter().find(|l| l.name == n).map(|l| l.index).unwrap();
+        // The loopback cannot be deleted: the kernel refuses the whole group delete, and
+        // the per-link fallback still takes the TAP and reports the loopback's refusal.
+        let r = delete_many(&mut sock, &links, &[idx("tap5"), idx("lo")], 3);
+        assert_eq!(r, vec![Ok(()), Err(Errno::OPNOTSUPP)]);
+        let names: Vec<String> = dump(&mut sock).unwrap().into_iter().map(|l| l.name).collect();
+        assert_eq!(names, ["lo"]);
+    }
+
+    #[test]
     fn newlink_decoding() {
         let nested = |parts: &[(u16, &[u8])]| {
             let mut w = Writer::default();
