@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crate::error::Error;
 use crate::files::{Removal, Remover};
+use crate::model::is_smolvm_rule_table;
 use crate::netlink::{self, link, nft};
 use crate::plan::Plan;
 use crate::process::{self, Stopped, Timing};
@@ -360,9 +361,10 @@ fn nft_run(w: &NftWork, deadline: Instant) -> BTreeMap<usize, Error> {
     if w.ops.is_empty() {
         return first_err;
     }
-    let results = match netlink::Socket::netfilter(deadline) {
-        Ok(mut sock) => nft::delete(&mut sock, &w.ops, deadline),
-        Err(e) => vec![Err(e); w.ops.len()],
+    let mut sock = netlink::Socket::netfilter(deadline);
+    let results = match &mut sock {
+        Ok(sock) => nft::delete(sock, &w.ops, deadline),
+        Err(e) => vec![Err(*e); w.ops.len()],
     };
     for ((op, r), &i) in w.ops.iter().zip(&results).zip(&w.owner) {
         if let Err(e) = r {
@@ -371,10 +373,11 @@ fn nft_run(w: &NftWork, deadline: Instant) -> BTreeMap<usize, Error> {
                 .or_insert_with(|| Error::errno(describe(op), e.raw_os_error()));
         }
     }
-    match crate::discover::dump_nft(deadline) {
-        Ok((tables, rules)) => {
-            let rules: BTreeSet<nft::Op> = rules.iter().map(nft::Op::for_rule).collect();
-            let tables: BTreeSet<(u8, &str)> = tables.iter().map(|t| (t.family, t.name.as_str())).collect();
+    match sock.and_then(|mut sock| nft::dump_smolvm(&mut sock, false)) {
+        Ok(now) => {
+            let rules: BTreeSet<nft::Op> = now.rules.iter().map(nft::Op::for_rule).collect();
+            let tables: BTreeSet<(u8, &str)> =
+                now.tables.iter().map(|t| (t.family, t.name.as_str())).collect();
             for (op, &i) in w.ops.iter().zip(&w.owner) {
                 let present = match op {
                     nft::Op::Rule { .. } => rules.contains(op),
@@ -547,27 +550,15 @@ pub fn remove_shared(deadline: Instant) -> Result<bool, String> {
     let action = "remove SmolVM's shared nftables tables";
     let err = |e: rustix::io::Errno| Error::errno(action, e.raw_os_error()).to_string();
     let mut sock = netlink::Socket::netfilter(deadline).map_err(err)?;
-    let tables = nft::dump_tables(&mut sock).map_err(err)?;
-    let mut chains = Vec::new();
-    let mut rules = Vec::new();
-    for t in tables
-        .iter()
-        .filter(|t| crate::reconcile::is_smolvm_rule_table(t.family, &t.name))
-    {
-        chains.extend(nft::dump_chains(&mut sock, t.family, &t.name).map_err(err)?);
-        rules.extend(nft::dump_rules(&mut sock, t.family, &t.name).map_err(err)?);
-    }
-    let ops = crate::plan::shared_teardown(&tables, &chains, &rules)
+    let now = nft::dump_smolvm(&mut sock, true).map_err(err)?;
+    let ops = crate::plan::shared_teardown(&now.tables, &now.chains, &now.rules)
         .map_err(|why| Error::msg(action, why).to_string())?;
     if ops.is_empty() {
         return Ok(false);
     }
     nft::delete_atomic(&mut sock, &ops).map_err(err)?;
     let left = nft::dump_tables(&mut sock).map_err(err)?;
-    if left
-        .iter()
-        .any(|t| crate::reconcile::is_smolvm_rule_table(t.family, &t.name))
-    {
+    if left.iter().any(|t| is_smolvm_rule_table(t.family, &t.name)) {
         return Err(Error::msg(action, "they are still present after the delete").to_string());
     }
     Ok(true)

@@ -106,10 +106,10 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         Err(e) => d.link_error = Some(Error::errno("list network links", e.raw_os_error())),
     }
 
-    match dump_nft(cfg.deadline) {
-        Ok((tables, rules)) => {
-            d.obs.tables = tables;
-            d.obs.rules = rules;
+    match netlink::Socket::netfilter(cfg.deadline).and_then(|mut s| nft::dump_smolvm(&mut s, false)) {
+        Ok(dump) => {
+            d.obs.tables = dump.tables;
+            d.obs.rules = dump.rules;
         }
         Err(e) => d.nft_error = Some(Error::errno("list nftables rules", e.raw_os_error())),
     }
@@ -149,19 +149,4 @@ fn list(dir: &std::path::Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// The table list, then the rules of SmolVM's two rule tables (only if they exist).
-pub fn dump_nft(
-    deadline: Instant,
-) -> Result<(Vec<crate::model::Table>, Vec<crate::model::Rule>), rustix::io::Errno> {
-    let mut sock = netlink::Socket::netfilter(deadline)?;
-    let tables = nft::dump_tables(&mut sock)?;
-    let mut rules = Vec::new();
-    for t in &tables {
-        if crate::reconcile::is_smolvm_rule_table(t.family, &t.name) {
-            rules.extend(nft::dump_rules(&mut sock, t.family, &t.name)?);
-        }
-    }
-    Ok((tables, rules))
 }

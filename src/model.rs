@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::netlink::nft::{NFPROTO_INET, NFPROTO_IPV4};
+
 /// SmolVM's VM id pattern (0.0.5+): `^[a-z0-9][a-z0-9_-]{0,62}[a-z0-9]$|^[a-z0-9]$`.
 pub fn valid_vm_id(id: &str) -> bool {
     let b = id.as_bytes();
@@ -30,6 +32,13 @@ pub fn valid_tap_name(name: &str) -> bool {
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
     }
     false
+}
+
+/// SmolVM's two shared nft tables, (family, name): its per-VM rules live only there.
+pub const SMOLVM_TABLES: [(u8, &str); 2] = [(NFPROTO_IPV4, "smolvm_nat"), (NFPROTO_INET, "smolvm_filter")];
+
+pub fn is_smolvm_rule_table(family: u8, table: &str) -> bool {
+    SMOLVM_TABLES.contains(&(family, table))
 }
 
 /// A `--prefix` must be something a valid id can start with.

@@ -5,19 +5,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{Chain, Link, Rule, Table};
-use crate::netlink::nft::{NFPROTO_INET, NFPROTO_IPV4, Op};
+use crate::model::{Chain, Link, Rule, SMOLVM_TABLES, Table};
+use crate::netlink::nft::Op;
 use crate::reconcile::{Inventory, Vm};
 
-/// SmolVM's shared tables and the base chains it creates in them.
-const SHARED: [(u8, &str, &[&str]); 2] = [
-    (
-        NFPROTO_IPV4,
-        "smolvm_nat",
-        &["prerouting", "output", "postrouting"],
-    ),
-    (NFPROTO_INET, "smolvm_filter", &["forward"]),
-];
+/// The base chains SmolVM creates in each of `SMOLVM_TABLES`, in the same order.
+const BASE_CHAINS: [&[&str]; 2] = [&["prerouting", "output", "postrouting"], &["forward"]];
 
 /// The batch that removes SmolVM's shared nft objects once no VM is left: its shared
 /// rules (`smolvm:global:*`, `smolvm:map:*`), then its base chains, then its two tables,
@@ -28,7 +21,7 @@ pub fn shared_teardown(tables: &[Table], chains: &[Chain], rules: &[Rule]) -> Re
     let mut ops = Vec::new();
     let mut drop_chains = Vec::new();
     let mut drops = Vec::new();
-    for (family, name, base) in SHARED {
+    for ((family, name), base) in SMOLVM_TABLES.into_iter().zip(BASE_CHAINS) {
         if !tables.iter().any(|t| t.family == family && t.name == name) {
             continue;
         }
@@ -171,6 +164,7 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::nft::{NFPROTO_INET, NFPROTO_IPV4};
 
     fn vm(id: &str, stale: bool) -> Vm {
         Vm {

@@ -9,18 +9,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::model::{FileRef, Link, ProcInfo, Row, Rule, Status, Table, valid_tap_name, valid_vm_id};
-use crate::netlink::nft::{NFPROTO_INET, NFPROTO_IPV4};
+use crate::model::{
+    FileRef, Link, ProcInfo, Row, Rule, Status, Table, is_smolvm_rule_table, valid_tap_name, valid_vm_id,
+};
+use crate::netlink::nft::NFPROTO_INET;
 use crate::process::Vmm;
 use crate::procfs::is_vmm_argv0;
 
 /// Slack between a process's start time (from boot time + ticks) and the row's timestamp.
 const START_SLACK_SECS: f64 = 1.0;
-
-/// The two tables SmolVM puts its per-VM rules in.
-pub fn is_smolvm_rule_table(family: u8, table: &str) -> bool {
-    (family == NFPROTO_IPV4 && table == "smolvm_nat") || (family == NFPROTO_INET && table == "smolvm_filter")
-}
 
 /// Everything discovery saw, as plain data.
 #[derive(Debug, Default, Clone)]
@@ -610,6 +607,7 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::nft::NFPROTO_IPV4;
 
     pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
         Row {
@@ -824,12 +822,7 @@ mod tests {
                 rule(NFPROTO_INET, "smolvm_filter", 3, "smolvm:nat:tap:tap2:to:uplink0"),
                 rule(NFPROTO_INET, "smolvm_nat", 9, "smolvm:vm-1:ssh"),
                 rule(NFPROTO_IPV4, "other", 7, "smolvm:vm-1:ssh"),
-                rule(
-                    NFPROTO_INET,
-                    "smolvm_filter",
-                    4,
-                    "smolvm:global:forward:tap-isolation",
-                ),
+                filter_rule(4, "smolvm:global:forward:tap-isolation"),
             ],
             tables: vec![
                 Table {
@@ -879,6 +872,10 @@ mod tests {
         assert_eq!(tap_for_guest_ip([127, 0, 0, 1]), None);
     }
 
+    fn filter_rule(handle: u64, comment: &str) -> Rule {
+        rule(NFPROTO_INET, "smolvm_filter", handle, comment)
+    }
+
     fn ssh_rule(id: &str, octet: u8, handle: u64) -> Rule {
         Rule {
             ipv4: vec![[172, 16, 0, octet]],
@@ -893,30 +890,10 @@ mod tests {
         o.links[2].carrier = true;
         o.rules = vec![
             ssh_rule("vm-1", 2, 10),
-            rule(
-                NFPROTO_INET,
-                "smolvm_filter",
-                11,
-                "smolvm:nat:tap:tap2:to:uplink0",
-            ),
-            rule(
-                NFPROTO_INET,
-                "smolvm_filter",
-                12,
-                "smolvm:nat:tap:tap3:to:uplink0",
-            ),
-            rule(
-                NFPROTO_INET,
-                "smolvm_filter",
-                13,
-                "smolvm:nat:tap:tap4:to:uplink0",
-            ),
-            rule(
-                NFPROTO_INET,
-                "smolvm_filter",
-                14,
-                "smolvm:global:forward:established",
-            ),
+            filter_rule(11, "smolvm:nat:tap:tap2:to:uplink0"),
+            filter_rule(12, "smolvm:nat:tap:tap3:to:uplink0"),
+            filter_rule(13, "smolvm:nat:tap:tap4:to:uplink0"),
+            filter_rule(14, "smolvm:global:forward:established"),
         ];
         o.socket_names = vec!["fc-vm-2.sock".into(), "fc-vm-3.sock".into(), "other.sock".into()];
         o.served.insert("/tmp/fc-vm-3.sock".into());
@@ -965,12 +942,7 @@ mod tests {
         o.links = vec![tap(2, "tap2")];
         o.rules = vec![
             ssh_rule("ghost", 2, 10),
-            rule(
-                NFPROTO_INET,
-                "smolvm_filter",
-                11,
-                "smolvm:nat:tap:tap2:to:uplink0",
-            ),
+            filter_rule(11, "smolvm:nat:tap:tap2:to:uplink0"),
         ];
         let inv = inventory(&o);
         assert_eq!(inv.vms.len(), 2);

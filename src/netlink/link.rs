@@ -316,16 +316,30 @@ mod tests {
         assert_ne!(free_group(&[], 0), 0);
     }
 
+    /// A private network namespace holding these TAPs, a socket in it, and its first dump.
+    fn netns_with_taps(taps: &[&str]) -> Option<(Socket, Vec<Link>)> {
+        if !crate::netlink::test_netns() {
+            return None;
+        }
+        for t in taps {
+            crate::netlink::test_sh(&format!("ip tuntap add {t} mode tap"));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut sock = Socket::route(deadline).ok()?;
+        let links = dump(&mut sock).ok()?;
+        Some((sock, links))
+    }
+
+    fn index_of(links: &[Link], name: &str) -> i32 {
+        links.iter().find(|l| l.name == name).map(|l| l.index).unwrap()
+    }
+
     #[test]
     fn real_group_delete_takes_exactly_the_given_taps() {
-        if !crate::netlink::test_netns() {
+        let Some((mut sock, links)) = netns_with_taps(&["tap2", "tap3", "tap4"]) else {
             return;
-        }
-        crate::netlink::test_sh("for t in tap2 tap3 tap4; do ip tuntap add $t mode tap; done");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut sock = Socket::route(deadline).unwrap();
-        let links = dump(&mut sock).unwrap();
-        let idx = |n: &str| links.iter().find(|l| l.name == n).map(|l| l.index).unwrap();
+        };
+        let idx = |n: &str| index_of(&links, n);
         assert!(
             links
                 .iter()
@@ -347,14 +361,10 @@ mod tests {
 
     #[test]
     fn real_group_refused_falls_back_to_each_link_with_its_own_answer() {
-        if !crate::netlink::test_netns() {
+        let Some((mut sock, links)) = netns_with_taps(&["tap5"]) else {
             return;
-        }
-        crate::netlink::test_sh("ip tuntap add tap5 mode tap");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut sock = Socket::route(deadline).unwrap();
-        let links = dump(&mut sock).unwrap();
-        let idx = |n: &str| links.iter().find(|l| l.name == n).map(|l| l.index).unwrap();
+        };
+        let idx = |n: &str| index_of(&links, n);
         // The loopback cannot be deleted: the kernel refuses the whole group delete, and
         // the per-link fallback still takes the TAP and reports the loopback's refusal.
         let r = delete_many(&mut sock, &links, &[idx("tap5"), idx("lo")], 3);

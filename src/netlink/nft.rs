@@ -18,7 +18,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 
 use super::{NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages};
-use crate::model::{Chain, Rule, Table};
+use crate::model::{Chain, Rule, Table, is_smolvm_rule_table};
 
 pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_IPV4: u8 = 2;
@@ -189,6 +189,31 @@ pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Cha
         Ok(()) | Err(Errno::NOENT) => Ok(out),
         Err(e) => Err(e),
     }
+}
+
+/// SmolVM's view of the ruleset: every table, and the chains (when asked) and rules of
+/// SmolVM's two shared tables, from one socket.
+pub struct Smolvm {
+    pub tables: Vec<Table>,
+    pub chains: Vec<Chain>,
+    pub rules: Vec<Rule>,
+}
+
+pub fn dump_smolvm(sock: &mut Socket, with_chains: bool) -> Result<Smolvm, Errno> {
+    let tables = dump_tables(sock)?;
+    let mut chains = Vec::new();
+    let mut rules = Vec::new();
+    for t in tables.iter().filter(|t| is_smolvm_rule_table(t.family, &t.name)) {
+        if with_chains {
+            chains.extend(dump_chains(sock, t.family, &t.name)?);
+        }
+        rules.extend(dump_rules(sock, t.family, &t.name)?);
+    }
+    Ok(Smolvm {
+        tables,
+        chains,
+        rules,
+    })
 }
 
 /// Every rule of one table. A table that does not exist has no rules.
