@@ -338,6 +338,137 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    /// A DB shaped like SmolVM 0.0.36's: an extra `display` column, more child tables
+    /// (`vsock_cids`, `tap_allocations`), tables with no foreign key (`snapshots`), and no
+    /// foreign keys enforced on the writer's side.
+    const SCHEMA_036: &str = "
+        CREATE TABLE vms (id TEXT PRIMARY KEY, status TEXT NOT NULL, config TEXT NOT NULL, network TEXT,
+            pid INTEGER, socket_path TEXT, display TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+        CREATE TABLE ip_leases (ip TEXT PRIMARY KEY, vm_id TEXT NOT NULL UNIQUE, tap_device TEXT NOT NULL,
+            created_at TEXT NOT NULL);
+        CREATE TABLE ssh_forwards (vm_id TEXT PRIMARY KEY, host_port INTEGER NOT NULL UNIQUE,
+            guest_port INTEGER NOT NULL, created_at TEXT NOT NULL);
+        CREATE TABLE vsock_cids (vm_id TEXT PRIMARY KEY, guest_cid INTEGER NOT NULL UNIQUE, created_at TEXT NOT NULL);
+        CREATE TABLE tap_allocations (vm_id TEXT PRIMARY KEY, tap_device TEXT NOT NULL UNIQUE, mode TEXT NOT NULL,
+            bridge_name TEXT, created_at TEXT NOT NULL);
+        CREATE TABLE snapshots (snapshot_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL);
+        INSERT INTO vms VALUES ('sbx-a', 'running', '{\"memory\":512,\"retain_disk_on_delete\":true}',
+            '{\"tap_device\":\"tap2\",\"mode\":\"nat\"}', 7, NULL, NULL,
+            '2026-11-28T10:00:00+00:00', '2026-11-28T10:00:01.5+00:00');
+        INSERT INTO vms VALUES ('sbx-b', 'stopped', 'not json', NULL, NULL, NULL, NULL, 'x', 'x');
+        INSERT INTO vms VALUES ('sbx-c', 'stopped', '{}', NULL, NULL, NULL, NULL, 'x', 'x');
+        INSERT INTO ip_leases VALUES ('172.16.0.2', 'sbx-a', 'tap2', 'x');
+        INSERT INTO ssh_forwards VALUES ('sbx-a', 2200, 22, 'x');
+        INSERT INTO vsock_cids VALUES ('sbx-a', 3, 'x');
+        INSERT INTO tap_allocations VALUES ('sbx-b', 'svmb0a1b2c3d', 'bridge', 'br0', 'x');
+        INSERT INTO snapshots VALUES ('s1', 'sbx-a');
+    ";
+
+    fn scratch_db(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("smolvm-state-{name}-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(SCHEMA_036).unwrap();
+        p
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    fn count(p: &Path, sql: &str) -> i64 {
+        Connection::open(p)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn newer_schemas_are_read_leniently() {
+        let p = scratch_db("read");
+        let rows = Db::open(&p, true, far()).unwrap().load(3).unwrap();
+        assert_eq!(rows.len(), 3);
+        let a = &rows[0];
+        assert_eq!(
+            (a.id.as_str(), a.status.as_str(), a.pid, a.db),
+            ("sbx-a", "running", Some(7), 3)
+        );
+        assert_eq!(a.taps, ["tap2"]);
+        assert!(a.retain_disk);
+        assert_eq!(a.created_unix, Some(1_795_860_000.0));
+        assert_eq!(a.updated_unix, Some(1_795_860_001.5));
+        // Bad JSON and a bridge TAP known only to tap_allocations.
+        assert_eq!(
+            (rows[1].taps.as_slice(), rows[1].retain_disk),
+            (&["svmb0a1b2c3d".to_string()][..], false)
+        );
+        assert_eq!(rows[1].updated_unix, None);
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn finish_deletes_unchanged_rows_with_their_children_and_keeps_changed_ones() {
+        let p = scratch_db("finish");
+        let db = Db::open(&p, false, far()).unwrap();
+        let rows = db.load(0).unwrap();
+        // SmolVM restarts sbx-b after we read it; sbx-gone was deleted by someone else.
+        Connection::open(&p)
+            .unwrap()
+            .execute(
+                "UPDATE vms SET status = 'running', updated_at = 'later' WHERE id = 'sbx-b'",
+                [],
+            )
+            .unwrap();
+        let stamp = |i: usize| rows[i].updated_at.as_deref();
+        let out = db
+            .finish(
+                &[("sbx-a", stamp(0)), ("sbx-b", stamp(1)), ("sbx-gone", Some("x"))],
+                &[("sbx-c", stamp(2))],
+                "2026-11-28T12:00:00.000000+00:00",
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            [RowOutcome::Deleted, RowOutcome::Changed, RowOutcome::AlreadyGone]
+        );
+        assert_eq!(count(&p, "SELECT count(*) FROM vms WHERE id = 'sbx-a'"), 0);
+        for t in ["ip_leases", "ssh_forwards", "vsock_cids"] {
+            assert_eq!(count(&p, &format!("SELECT count(*) FROM {t}")), 0, "{t}");
+        }
+        // The changed row and its child rows are kept as SmolVM wrote them.
+        assert_eq!(
+            count(
+                &p,
+                "SELECT count(*) FROM vms WHERE id = 'sbx-b' AND status = 'running'"
+            ),
+            1
+        );
+        assert_eq!(count(&p, "SELECT count(*) FROM tap_allocations"), 1);
+        // Marked as SmolVM's reconcile does; a table without a foreign key is not ours.
+        assert_eq!(
+            count(
+                &p,
+                "SELECT count(*) FROM vms WHERE id = 'sbx-c' AND status = 'error'"
+            ),
+            1
+        );
+        assert_eq!(count(&p, "SELECT count(*) FROM snapshots"), 1);
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn files_that_are_not_databases_are_refused_untouched() {
+        let p = std::env::temp_dir().join(format!("smolvm-state-garbage-{}.db", std::process::id()));
+        std::fs::write(&p, b"definitely not sqlite, but long enough").unwrap();
+        let err = Db::open(&p, false, far()).err().unwrap();
+        assert!(is_corrupt(&err), "{err}");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"definitely not sqlite, but long enough"
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+
     #[test]
     fn iso_format() {
         assert_eq!(

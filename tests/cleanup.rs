@@ -214,3 +214,54 @@ fn unrelated_links_rules_and_processes_survive() {
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
 }
+
+#[test]
+fn newer_smolvm_objects_go_with_their_vm_and_look_alikes_stay() {
+    let Some(mut w) = World::new("newer") else { return };
+    w.add(VmSpec::stale("vm-new00001", 2));
+    // SmolVM 0.0.32+ gives each TAP its own policy table; tap9's belongs to no VM here.
+    crate::util::nft(
+        "add table inet smolvm_policy_tap2
+         add chain inet smolvm_policy_tap2 forward { type filter hook forward priority -10; policy accept; }
+         add rule inet smolvm_policy_tap2 forward iifname \"tap2\" oifname \"tap*\" drop
+         add table inet smolvm_policy_tap9
+         add chain inet smolvm_policy_tap9 forward { type filter hook forward priority -10; policy accept; }",
+    );
+    // Bridge mode (0.0.27+): `svmb<8 hex>` TAPs carry the owner in their alias.
+    sh("ip tuntap add svmb0a1b2c3d mode tap && ip link set svmb0a1b2c3d alias smolvm-bridge:vm-brg00001");
+    sh("ip tuntap add svmb0a1b2c3e mode tap && ip link set svmb0a1b2c3e alias smolvm-bridge:someone-else");
+    for (id, tap) in [("vm-brg00001", "svmb0a1b2c3d"), ("vm-brg00002", "svmb0a1b2c3e")] {
+        w.conn()
+            .execute(
+                "INSERT INTO vms VALUES (?1, 'stopped', '{}', ?2, NULL, NULL, 'x', 'x')",
+                [id, &format!(r#"{{"tap_device":"{tap}","mode":"bridge"}}"#)],
+            )
+            .unwrap();
+    }
+    // Through --db this time: its directory is the data dir.
+    let out = std::process::Command::new(crate::util::BIN)
+        .arg("--db")
+        .arg(&w.db)
+        .arg("--socket-dir")
+        .arg(&w.sock)
+        .output()
+        .unwrap();
+    let r = crate::util::Run::from(out);
+    r.expect(
+        0,
+        "Reconciled stale VMs: vm-new00001\nTargets (3):\n  - vm-brg00001\n  - vm-brg00002\n  - vm-new00001\n\
+         Deleted: vm-brg00001\nDeleted: vm-brg00002\nDeleted: vm-new00001\nCleanup complete.\n",
+    );
+    assert!(
+        r.stderr
+            .contains("vm-brg00002: link svmb0a1b2c3e is not SmolVM's TAP"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(links(), ["lo", "svmb0a1b2c3e", "uplink0", "uplink0p"]);
+    let rs = crate::util::ruleset();
+    assert!(!rs.contains("smolvm_policy_tap2"), "{rs}");
+    assert!(rs.contains("table inet smolvm_policy_tap9"), "{rs}");
+    assert!(w.ids().is_empty());
+    assert!(!w.data.join("vm-new00001.log").exists());
+}
