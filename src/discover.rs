@@ -20,6 +20,9 @@ pub struct Discovery {
     pub dbs: Vec<Option<Db>>,
     /// Every state DB looked at, with why it could not be read (None: read).
     pub db_status: Vec<(PathBuf, Option<String>)>,
+    /// State DBs that exist but could not be read for a reason other than corruption
+    /// (locked past the timeout, permissions, I/O): the run cannot vouch for their VMs.
+    pub unread: Vec<String>,
     pub warnings: Vec<String>,
     /// Set when the link dump failed: TAP deletion cannot be decided.
     pub link_error: Option<Error>,
@@ -54,6 +57,7 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         },
         dbs: Vec::new(),
         db_status: Vec::new(),
+        unread: Vec::new(),
         warnings: Vec::new(),
         link_error: None,
         nft_error: None,
@@ -81,10 +85,11 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
                 d.db_status.push((path.clone(), Some(e.to_string())));
                 if is_corrupt(&e) {
                     d.warnings.push(format!(
-                        "{e}; it is left untouched and cleanup goes by the live system"
+                        "{e}; the file is left untouched and cleanup goes by the live system"
                     ));
                 } else {
                     d.warnings.push(format!("{e}; its VMs are skipped this run"));
+                    d.unread.push(e.to_string());
                     d.obs.rows_incomplete = true;
                 }
                 d.dbs.push(None);
@@ -100,6 +105,7 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         }
     }
     d.obs.vmms = d.procfs.scan_vmms();
+    d.obs.pid_view = d.procfs.pid_view();
 
     match netlink::Socket::route(cfg.deadline).and_then(|mut s| link::dump(&mut s)) {
         Ok(links) => d.obs.links = links,
@@ -126,6 +132,16 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         }
     }
     for dd in cfg.data_dirs {
+        let locks: Vec<String> = list(&dd.dir.join("locks"))
+            .into_iter()
+            .filter(|n| n.ends_with(".create.lock"))
+            .collect();
+        for name in &locks {
+            let path = dd.dir.join("locks").join(name);
+            if files::lock_is_held(&path) {
+                d.obs.held_locks.insert(path);
+            }
+        }
         d.obs.data_listing.push(DirListing {
             dir: dd.dir.clone(),
             top: list(&dd.dir)
@@ -133,6 +149,7 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
                 .filter(|n| n.ends_with(".log"))
                 .collect(),
             disks: list(&dd.dir.join("disks")),
+            locks,
         });
     }
     d

@@ -11,6 +11,9 @@ pub enum Cause {
     Errno(i32),
     /// SQLite said no.
     Db(rusqlite::Error),
+    /// The file is not what it should be (a state DB without SQLite's header): what it
+    /// held is lost, unlike an error that a later try may not meet.
+    Corrupt(String),
     /// Anything else, already phrased for a user.
     Msg(String),
 }
@@ -36,6 +39,21 @@ impl Error {
         Error {
             action: action.into(),
             cause: Cause::Db(err),
+        }
+    }
+
+    pub fn corrupt(action: impl Into<String>, msg: impl Into<String>) -> Error {
+        Error {
+            action: action.into(),
+            cause: Cause::Corrupt(msg.into()),
+        }
+    }
+
+    /// From an I/O error: its errno when it has one.
+    pub fn io(action: impl Into<String>, e: &std::io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(errno) => Error::errno(action, errno),
+            None => Error::msg(action, e.to_string()),
         }
     }
 
@@ -90,7 +108,7 @@ impl fmt::Display for Error {
         match &self.cause {
             Cause::Errno(e) => write!(f, "{}: cannot {}", errno_text(*e), self.action),
             Cause::Db(e) => write!(f, "cannot {}: {}", self.action, db_text(e)),
-            Cause::Msg(m) => write!(f, "cannot {}: {}", self.action, m),
+            Cause::Msg(m) | Cause::Corrupt(m) => write!(f, "cannot {}: {}", self.action, m),
         }
     }
 }

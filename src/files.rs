@@ -123,6 +123,21 @@ pub fn socket_has_listener(path: &Path) -> bool {
         && std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
+/// Does a live process hold a `flock` on this lock file (SmolVM's create lock, taken with
+/// `LOCK_EX` for as long as a create runs)? Probed with a non-blocking shared lock, which
+/// is released at once; a symlink is never opened, and a file we cannot open counts as
+/// not held (it is then refused or reported when removed).
+pub fn lock_is_held(path: &Path) -> bool {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let Ok(fd) = openat(CWD, path, flags, Mode::empty()) else {
+        return false;
+    };
+    matches!(
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared),
+        Err(Errno::WOULDBLOCK)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +207,22 @@ mod tests {
         drop(listener);
         assert!(!socket_has_listener(&f.path()));
         assert_eq!(Remover::default().remove(&f).unwrap(), Removal::Deleted);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn lock_holder_check() {
+        let d = scratch("lock");
+        let path = d.join("vm-1.create.lock");
+        std::fs::write(&path, b"").unwrap();
+        assert!(!lock_is_held(&path));
+        // Another open file description holding LOCK_EX, as SmolVM's create does.
+        let holder = std::fs::File::open(&path).unwrap();
+        rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        assert!(lock_is_held(&path));
+        drop(holder);
+        assert!(!lock_is_held(&path));
+        assert!(!lock_is_held(&d.join("missing.lock")));
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -123,23 +123,54 @@ impl Diag {
     }
 }
 
-/// Root with CAP_NET_ADMIN in the effective set: what TAP and nft changes need.
-fn privileged() -> bool {
+/// Root with CAP_NET_ADMIN in the effective set (what TAP and nft changes need), and
+/// CAP_KILL when a VMM must be stopped. Read with capget, so it holds without /proc.
+fn privilege(stops_vmms: bool) -> report::Privilege {
+    use rustix::thread::CapabilitySet;
     if !rustix::process::geteuid().is_root() {
-        return false;
+        return report::Privilege::NotRoot;
     }
-    const CAP_NET_ADMIN: u32 = 12;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let hex = s
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))?
-                .trim()
-                .to_string();
-            u64::from_str_radix(&hex, 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+    let effective = rustix::thread::capabilities(None).map_or(CapabilitySet::empty(), |c| c.effective);
+    let mut missing = Vec::new();
+    if !effective.contains(CapabilitySet::NET_ADMIN) {
+        missing.push("NET_ADMIN");
+    }
+    if stops_vmms && !effective.contains(CapabilitySet::KILL) {
+        missing.push("KILL");
+    }
+    if missing.is_empty() {
+        report::Privilege::Full
+    } else {
+        report::Privilege::Missing(missing)
+    }
+}
+
+/// Without procfs every VMM would look gone and every running VM stale: nothing is judged
+/// and nothing changed, and the report says what to do.
+fn without_proc(opts: &Options, mode: report::Mode, why: String) -> u8 {
+    let report = Report {
+        mode,
+        privilege: privilege(false),
+        all: opts.all,
+        prefix: opts.prefix.clone(),
+        older_than_secs: opts.older_than.map(|d| d.as_secs_f64()),
+        incomplete: vec![format!(
+            "{why}: without it no VMM can be told alive from gone, so nothing was looked at or \
+             changed; mount it (mount -t proc proc /proc), or in a container share the host's \
+             (docker run --pid=host; hostPID: true in Kubernetes)"
+        )],
+        ..Report::default()
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = if opts.json {
+        report::write_json(&report, &mut out)
+    } else if mode == report::Mode::Check {
+        report::write_check(&report, &mut out)
+    } else {
+        report::write_header(&report, &mut out)
+    };
+    let _ = out.flush();
+    report.exit_code()
 }
 
 fn run(opts: &Options) -> u8 {
@@ -152,6 +183,10 @@ fn run(opts: &Options) -> u8 {
         (false, false) => report::Mode::Clean,
     };
     let read_only = mode != report::Mode::Clean;
+    let proc_root = PathBuf::from("/proc");
+    if let Some(why) = procfs::unusable(&proc_root) {
+        return without_proc(opts, mode, why);
+    }
     let env = locate::Env::from_process();
     let dirs = locate::resolve(opts.db.as_deref(), opts.state_dir.as_deref(), &env);
     let stop = signals::install();
@@ -180,7 +215,7 @@ fn run(opts: &Options) -> u8 {
         socket_dir: opts.socket_dir.clone(),
         read_only,
         deadline: timing.deadline,
-        proc_root: PathBuf::from("/proc"),
+        proc_root,
     });
     for (p, err) in &found.db_status {
         if err.is_none() {
@@ -239,9 +274,22 @@ fn run(opts: &Options) -> u8 {
         });
     }
 
+    let unattributed: Vec<String> = inv
+        .unattributed
+        .iter()
+        .map(|f| f.path().display().to_string())
+        .collect();
+    if !unattributed.is_empty() {
+        diag.note(|| {
+            format!(
+                "not SmolVM's as far as anything shows (no row, rule, socket, lock or VMM names them), left alone: {}",
+                unattributed.join(", ")
+            )
+        });
+    }
     let mut report = Report {
         mode,
-        unprivileged: !privileged(),
+        privilege: privilege(plan.targets.iter().any(|t| !t.vmms.is_empty())),
         all: opts.all,
         prefix: opts.prefix.clone(),
         older_than_secs: opts.older_than.map(|d| d.as_secs_f64()),
@@ -266,6 +314,8 @@ fn run(opts: &Options) -> u8 {
                 },
             })
             .collect(),
+        incomplete: found.unread.clone(),
+        unattributed,
         ..Report::default()
     };
     let mut out = std::io::stdout().lock();
@@ -278,10 +328,9 @@ fn run(opts: &Options) -> u8 {
         report::Mode::DryRun => {}
         report::Mode::Check => {
             let failed = [found.link_error.as_ref(), found.nft_error.as_ref()];
-            report.incomplete = failed.into_iter().flatten().map(|e| e.to_string()).collect();
-            if found.obs.rows_incomplete {
-                report.incomplete.push("a state DB could not be read".into());
-            }
+            report
+                .incomplete
+                .extend(failed.into_iter().flatten().map(|e| e.to_string()));
         }
         report::Mode::Clean => {
             // With --all and nothing left, SmolVM's shared tables go too (stderr says so).

@@ -100,6 +100,17 @@ pub struct Row {
     pub retain_disk: bool,
 }
 
+/// What the /proc we read can show of the host's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PidView {
+    /// /proc belongs to a pid namespace other than the host's first one (a container
+    /// without `--pid=host`): a VMM outside it is invisible, not gone.
+    pub foreign: bool,
+    /// When that namespace's first process started (Unix seconds): a pid a row recorded
+    /// before then cannot be one of its processes.
+    pub since_unix: Option<f64>,
+}
+
 /// A process as /proc shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcInfo {

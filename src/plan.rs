@@ -109,8 +109,10 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
     let mut chosen: Vec<usize> = (0..inv.vms.len())
         .filter(|&i| {
             let v = &inv.vms[i];
-            // A rowless VM that is alive is only ever taken by --all.
-            let wanted = sel.all || v.stale.is_some() || (!v.rowless && v.id.starts_with(&sel.prefix));
+            // A rowless VM that is alive, or a VM whose VMM this pid namespace cannot see,
+            // is only ever taken by --all.
+            let by_prefix = !v.rowless && !v.out_of_view && v.id.starts_with(&sel.prefix);
+            let wanted = sel.all || v.stale.is_some() || by_prefix;
             wanted && !young(v)
         })
         .collect();

@@ -3,7 +3,25 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::ProcInfo;
+use crate::model::{PidView, ProcInfo};
+
+/// The inode of the host's first pid namespace (`PROC_PID_INIT_INO`), fixed since Linux 3.8.
+const HOST_PID_NS: &str = "pid:[4026531836]";
+
+/// Why /proc cannot be used to judge processes, when it cannot: missing, or not procfs
+/// (an empty directory, a tmpfs). Without it every VMM would look gone.
+pub fn unusable(root: &Path) -> Option<String> {
+    // PROC_SUPER_MAGIC, a literal so it takes f_type's type, which differs by arch.
+    match rustix::fs::statfs(root) {
+        Ok(st) if st.f_type == 0x9fa0 => None,
+        Ok(_) => Some(format!("{} is not a procfs mount", root.display())),
+        Err(e) => Some(format!(
+            "{} is not mounted ({})",
+            root.display(),
+            crate::error::errno_text(e.raw_os_error())
+        )),
+    }
+}
 
 /// Parses `/proc/PID/stat`: the fields after the last `)` (the comm may hold spaces and
 /// parens). Returns the state letter and field 22, starttime.
@@ -73,6 +91,20 @@ impl Procfs {
         parse_stat(&stat).map(|(_, t)| t)
     }
 
+    /// Whose processes this /proc shows: the pid namespace of its first process (or,
+    /// when that cannot be read, of ours) against the host's first namespace.
+    pub fn pid_view(&self) -> PidView {
+        let ns = |who: &str| std::fs::read_link(self.root.join(who).join("ns/pid")).ok();
+        let Some(ns) = ns("1").or_else(|| ns("self")) else {
+            return PidView::default();
+        };
+        let foreign = ns.as_os_str() != HOST_PID_NS;
+        PidView {
+            foreign,
+            since_unix: self.read(1).filter(|_| foreign).map(|p| p.start_unix),
+        }
+    }
+
     /// Every process whose argv[0] looks like a VMM (Firecracker or QEMU), one pass over /proc.
     pub fn scan_vmms(&self) -> Vec<ProcInfo> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
@@ -134,6 +166,18 @@ mod tests {
         assert!(is_vmm_argv0("qemu-system-x86_64"));
         assert!(!is_vmm_argv0("firecracker-helper"));
         assert!(!is_vmm_argv0("sleep"));
+    }
+
+    #[test]
+    fn only_procfs_counts_as_proc() {
+        assert_eq!(unusable(Path::new("/proc")), None);
+        let not_proc = unusable(&std::env::temp_dir()).unwrap();
+        assert!(not_proc.ends_with("is not a procfs mount"), "{not_proc}");
+        let missing = unusable(Path::new("/nonexistent-proc")).unwrap();
+        assert!(
+            missing.contains("is not mounted (No such file or directory)"),
+            "{missing}"
+        );
     }
 
     #[test]

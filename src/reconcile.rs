@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    FileRef, Link, ProcInfo, Row, Rule, Status, Table, is_smolvm_rule_table, valid_tap_name, valid_vm_id,
+    FileRef, Link, PidView, ProcInfo, Row, Rule, Status, Table, is_smolvm_rule_table, valid_tap_name,
+    valid_vm_id,
 };
 use crate::netlink::nft::NFPROTO_INET;
 use crate::process::Vmm;
@@ -38,6 +39,10 @@ pub struct Observed {
     pub tables: Vec<Table>,
     /// Socket files that a live process still accepts connections on.
     pub served: BTreeSet<PathBuf>,
+    /// `locks/<id>.create.lock` files that a live process holds (a create in progress).
+    pub held_locks: BTreeSet<PathBuf>,
+    /// Which processes the /proc we read can show.
+    pub pid_view: PidView,
     /// Names in the socket dir (one readdir).
     pub socket_names: Vec<String>,
     /// What each data dir holds (one readdir of it and of its `disks/`).
@@ -54,6 +59,8 @@ pub struct DirListing {
     pub dir: PathBuf,
     pub top: Vec<String>,
     pub disks: Vec<String>,
+    /// `locks/<id>.create.lock` names (SmolVM 0.0.19+).
+    pub locks: Vec<String>,
 }
 
 /// One VM id with every resource that is provably its own.
@@ -81,8 +88,14 @@ pub struct Vm {
     pub files: Vec<FileRef>,
     /// No state row describes it: only the host does.
     pub rowless: bool,
-    /// Why a rowless VM counts as alive (not stale).
+    /// Why a VM with no proven VMM counts as alive (not stale): a served socket, a held
+    /// TAP or create lock; for a rowless VM also its running VMM.
     pub live: Option<String>,
+    /// Its VMM cannot be judged from this pid namespace: neither stale nor a `--prefix`
+    /// target, and never touched.
+    pub out_of_view: bool,
+    /// A row says its VMM should be running (running, paused, error).
+    pub expects_vmm: bool,
     /// When its row was created (Unix seconds; the oldest row when several DBs have one).
     pub created_unix: Option<f64>,
 }
@@ -95,6 +108,9 @@ pub struct Inventory {
     /// Things left alone that are not in `vms` (rows with hostile ids, held TAPs): while
     /// any remains, SmolVM's shared nft tables stay.
     pub kept: usize,
+    /// Files named like a VM's log or disk that no row and nothing only SmolVM makes
+    /// corroborates: a user's `backup.log` is no VM, so these are never touched.
+    pub unattributed: Vec<FileRef>,
 }
 
 /// `fc-<id>.sock` → id, for the socket names SmolVM uses.
@@ -222,6 +238,9 @@ struct Index<'a> {
     vmms_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
     /// The files discovery listed, by the VM id their name carries (retained disks left out).
     files_by_id: HashMap<&'a str, Vec<FileRef>>,
+    /// Ids named by a file only SmolVM makes (an `fc-/qmp-/vsock-<id>.sock` socket, a
+    /// `locks/<id>.create.lock`): unlike a log or disk name, these corroborate a VM.
+    named_by_file: BTreeSet<&'a str>,
 }
 
 impl<'a> Index<'a> {
@@ -238,14 +257,23 @@ impl<'a> Index<'a> {
             table_by_tap: HashMap::new(),
             vmms_by_id: BTreeMap::new(),
             files_by_id: HashMap::new(),
+            named_by_file: BTreeSet::new(),
         };
         for n in &obs.socket_names {
             if let Some(id) = socket_id(n) {
                 let f = FileRef::new(&obs.socket_dir, n.as_str());
                 ix.files_by_id.entry(id).or_default().push(f);
+                ix.named_by_file.insert(id);
             }
         }
         for d in &obs.data_listing {
+            for n in &d.locks {
+                if let Some(id) = n.strip_suffix(".create.lock").filter(|id| valid_vm_id(id)) {
+                    let f = FileRef::new(&d.dir, format!("locks/{n}"));
+                    ix.files_by_id.entry(id).or_default().push(f);
+                    ix.named_by_file.insert(id);
+                }
+            }
             for n in &d.top {
                 if let Some(id) = n.strip_suffix(".log").filter(|id| valid_vm_id(id)) {
                     ix.files_by_id
@@ -327,12 +355,23 @@ pub fn inventory(obs: &Observed) -> Inventory {
         judge_row_vm(vm, obs, &ix, &mut inv.warnings);
     }
 
-    // VM ids the host shows (VMM processes, rules, leftover files), with their VMMs.
+    out_of_view(&mut inv, obs);
+
+    // VM ids that something only SmolVM makes names (a VMM command line, a rule comment,
+    // a socket, a create lock), with their VMMs. A log or disk name alone names no VM.
     let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = ix.vmms_by_id.clone();
-    for id in ix.rules_by_id.keys().chain(ix.files_by_id.keys()) {
+    for &id in ix.rules_by_id.keys().chain(&ix.named_by_file) {
         evidence.entry(id.to_string()).or_default();
     }
     evidence.retain(|id, _| !by_id.contains_key(id));
+    let mut unattributed: Vec<FileRef> = ix
+        .files_by_id
+        .iter()
+        .filter(|(id, _)| !by_id.contains_key(**id) && !evidence.contains_key(**id))
+        .flat_map(|(_, files)| files.iter().cloned())
+        .collect();
+    unattributed.sort();
+    inv.unattributed = unattributed;
     if obs.rows_incomplete {
         if !evidence.is_empty() {
             inv.warnings.push(
@@ -419,22 +458,78 @@ pub fn inventory(obs: &Observed) -> Inventory {
 /// A rowless VM is stale unless something shows it alive: its VMM (which `--all` may
 /// stop), or a served socket / a TAP held open by a process we cannot identify.
 fn judge_rowless(vm: &mut Vm, obs: &Observed) {
+    let life = signs_of_life(vm, obs);
+    // A held create lock belongs to the create in progress, never to us.
+    vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
     if let Some(v) = vm.vmms.first() {
         vm.live = Some(format!("VMM pid {} is running", v.pid));
         return;
     }
-    if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
-        vm.live = Some(format!("{} is served", f.path().display()));
-    } else if let Some(&li) = vm.taps.iter().find(|&&li| obs.links[li].carrier) {
-        vm.live = Some(format!("TAP {} is held open", obs.links[li].name));
-    }
-    match &vm.live {
-        Some(why) => {
+    match life {
+        Some((_, why)) => {
             vm.refuse = Some(format!(
                 "{why} by a process that is not a VMM we can identify; not touched"
             ));
+            vm.live = Some(why);
         }
         None => vm.stale = Some("no state row".into()),
+    }
+}
+
+/// What shows a VM alive when no VMM of its own can be seen: its socket still served, its
+/// TAP held open, its create lock held. (The refusal text, and the short form.)
+fn signs_of_life(vm: &Vm, obs: &Observed) -> Option<(String, String)> {
+    if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
+        let p = f.path().display().to_string();
+        return Some((format!("{p} is still served"), format!("{p} is served")));
+    }
+    if let Some(&li) = vm.taps.iter().find(|&&li| obs.links[li].carrier) {
+        let t = format!("TAP {} is held open", obs.links[li].name);
+        return Some((t.clone(), t));
+    }
+    let lock = vm.files.iter().find(|f| obs.held_locks.contains(&f.path()))?;
+    let t = format!("{} is held (a create in progress)", lock.path().display());
+    Some((t.clone(), t))
+}
+
+/// Seen from a pid namespace other than the host's (a container without `--pid=host`),
+/// a VMM outside it is invisible, not gone. When a VM whose VMM cannot be seen still
+/// shows life, or its row was written before this namespace began, the rows' pids cannot
+/// be judged here: every VM whose VMM is unseen is then left alone, and stderr says once
+/// why and what to change.
+fn out_of_view(inv: &mut Inventory, obs: &Observed) {
+    if !obs.pid_view.foreign {
+        return;
+    }
+    let unseen = |v: &Vm| v.expects_vmm && v.vmms.is_empty() && !v.rowless;
+    let predates = |v: &Vm| {
+        let newest = v
+            .rows
+            .iter()
+            .filter_map(|&i| obs.rows[i].updated_unix)
+            .reduce(f64::max);
+        matches!((newest, obs.pid_view.since_unix), (Some(w), Some(ns)) if w + START_SLACK_SECS < ns)
+    };
+    let witnesses: Vec<&str> = inv
+        .vms
+        .iter()
+        .filter(|v| unseen(v) && (v.live.is_some() || predates(v)))
+        .map(|v| v.id.as_str())
+        .collect();
+    if witnesses.is_empty() {
+        return;
+    }
+    inv.warnings.push(format!(
+        "the VMMs are not visible from this pid namespace ({} cannot be judged from it): run \
+         cleanup in the host's pid namespace (docker run --pid=host; hostPID: true in Kubernetes); \
+         VMs whose VMM cannot be seen are left alone",
+        witnesses.join(", ")
+    ));
+    for vm in inv.vms.iter_mut().filter(|v| unseen(v)) {
+        vm.out_of_view = true;
+        vm.stale = None;
+        vm.mark.clear();
+        vm.refuse = Some("its VMM is not visible from this pid namespace; not touched".into());
     }
 }
 
@@ -573,19 +668,19 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
         .filter(ours)
         .cloned()
         .collect();
-    if vm.vmms.is_empty() {
-        if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
-            vm.refuse.get_or_insert(format!(
-                "{} is still served by a process that is not a VMM we can identify; not touched",
-                f.path().display()
-            ));
-        } else if let Some(&li) = vm.taps.iter().find(|&&li| obs.links[li].carrier) {
-            vm.refuse.get_or_insert(format!(
-                "TAP {} is held open by a process that is not a VMM we can identify; not touched",
-                obs.links[li].name
-            ));
-        }
+    vm.expects_vmm = expects;
+    if vm.vmms.is_empty()
+        && let Some((long, short)) = signs_of_life(vm, obs)
+    {
+        // Something we cannot identify uses the VM's socket, TAP or lock: it lives, so
+        // the row is not stale whatever its pid says.
+        vm.refuse.get_or_insert(format!(
+            "{long} by a process that is not a VMM we can identify; not touched"
+        ));
+        vm.live = Some(short);
+        vm.stale = None;
     }
+    vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
     if vm.refuse.is_some() {
         // Not ours to judge while something we cannot account for runs: write nothing.
         vm.mark.clear();
@@ -607,6 +702,7 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::PidView;
     use crate::netlink::nft::NFPROTO_IPV4;
 
     pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
@@ -899,20 +995,27 @@ mod tests {
         o.served.insert("/tmp/fc-vm-3.sock".into());
         o.data_listing = vec![DirListing {
             dir: "/var/lib/smolvm".into(),
-            top: vec!["vm-4.log".into(), "smolvm.log".into()],
+            top: vec!["vm-4.log".into(), "smolvm.log".into(), "backup.log".into()],
             disks: vec![
                 "kept.ext4".into(),
                 "kept.ext4.retained".into(),
                 "vm-4.ext4".into(),
+                "golden-image.ext4".into(),
             ],
+            locks: vec!["vm-4.create.lock".into(), "vm-6.create.lock".into()],
         }];
+        o.held_locks
+            .insert("/var/lib/smolvm/locks/vm-6.create.lock".into());
         o.vmms = vec![fc(70, 1.0, "vm-5")];
         let inv = inventory(&o);
         let ids: Vec<&str> = inv.vms.iter().map(|v| v.id.as_str()).collect();
         assert_eq!(
             ids,
-            ["smolvm", "vm-1", "vm-2", "vm-3", "vm-4", "vm-5", "orphan-tap3"]
+            ["vm-1", "vm-2", "vm-3", "vm-4", "vm-5", "vm-6", "orphan-tap3"]
         );
+        // A log or disk that nothing only SmolVM makes names is no VM: never touched.
+        let lone: Vec<String> = inv.unattributed.iter().map(|f| f.rel.clone()).collect();
+        assert_eq!(lone, ["backup.log", "disks/golden-image.ext4", "smolvm.log"]);
         let vm = |id: &str| inv.vms.iter().find(|v| v.id == id).unwrap();
         // The SSH rule's guest IP ties tap2 and its rule to vm-1.
         assert_eq!(vm("vm-1").tap_names, ["tap2"]);
@@ -922,7 +1025,12 @@ mod tests {
         assert!(vm("vm-3").stale.is_none() && vm("vm-3").refuse.is_some());
         assert!(vm("vm-5").stale.is_none() && vm("vm-5").refuse.is_none());
         assert_eq!(vm("vm-5").vmms[0].pid, 70);
+        // Its create lock corroborates vm-4's log and disk; a held lock is a create in progress.
         assert!(vm("vm-4").stale.is_some());
+        let rels: Vec<&str> = vm("vm-4").files.iter().map(|f| f.rel.as_str()).collect();
+        assert_eq!(rels, ["locks/vm-4.create.lock", "vm-4.log", "disks/vm-4.ext4"]);
+        assert!(vm("vm-6").stale.is_none() && vm("vm-6").refuse.is_some());
+        assert!(vm("vm-6").files.is_empty(), "a held lock is never removed");
         assert_eq!(vm("orphan-tap3").taps, [1]);
         assert_eq!(vm("orphan-tap3").rules, [2]);
         // tap4 has carrier: never an orphan. "kept" is retained: not a leftover.
@@ -932,6 +1040,69 @@ mod tests {
         // A DB that could not be read: nothing rowless is taken.
         o.rows_incomplete = true;
         assert!(inventory(&o).vms.is_empty());
+    }
+
+    #[test]
+    fn a_running_row_whose_socket_or_tap_lives_is_not_stale() {
+        let mut r = row("sbx-a", "running", Some(500));
+        r.taps = vec!["tap3".into()];
+        let mut o = obs(vec![r, row("sbx-b", "running", Some(501))]);
+        o.links = vec![tap(3, "tap3")];
+        o.links[0].carrier = true;
+        o.socket_names = vec!["fc-sbx-b.sock".into()];
+        o.served.insert("/tmp/fc-sbx-b.sock".into());
+        let inv = inventory(&o);
+        for vm in &inv.vms {
+            assert_eq!(vm.stale, None, "{}", vm.id);
+            assert!(
+                vm.mark.is_empty() && vm.refuse.is_some() && vm.live.is_some(),
+                "{}",
+                vm.id
+            );
+            assert!(!vm.out_of_view, "/proc is the host's: nothing is out of view");
+        }
+    }
+
+    #[test]
+    fn from_another_pid_namespace_unseen_vmms_are_left_alone() {
+        let mut served = row("sbx-live1", "running", Some(500));
+        served.updated_unix = Some(5000.0);
+        let mut quiet = row("vm-quiet", "running", Some(502));
+        quiet.updated_unix = Some(5000.0);
+        let mut o = obs(vec![served, quiet, row("keep", "stopped", None)]);
+        o.socket_names = vec!["fc-sbx-live1.sock".into()];
+        o.served.insert("/tmp/fc-sbx-live1.sock".into());
+        o.pid_view = PidView {
+            foreign: true,
+            since_unix: Some(6000.0),
+        };
+        let inv = inventory(&o);
+        let vm = |id: &str| inv.vms.iter().find(|v| v.id == id).unwrap();
+        // One served socket is enough to know the VMMs live out of view: the quiet one,
+        // whose VMM shows nothing at all, is left alone too.
+        for id in ["sbx-live1", "vm-quiet"] {
+            assert!(
+                vm(id).out_of_view && vm(id).stale.is_none() && vm(id).mark.is_empty(),
+                "{id}"
+            );
+            assert!(vm(id).refuse.is_some(), "{id}");
+        }
+        assert!(!vm("keep").out_of_view);
+        assert_eq!(inv.warnings.len(), 1, "said once: {:?}", inv.warnings);
+        assert!(inv.warnings[0].contains("--pid=host"));
+
+        // A row written before this namespace began names no process of it, even alone.
+        let mut o2 = obs(vec![o.rows[1].clone()]);
+        o2.pid_view = o.pid_view;
+        assert!(inventory(&o2).vms[0].out_of_view);
+        // Written after it began and showing no life: judged as usual (stale).
+        o2.pid_view.since_unix = Some(4000.0);
+        let inv2 = inventory(&o2);
+        assert!(!inv2.vms[0].out_of_view && inv2.vms[0].stale.is_some());
+        assert!(inv2.warnings.is_empty());
+        // The host's /proc: a served socket with no VMM is refused, never "out of view".
+        o.pid_view = PidView::default();
+        assert!(inventory(&o).vms.iter().all(|v| !v.out_of_view));
     }
 
     #[test]
@@ -1003,6 +1174,7 @@ mod tests {
             dir: "/var/lib/smolvm".into(),
             top: top.iter().map(|s| s.to_string()).collect(),
             disks: disks.iter().map(|s| s.to_string()).collect(),
+            locks: vec![],
         }];
     }
 

@@ -94,8 +94,8 @@ pub struct Target {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     pub mode: Mode,
-    /// Not root, or CAP_NET_ADMIN missing.
-    pub unprivileged: bool,
+    /// Root with the capabilities cleanup needs, or what is missing.
+    pub privilege: Privilege,
     pub all: bool,
     pub prefix: String,
     pub older_than_secs: Option<f64>,
@@ -105,8 +105,57 @@ pub struct Report {
     pub targets: Vec<Target>,
     pub outcomes: Vec<Outcome>,
     pub warnings: Vec<String>,
-    /// `--check` could not see everything (a listing or a DB failed): it cannot vouch.
+    /// What the run could not see (a state DB not read, no /proc; for `--check` a listing
+    /// too): it cannot vouch for the host, so it exits 1 whatever it did.
     pub incomplete: Vec<String>,
+    /// Files named like a VM's that nothing corroborates: never touched, listed by `-v`
+    /// and `--json`.
+    pub unattributed: Vec<String>,
+}
+
+/// Whether the run may change what cleanup changes: TAPs and nft rules need root with
+/// CAP_NET_ADMIN; stopping another user's VMM needs CAP_KILL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Privilege {
+    #[default]
+    Full,
+    NotRoot,
+    /// Root, without these capabilities (`NET_ADMIN`, `KILL`).
+    Missing(Vec<&'static str>),
+}
+
+impl Privilege {
+    /// The first line of the output, when one is due. A non-root user gets SmolVM's own
+    /// words; root without a capability is told which one and how to grant it.
+    pub fn warning(&self) -> Option<String> {
+        let caps = match self {
+            Privilege::Full => return None,
+            Privilege::NotRoot => return Some(NOT_ROOT_WARNING.into()),
+            Privilege::Missing(caps) => caps,
+        };
+        let names: Vec<String> = caps.iter().map(|c| format!("CAP_{c}")).collect();
+        let what: Vec<&str> = caps
+            .iter()
+            .map(|&c| {
+                if c == "KILL" {
+                    "VMM processes"
+                } else {
+                    "TAP/nftables resources"
+                }
+            })
+            .collect();
+        let docker: Vec<String> = caps.iter().map(|c| format!("--cap-add {c}")).collect();
+        let k8s: Vec<String> = caps.iter().map(|c| format!("\"{c}\"")).collect();
+        Some(format!(
+            "Warning: running as root without {}. Cleanup may fail for {}; grant {} \
+             (docker run {}, or securityContext.capabilities.add: [{}] in Kubernetes).",
+            names.join(" and "),
+            what.join(" and "),
+            if caps.len() == 1 { "it" } else { "them" },
+            docker.join(" "),
+            k8s.join(", ")
+        ))
+    }
 }
 
 pub const NOT_ROOT_WARNING: &str =
@@ -121,20 +170,43 @@ impl Report {
         let bad = match self.mode {
             Mode::Clean => self.failures() > 0,
             Mode::DryRun => false,
-            Mode::Check => !self.targets.is_empty() || !self.incomplete.is_empty(),
+            Mode::Check => !self.targets.is_empty(),
         };
-        u8::from(bad)
+        u8::from(bad || !self.incomplete.is_empty())
+    }
+
+    /// `Cleanup incomplete: …`, `Dry run incomplete: …`, `Check incomplete: …`.
+    fn write_incomplete(&self, w: &mut impl Write) -> io::Result<()> {
+        let what = match self.mode {
+            Mode::Clean => "Cleanup",
+            Mode::DryRun => "Dry run",
+            Mode::Check => "Check",
+        };
+        for why in &self.incomplete {
+            writeln!(w, "{what} incomplete: {why}")?;
+        }
+        Ok(())
     }
 }
 
 /// Everything printed before anything is changed: warning, stale VMs, targets, and for a
 /// dry run or an empty target list the closing line too.
+///
+/// A run that could not see everything never says `No matching VMs to clean.` or
+/// `Dry run complete.`: it says what it could not see instead.
 pub fn write_header(r: &Report, w: &mut impl Write) -> io::Result<()> {
-    if r.unprivileged {
-        writeln!(w, "{NOT_ROOT_WARNING}")?;
+    if let Some(line) = r.privilege.warning() {
+        writeln!(w, "{line}")?;
     }
     if !r.stale.is_empty() {
         writeln!(w, "Reconciled stale VMs: {}", r.stale.join(", "))?;
+    }
+    if r.targets.is_empty() && !r.incomplete.is_empty() {
+        r.write_incomplete(w)?;
+        if r.mode == Mode::DryRun {
+            writeln!(w, "No changes made.")?;
+        }
+        return w.flush();
     }
     if r.targets.is_empty() {
         return writeln!(w, "No matching VMs to clean.");
@@ -144,7 +216,12 @@ pub fn write_header(r: &Report, w: &mut impl Write) -> io::Result<()> {
         writeln!(w, "  - {}", t.id)?;
     }
     if r.mode == Mode::DryRun {
-        writeln!(w, "Dry run complete. No changes made.")?;
+        if r.incomplete.is_empty() {
+            writeln!(w, "Dry run complete. No changes made.")?;
+        } else {
+            r.write_incomplete(w)?;
+            writeln!(w, "No changes made.")?;
+        }
     }
     w.flush()
 }
@@ -158,16 +235,18 @@ pub fn write_results(r: &Report, w: &mut impl Write) -> io::Result<()> {
         }
     }
     match r.failures() {
-        0 => writeln!(w, "Cleanup complete.")?,
+        0 if r.incomplete.is_empty() => writeln!(w, "Cleanup complete.")?,
+        0 => {}
         n => writeln!(w, "Cleanup completed with {n} failure(s).")?,
     }
+    r.write_incomplete(w)?;
     w.flush()
 }
 
 /// `--check`: what cleanup would take, with what each still has.
 pub fn write_check(r: &Report, w: &mut impl Write) -> io::Result<()> {
-    if r.unprivileged {
-        writeln!(w, "{NOT_ROOT_WARNING}")?;
+    if let Some(line) = r.privilege.warning() {
+        writeln!(w, "{line}")?;
     }
     if r.targets.is_empty() && r.incomplete.is_empty() {
         writeln!(w, "No leaked SmolVM resources.")?;
@@ -177,9 +256,7 @@ pub fn write_check(r: &Report, w: &mut impl Write) -> io::Result<()> {
             writeln!(w, "  - {}: {}", t.id, t.resources.describe())?;
         }
     }
-    for why in &r.incomplete {
-        writeln!(w, "Check incomplete: {why}")?;
-    }
+    r.write_incomplete(w)?;
     w.flush()
 }
 
@@ -196,7 +273,13 @@ pub fn write_json(r: &Report, w: &mut impl Write) -> io::Result<()> {
         Some(s) => j.num(s),
         None => j.null(),
     };
-    j.key("privileged").bool(!r.unprivileged);
+    j.key("privileged").bool(r.privilege == Privilege::Full);
+    let missing: Vec<String> = match &r.privilege {
+        Privilege::Missing(caps) => caps.iter().map(|c| format!("CAP_{c}")).collect(),
+        _ => Vec::new(),
+    };
+    j.key("missing_capabilities")
+        .str_arr(missing.iter().map(String::as_str));
     j.key("state_dbs").begin_arr();
     for (path, err) in &r.dbs {
         j.begin_obj();
@@ -241,6 +324,8 @@ pub fn write_json(r: &Report, w: &mut impl Write) -> io::Result<()> {
     j.end_arr();
     j.key("incomplete")
         .str_arr(r.incomplete.iter().map(String::as_str));
+    j.key("unattributed_files")
+        .str_arr(r.unattributed.iter().map(String::as_str));
     j.key("warnings").str_arr(r.warnings.iter().map(String::as_str));
     let failed = r.failures();
     j.key("summary").begin_obj();
@@ -351,13 +436,62 @@ mod tests {
     #[test]
     fn warning_and_nothing_to_do() {
         let r = Report {
-            unprivileged: true,
+            privilege: Privilege::NotRoot,
             ..Report::default()
         };
         assert_eq!(
             text(&r),
             format!("{NOT_ROOT_WARNING}\nNo matching VMs to clean.\n")
         );
+    }
+
+    #[test]
+    fn root_without_a_capability_is_told_which_and_how_to_grant_it() {
+        let one = Privilege::Missing(vec!["NET_ADMIN"]).warning().unwrap();
+        assert_eq!(
+            one,
+            "Warning: running as root without CAP_NET_ADMIN. Cleanup may fail for TAP/nftables \
+             resources; grant it (docker run --cap-add NET_ADMIN, or securityContext.capabilities.add: \
+             [\"NET_ADMIN\"] in Kubernetes)."
+        );
+        let two = Privilege::Missing(vec!["NET_ADMIN", "KILL"]).warning().unwrap();
+        assert!(two.contains("without CAP_NET_ADMIN and CAP_KILL"), "{two}");
+        assert!(two.contains("--cap-add NET_ADMIN --cap-add KILL"), "{two}");
+        assert!(two.contains("TAP/nftables resources and VMM processes"), "{two}");
+        assert_eq!(Privilege::Full.warning(), None);
+    }
+
+    #[test]
+    fn an_incomplete_run_never_says_nothing_to_do_and_exits_1() {
+        let why = "Permission denied: cannot open state DB /d/smolvm.db";
+        let r = Report {
+            incomplete: vec![why.into()],
+            ..Report::default()
+        };
+        assert_eq!(text(&r), format!("Cleanup incomplete: {why}\n"));
+        assert_eq!(r.exit_code(), 1);
+        let dry = Report {
+            mode: Mode::DryRun,
+            targets: targets(&["vm-1"]),
+            ..r.clone()
+        };
+        assert_eq!(
+            text(&dry),
+            format!("Targets (1):\n  - vm-1\nDry run incomplete: {why}\nNo changes made.\n")
+        );
+        assert_eq!(dry.exit_code(), 1);
+        // Targets of the DBs that were read are cleaned; the last line says what was not.
+        let done = Report {
+            targets: targets(&["vm-1"]),
+            outcomes: vec![outcome("vm-1", None)],
+            ..r
+        };
+        assert!(
+            text(&done).ends_with(&format!("Deleted: vm-1\nCleanup incomplete: {why}\n")),
+            "{}",
+            text(&done)
+        );
+        assert_eq!(done.exit_code(), 1);
     }
 
     #[test]

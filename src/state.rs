@@ -45,7 +45,7 @@ impl Db {
     /// Opens an existing DB. `read_only` opens it so that SQLite cannot write a byte.
     pub fn open(path: &Path, read_only: bool, deadline: Instant) -> Result<Db> {
         let action = || format!("open state DB {}", path.display());
-        check_header(path).map_err(|m| Error::msg(action(), m))?;
+        check_header(path, &action())?;
         let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
         flags |= if read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -86,7 +86,7 @@ impl Db {
         let cols = self.columns("vms").map_err(|e| Error::db(action(), e))?;
         let has = |c: &str| cols.iter().any(|x| x == c);
         if !has("id") || !has("status") {
-            return Err(Error::msg(action(), "table vms has no id/status column"));
+            return Err(Error::corrupt(action(), "table vms has no id/status column"));
         }
         let col = |c: &str| if has(c) { c.to_string() } else { "NULL".to_string() };
         let json = |c: &str, path: &str| {
@@ -242,7 +242,7 @@ impl Db {
 /// what it held is lost, and the live system is all there is to go by.
 pub fn is_corrupt(e: &Error) -> bool {
     match &e.cause {
-        Cause::Msg(_) => true,
+        Cause::Corrupt(_) => true,
         Cause::Db(rusqlite::Error::SqliteFailure(f, _)) => {
             matches!(
                 f.code,
@@ -253,23 +253,31 @@ pub fn is_corrupt(e: &Error) -> bool {
     }
 }
 
-/// Refuses files that are not SQLite databases before SQLite gets to see them.
-fn check_header(path: &Path) -> std::result::Result<(), String> {
+/// Refuses files that are not SQLite databases before SQLite gets to see them. Only a
+/// bad header is corruption; an error opening or reading the file keeps its errno (a
+/// 0600 DB of another user is unreadable, not corrupt). An empty file, which SQLite
+/// would read as an empty DB, is a DB truncated or still being created: its rows are
+/// unknown, not absent.
+fn check_header(path: &Path, action: &str) -> Result<()> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(action, &e))?;
     let mut head = [0u8; 16];
     let mut n = 0;
     while n < head.len() {
         match f.read(&mut head[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
-            Err(e) => return Err(e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(action, &e)),
         }
     }
     match n {
-        0 => Ok(()), // SQLite treats an empty file as an empty DB.
+        0 => Err(Error::msg(
+            action,
+            "the file is empty (truncated, or SmolVM is creating it)",
+        )),
         16 if &head == b"SQLite format 3\0" => Ok(()),
-        _ => Err("not a SQLite database (bad header); left untouched".to_string()),
+        _ => Err(Error::corrupt(action, "not a SQLite database (bad header)")),
     }
 }
 

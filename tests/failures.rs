@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use rusqlite::params;
 
-use crate::util::{Proc, VmSpec, World, comments, fake_vmm, has_link, pid_alive, sh, wait_until};
+use crate::util::{
+    NO_NET_ADMIN, NOT_ROOT, Proc, VmSpec, World, comments, fake_vmm, has_link, pid_alive, sh, wait_until,
+};
 
 fn vm_rules(id: &str) -> usize {
     comments()
@@ -48,10 +50,12 @@ fn a_vmm_started_after_the_row_is_not_touched() {
     });
     let pid = w.vmm_pid("vm-late0001");
     let r = w.run(&[]);
+    // Its socket is served: the VM lives, so it is not called stale; --prefix takes it,
+    // and it is refused.
     r.expect(
         1,
         &format!(
-            "Reconciled stale VMs: vm-late0001\nTargets (1):\n  - vm-late0001\n\
+            "Targets (1):\n  - vm-late0001\n\
              Failed:  vm-late0001 (VMM pid {pid} started after its state row was last written (VM starting?); \
              not touched)\nCleanup completed with 1 failure(s).\n"
         ),
@@ -215,13 +219,15 @@ fn hostile_db_values_are_refused_and_never_acted_on() {
 }
 
 /// What an unprivileged run must report for a stale VM with a TAP: a failure, not success.
-fn expect_permission_failure(r: &crate::util::Run) {
+/// A user gets SmolVM's warning; root without CAP_NET_ADMIN is told what to grant.
+fn expect_permission_failure(r: &crate::util::Run, warning: &str) {
     r.expect(
         1,
-        "Warning: not running as root. Cleanup may fail for TAP/nftables resources.\n\
-         Reconciled stale VMs: vm-perm0001\nTargets (1):\n  - vm-perm0001\n\
-         Failed:  vm-perm0001 (Permission denied: cannot delete TAP device tap2)\n\
-         Cleanup completed with 1 failure(s).\n",
+        &format!(
+            "{warning}\nReconciled stale VMs: vm-perm0001\nTargets (1):\n  - vm-perm0001\n\
+             Failed:  vm-perm0001 (Permission denied: cannot delete TAP device tap2)\n\
+             Cleanup completed with 1 failure(s).\n"
+        ),
     );
 }
 
@@ -238,7 +244,7 @@ fn eperm_as_nobody_is_a_failure_and_keeps_everything() {
     let Some(mut w) = World::new("nobody") else { return };
     w.add(VmSpec::stale("vm-perm0001", 2));
     let r = crate::util::Run::from(w.cmd(&[]).uid(65534).gid(65534).output().unwrap());
-    expect_permission_failure(&r);
+    expect_permission_failure(&r, NOT_ROOT);
     assert_perm_world_intact(&w);
     assert_eq!(
         w.status("vm-perm0001").unwrap().0,
@@ -256,7 +262,7 @@ fn eperm_without_cap_net_admin_is_a_failure_and_keeps_the_row() {
         .output()
         .unwrap();
     let r = crate::util::Run::from(out);
-    expect_permission_failure(&r);
+    expect_permission_failure(&r, NO_NET_ADMIN);
     assert_perm_world_intact(&w);
     // Root could write the DB: the stale row is marked as SmolVM would, and kept.
     assert_eq!(w.status("vm-perm0001"), Some(("error".into(), None)));

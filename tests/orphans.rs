@@ -180,19 +180,20 @@ fn dry_run_lists_rows_and_orphans_and_changes_nothing() {
     nft(
         "add rule inet smolvm_filter forward iifname \"tap11\" oifname \"uplink0\" counter accept comment \"smolvm:nat:tap:tap11:to:uplink0\"",
     );
+    // A disk that nothing else names is no VM's (a user's base image): never a target.
     std::fs::write(w.data.join("disks/lost-vm.ext4"), b"disk").unwrap();
     let before = w.snapshot();
     let r = w.run(&["--dry-run"]);
     r.expect(
         0,
-        "Reconciled stale VMs: ghost-vm, lost-vm, orphan-tap11, vm-bbbb0002, vm-dddd0004\n\
-         Targets (7):\n  - ghost-vm\n  - lost-vm\n  - orphan-tap11\n  - vm-aaaa0001\n  - vm-bbbb0002\n\
+        "Reconciled stale VMs: ghost-vm, orphan-tap11, vm-bbbb0002, vm-dddd0004\n\
+         Targets (6):\n  - ghost-vm\n  - orphan-tap11\n  - vm-aaaa0001\n  - vm-bbbb0002\n\
          \x20 - vm-cccc0003\n  - vm-dddd0004\nDry run complete. No changes made.\n",
     );
     let r = w.run(&["--dry-run", "--all"]);
     assert!(
         r.stdout.contains(
-            "Targets (8):\n  - vm-bbbb0002\n  - vm-cccc0003\n  - keepme\n  - vm-dddd0004\n  - vm-aaaa0001\n  - ghost-vm\n  - lost-vm\n  - orphan-tap11\n"
+            "Targets (7):\n  - vm-bbbb0002\n  - vm-cccc0003\n  - keepme\n  - vm-dddd0004\n  - vm-aaaa0001\n  - ghost-vm\n  - orphan-tap11\n"
         ),
         "{}",
         r.stdout
@@ -201,13 +202,13 @@ fn dry_run_lists_rows_and_orphans_and_changes_nothing() {
     // And the real run takes them all.
     w.run(&[]).expect(
         0,
-        "Reconciled stale VMs: ghost-vm, lost-vm, orphan-tap11, vm-bbbb0002, vm-dddd0004\n\
-         Targets (7):\n  - ghost-vm\n  - lost-vm\n  - orphan-tap11\n  - vm-aaaa0001\n  - vm-bbbb0002\n\
-         \x20 - vm-cccc0003\n  - vm-dddd0004\nDeleted: ghost-vm\nDeleted: lost-vm\nDeleted: orphan-tap11\n\
+        "Reconciled stale VMs: ghost-vm, orphan-tap11, vm-bbbb0002, vm-dddd0004\n\
+         Targets (6):\n  - ghost-vm\n  - orphan-tap11\n  - vm-aaaa0001\n  - vm-bbbb0002\n\
+         \x20 - vm-cccc0003\n  - vm-dddd0004\nDeleted: ghost-vm\nDeleted: orphan-tap11\n\
          Deleted: vm-aaaa0001\nDeleted: vm-bbbb0002\nDeleted: vm-cccc0003\nDeleted: vm-dddd0004\nCleanup complete.\n",
     );
     assert_eq!(links(), ["lo", "tap5", "uplink0", "uplink0p"]);
-    assert!(!w.data.join("disks/lost-vm.ext4").exists());
+    assert_eq!(std::fs::read(w.data.join("disks/lost-vm.ext4")).unwrap(), b"disk");
     assert!(w.reap("vm-aaaa0001"));
 }
 
@@ -221,10 +222,23 @@ fn a_locked_db_keeps_rowless_leftovers_alone() {
     let c = rusqlite::Connection::open(&w.db).unwrap();
     c.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let r = w.run(&["--timeout", "2s"]);
+    let dry = w.run(&["--timeout", "1s", "--dry-run"]);
+    let json = w.run(&["--timeout", "1s", "--json"]);
     c.execute_batch("ROLLBACK").unwrap();
-    // Rows cannot be read: nothing the host shows may be taken for an orphan.
-    r.expect(0, "No matching VMs to clean.\n");
+    // Rows cannot be read: nothing the host shows may be taken for an orphan, and the run
+    // says it could not look (exit 1), never "No matching VMs to clean.".
+    let why = format!(
+        "cannot open state DB {}: database is locked (DatabaseBusy)",
+        w.db.display()
+    );
+    r.expect(1, &format!("Cleanup incomplete: {why}\n"));
     assert!(r.stderr.contains("could not be read"), "{}", r.stderr);
+    dry.expect(1, &format!("Dry run incomplete: {why}\nNo changes made.\n"));
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!((json.code, &doc["exit_code"]), (1, &serde_json::json!(1)));
+    assert_eq!(doc["incomplete"], serde_json::json!([why]));
+    assert_eq!(doc["state_dbs"][0]["read"], false);
+    assert_eq!(doc["targets"], serde_json::json!([]));
     assert!(has_link("tap9") && has_link("tap5"));
     assert_eq!(comments().len(), 3 + 5 * 5);
 }

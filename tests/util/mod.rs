@@ -192,6 +192,13 @@ pub fn now_iso(offset_secs: i64) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The contract's first line for a user who is not root.
+pub const NOT_ROOT: &str = "Warning: not running as root. Cleanup may fail for TAP/nftables resources.";
+/// The first line for root without CAP_NET_ADMIN: which capability, and how to grant it.
+pub const NO_NET_ADMIN: &str = "Warning: running as root without CAP_NET_ADMIN. Cleanup may fail for \
+    TAP/nftables resources; grant it (docker run --cap-add NET_ADMIN, or \
+    securityContext.capabilities.add: [\"NET_ADMIN\"] in Kubernetes).";
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A scratch directory removed on drop.
