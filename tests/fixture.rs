@@ -25,6 +25,9 @@ fn cleans_what_smolvm_005_made() {
             std::fs::write(data.join(rel), rel).unwrap();
         }
     }
+    // A user's own files beside SmolVM's: named like a VM's log and disk, named by nothing else.
+    std::fs::write(data.join("backup.log"), "mine").unwrap();
+    std::fs::write(data.join("disks/golden-image.ext4"), "mine").unwrap();
     // TAPs from `ip -d link show`: every "tun type tap" link.
     let dump = std::fs::read_to_string(fx.join("ip-link.txt")).unwrap();
     let mut name = "";
@@ -85,11 +88,14 @@ fn cleans_what_smolvm_005_made() {
     assert_eq!(
         left,
         [
+            "backup.log",
             "disks",
+            "golden-image.ext4",
             "smolvm-cleanup.lock",
             "smolvm.db",
             "web-server.ext4",
             "web-server.log"
         ]
     );
+    assert_eq!(std::fs::read(data.join("backup.log")).unwrap(), b"mine");
 }

@@ -13,3 +13,4 @@ mod failures;
 mod fixture;
 mod operator;
 mod orphans;
+mod partial;

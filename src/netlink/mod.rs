@@ -293,19 +293,27 @@ impl Writer {
     }
 }
 
-/// For kernel tests: moves this test's thread into a new network namespace. False (after
-/// saying so) when not root.
+/// For kernel tests: moves this test's thread into a new network namespace. Without root
+/// the test fails, unless `SMOLVM_CLEANUP_ALLOW_SKIP=1` lets it skip, which it then says
+/// past libtest's output capture (a skipped test must never read as a passed one).
 #[cfg(test)]
 pub fn test_netns() -> bool {
+    use std::io::Write;
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root for a private network namespace");
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        assert!(
+            std::env::var("SMOLVM_CLEANUP_ALLOW_SKIP").is_ok_and(|v| v == "1"),
+            "{name} needs root for a private network namespace (or SMOLVM_CLEANUP_ALLOW_SKIP=1)"
+        );
+        let _ = writeln!(std::io::stderr(), "SKIPPED (needs root): {name}");
         return false;
     }
     // SAFETY: unshare(CLONE_NEWNET) changes only this thread's network namespace, which
     // nothing else in the test process relies on; libtest gives each test its own thread.
     #[allow(unsafe_code)]
     let r = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) };
-    r.is_ok()
+    r.expect("unshare(CLONE_NEWNET)");
+    true
 }
 
 #[cfg(test)]

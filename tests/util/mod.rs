@@ -21,11 +21,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_smolvm-cleanup");
 /// and the file listing taken right after), kept in the repo so a clean clone tests alone.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smolvm-0.0.5");
 
-/// Moves this test's thread into a new network namespace (children inherit it). Returns
-/// false, after saying why, when the test cannot run here (not root).
+/// Moves this test's thread into a new network namespace (children inherit it). Without
+/// root the test fails, unless `SMOLVM_CLEANUP_ALLOW_SKIP=1` lets it skip: it then returns
+/// false and says so past libtest's output capture, so a skip never reads as a pass.
 pub fn enter_netns() -> bool {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: these tests create TAPs and nft tables and must run as root");
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        assert!(
+            std::env::var("SMOLVM_CLEANUP_ALLOW_SKIP").is_ok_and(|v| v == "1"),
+            "{name} creates TAPs, nft tables and processes and must run as root \
+             (sudo ./ci/test), or be skipped explicitly with SMOLVM_CLEANUP_ALLOW_SKIP=1"
+        );
+        let _ = writeln!(std::io::stderr(), "SKIPPED (needs root): {name}");
         return false;
     }
     // SAFETY: unshare(CLONE_NEWNET) only changes this thread's network namespace; no

@@ -1,0 +1,254 @@
+//! A partial view of the host never leads to a wrong conclusion: a lone file is no VM, a
+//! DB that cannot be read is no empty DB, no /proc is no dead VMM, and a VMM in another
+//! pid namespace is not gone. Each test checks the world afterwards.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::util::{
+    NOT_ROOT, Run, VmSpec, World, comments, fake_vmm, has_link, hold_tap, links, nft, probe_world,
+    smolvm_vm_nft,
+};
+
+/// A user's own files in the data dir, named as a VM's log and disk would be.
+const LONE: [&str; 2] = ["backup.log", "disks/golden-image.ext4"];
+
+fn add_lone_files(w: &World) {
+    for rel in LONE {
+        std::fs::write(w.data.join(rel), format!("the user's {rel}")).unwrap();
+    }
+}
+
+#[track_caller]
+fn assert_lone_files_intact(w: &World) {
+    for rel in LONE {
+        assert_eq!(
+            std::fs::read_to_string(w.data.join(rel)).unwrap(),
+            format!("the user's {rel}"),
+            "{rel}"
+        );
+    }
+}
+
+#[test]
+fn a_lone_log_or_disk_is_never_taken_for_a_vm() {
+    let Some(w) = probe_world("lone", false) else {
+        return;
+    };
+    add_lone_files(&w);
+    // A rowless VM that a SmolVM socket corroborates: its log and disk are its own.
+    drop(std::os::unix::net::UnixListener::bind(w.sock.join("fc-ghost-vm.sock")).unwrap());
+    std::fs::write(w.data.join("ghost-vm.log"), b"log").unwrap();
+    std::fs::write(w.data.join("disks/ghost-vm.ext4"), b"disk").unwrap();
+
+    let dry = w.run(&["--dry-run", "-v"]);
+    assert!(!dry.stdout.contains("backup"), "{}", dry.stdout);
+    let lone: Vec<String> = LONE
+        .iter()
+        .map(|r| w.data.join(r).display().to_string())
+        .collect();
+    assert!(
+        dry.stderr.contains(&format!("left alone: {}", lone.join(", "))),
+        "{}",
+        dry.stderr
+    );
+    let doc: Value = serde_json::from_str(&w.run(&["--dry-run", "--json"]).stdout).unwrap();
+    assert_eq!(doc["unattributed_files"], serde_json::json!(lone));
+
+    w.run(&[]).expect(
+        0,
+        "Reconciled stale VMs: ghost-vm, vm-bbbb0002, vm-dddd0004\n\
+         Targets (4):\n  - ghost-vm\n  - vm-bbbb0002\n  - vm-cccc0003\n  - vm-dddd0004\n\
+         Deleted: ghost-vm\nDeleted: vm-bbbb0002\nDeleted: vm-cccc0003\nDeleted: vm-dddd0004\n\
+         Cleanup complete.\n",
+    );
+    assert!(!w.data.join("ghost-vm.log").exists() && !w.data.join("disks/ghost-vm.ext4").exists());
+    assert!(!w.sock.join("fc-ghost-vm.sock").exists());
+    assert_lone_files_intact(&w);
+    // --all takes every VM, and still no lone file.
+    w.run(&["--all"]).expect(
+        0,
+        "Targets (1):\n  - keepme\nDeleted: keepme\nCleanup complete.\n",
+    );
+    assert_lone_files_intact(&w);
+    assert_eq!(w.ids(), Vec::<String>::new());
+}
+
+#[test]
+fn without_a_db_lone_files_stay_while_the_host_names_the_vms() {
+    let Some(w) = probe_world("lonenodb", false) else {
+        return;
+    };
+    add_lone_files(&w);
+    std::fs::remove_file(&w.db).unwrap();
+    for args in [&[][..], &["--all"][..]] {
+        let r = w.run(args);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        assert!(
+            !r.stdout.contains("backup") && !r.stdout.contains("golden"),
+            "{}",
+            r.stdout
+        );
+        assert_lone_files_intact(&w);
+    }
+    // Recovery from the live system still works: rules and sockets named the VMs, and
+    // with no VM left --all took SmolVM's shared tables too.
+    assert_eq!(links(), ["lo", "uplink0", "uplink0p"]);
+    assert!(comments().is_empty(), "{:?}", comments());
+}
+
+#[test]
+fn a_db_another_user_cannot_read_is_unreadable_not_corrupt() {
+    let Some(mut w) = World::new("db0600") else {
+        return;
+    };
+    w.add(VmSpec::stale("vm-perm0001", 2));
+    // A rowless leftover: were the DB taken for corrupt, it would become a target.
+    crate::util::sh("ip tuntap add tap9 mode tap");
+    nft(&smolvm_vm_nft("ghost-vm", 9, 2209, "uplink0"));
+    crate::util::sh(&format!("chmod 0600 {}", w.db.display()));
+    let before = w.snapshot();
+    let r = Run::from(w.cmd(&[]).uid(65534).gid(65534).output().unwrap());
+    r.expect(
+        1,
+        &format!(
+            "{NOT_ROOT}\nCleanup incomplete: Permission denied: cannot open state DB {}\n",
+            w.db.display()
+        ),
+    );
+    assert!(!r.stderr.contains("SQLite database"), "{}", r.stderr);
+    w.snapshot().without_lock().assert_same(&before.without_lock());
+    assert!(has_link("tap2") && has_link("tap9"));
+    assert_eq!(w.status("vm-perm0001").unwrap().0, "running");
+}
+
+/// Copies the binary (and, for a dynamically linked test build, the libraries it loads)
+/// into `root`: with the state dirs beside it, that is all a `FROM scratch` root holds.
+fn install_binary(root: &Path) -> PathBuf {
+    let bin = Path::new(crate::util::BIN);
+    std::fs::copy(bin, root.join("smolvm-cleanup")).unwrap();
+    let ldd = Command::new("ldd").arg(bin).output().unwrap();
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|t| t.starts_with('/'))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, to).unwrap();
+    }
+    PathBuf::from("/smolvm-cleanup")
+}
+
+#[test]
+fn without_proc_nothing_is_judged_and_nothing_changes() {
+    let Some(mut w) = probe_world("noproc", true) else {
+        return;
+    };
+    let root = w.scratch.0.clone();
+    let exe = install_binary(&root);
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let before = w.snapshot();
+    let run = |args: &[&str]| {
+        // env_clear drops PATH too: name chroot by its path.
+        let mut c = Command::new("/usr/sbin/chroot");
+        c.arg(&root)
+            .arg(&exe)
+            .args(["--state-dir", "/data", "--socket-dir", "/sock"])
+            .args(args)
+            .env_clear();
+        Run::from(c.output().unwrap())
+    };
+    let why = "/proc is not mounted (No such file or directory): without it no VMM can be told alive \
+               from gone, so nothing was looked at or changed; mount it (mount -t proc proc /proc), or \
+               in a container share the host's (docker run --pid=host; hostPID: true in Kubernetes)";
+    // Root with every capability: no "not running as root" (capget needs no /proc).
+    run(&[]).expect(1, &format!("Cleanup incomplete: {why}\n"));
+    run(&["--all"]).expect(1, &format!("Cleanup incomplete: {why}\n"));
+    run(&["--dry-run"]).expect(1, &format!("Dry run incomplete: {why}\nNo changes made.\n"));
+    run(&["--check"]).expect(1, &format!("Check incomplete: {why}\n"));
+    let json = run(&["--json"]);
+    let doc: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!((json.code, &doc["incomplete"][0]), (1, &Value::from(why)));
+    // Rows, links, rules, files (the DB's bytes too), the live VMM: all as they were.
+    w.snapshot().assert_same(&before);
+    assert_eq!(w.ids().len(), 5);
+    // With /proc, the same state is judged and cleaned.
+    let r = w.run(&[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("Reconciled stale VMs: vm-bbbb0002, vm-dddd0004\n")
+    );
+    assert!(w.reap("vm-aaaa0001"), "a live VMM matching the prefix is stopped");
+}
+
+#[test]
+fn from_a_child_pid_namespace_vmms_out_of_view_are_left_alone() {
+    let Some(mut w) = World::new("pidns") else {
+        return;
+    };
+    // Three live VMs in this (the host's) pid namespace: one serving its API socket, one
+    // holding its TAP, one doing neither; and a crashed one.
+    w.add(VmSpec::running("sbx-live1", 2));
+    let holder = fake_vmm::spawn_unrelated();
+    w.add(VmSpec {
+        pid: Some(i64::from(holder.id())),
+        files: false,
+        ..VmSpec::new("sbx-live2", "running", 3)
+    });
+    w.vmms.insert("sbx-live2".into(), holder);
+    let _tap3 = hold_tap("tap3");
+    let quiet = fake_vmm::spawn_unrelated();
+    w.add(VmSpec {
+        pid: Some(i64::from(quiet.id())),
+        files: false,
+        ..VmSpec::new("sbx-live3", "running", 4)
+    });
+    w.vmms.insert("sbx-live3".into(), quiet);
+    w.add(VmSpec::stale("vm-dead0001", 5));
+    w.add(VmSpec::new("keepme", "created", 6));
+    let before = w.snapshot();
+
+    let in_child = |args: &[&str]| {
+        Run::from(
+            w.cmd_via(&["unshare", "--pid", "--fork", "--mount-proc"], args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let r = in_child(&[]);
+    r.expect(0, "No matching VMs to clean.\n");
+    let said: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("not visible from this pid namespace"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {}", r.stderr);
+    assert!(said[0].contains("docker run --pid=host") && said[0].contains("hostPID: true"));
+    in_child(&["--check"]).expect(0, "No leaked SmolVM resources.\n");
+    // --all takes them, and still touches none of them.
+    let all = in_child(&["--all"]);
+    assert_eq!(all.code, 1, "{}", all.stdout);
+    for id in ["sbx-live1", "sbx-live2", "sbx-live3", "vm-dead0001"] {
+        assert!(
+            all.stdout.contains(&format!(
+                "Failed:  {id} (its VMM is not visible from this pid namespace; not touched)"
+            )),
+            "{id}: {}",
+            all.stdout
+        );
+    }
+    assert!(all.stdout.contains("Deleted: keepme\n"), "{}", all.stdout);
+    let after = w.snapshot();
+    assert_eq!(after.live, before.live, "no VMM was signalled");
+    for tap in ["tap2", "tap3", "tap4", "tap5"] {
+        assert!(has_link(tap), "{tap}");
+    }
+    assert!(!has_link("tap6"));
+    assert_eq!(w.ids(), ["sbx-live1", "sbx-live2", "sbx-live3", "vm-dead0001"]);
+    assert_eq!(w.status("sbx-live3").unwrap().0, "running", "no row was marked");
+    assert!(w.socket_path("sbx-live1").exists());
+}
