@@ -145,6 +145,21 @@ fn privilege(stops_vmms: bool) -> report::Privilege {
     }
 }
 
+/// Will the run signal a VMM that another user owns (which takes CAP_KILL)?
+fn stops_others_vmm(plan: &plan::Plan, obs: &reconcile::Observed) -> bool {
+    let me = rustix::process::geteuid().as_raw();
+    let owner = |pid: i32| {
+        obs.procs
+            .get(&pid)
+            .or_else(|| obs.vmms.iter().find(|p| p.pid == pid))
+            .map(|p| p.uid)
+    };
+    plan.targets
+        .iter()
+        .flat_map(|t| &t.vmms)
+        .any(|v| owner(v.pid).is_some_and(|uid| uid != me))
+}
+
 /// Without procfs every VMM would look gone and every running VM stale: nothing is judged
 /// and nothing changed, and the report says what to do.
 fn without_proc(opts: &Options, mode: report::Mode, why: String) -> u8 {
@@ -289,7 +304,7 @@ fn run(opts: &Options) -> u8 {
     }
     let mut report = Report {
         mode,
-        privilege: privilege(plan.targets.iter().any(|t| !t.vmms.is_empty())),
+        privilege: privilege(stops_others_vmm(&plan, obs)),
         all: opts.all,
         prefix: opts.prefix.clone(),
         older_than_secs: opts.older_than.map(|d| d.as_secs_f64()),

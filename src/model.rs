@@ -122,6 +122,8 @@ pub struct ProcInfo {
     /// Start time as Unix seconds (derived from boot time; precise to ~10 ms).
     pub start_unix: f64,
     pub cmdline: Vec<String>,
+    /// Its owner (the uid of its /proc directory): stopping another user's VMM takes CAP_KILL.
+    pub uid: u32,
 }
 
 impl ProcInfo {

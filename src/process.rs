@@ -61,7 +61,12 @@ pub fn stop_all(procfs: &Procfs, vmms: &[Vmm], t: Timing) -> Vec<Result<Stopped,
     }
     signal_and_wait(&mut pinned, &mut out, vmms, Signal::TERM, t.grace, t.deadline);
     signal_and_wait(&mut pinned, &mut out, vmms, Signal::KILL, t.kill_wait, t.deadline);
+    // A signal the kernel refused (EPERM without CAP_KILL) is already the reason; only a
+    // process that took SIGKILL and still lives "survived" it.
     for p in pinned.iter().filter(|p| !p.exited) {
+        if out[p.slot].is_some() {
+            continue;
+        }
         let pid = vmms[p.slot].pid;
         let state = procfs.read(pid).map(|i| i.state).unwrap_or('?');
         let why = match state {

@@ -76,12 +76,14 @@ impl Procfs {
         let cmdline = std::fs::read(dir.join("cmdline"))
             .map(|raw| parse_cmdline(&raw))
             .unwrap_or_default();
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dir).ok()?);
         Some(ProcInfo {
             pid,
             state,
             start_ticks,
             start_unix: self.boot_unix + start_ticks as f64 / self.ticks_per_sec,
             cmdline,
+            uid,
         })
     }
 

@@ -728,6 +728,7 @@ mod tests {
             start_ticks: pid as u64 * 10,
             start_unix: start,
             cmdline: cmd.iter().map(|s| s.to_string()).collect(),
+            uid: 0,
         }
     }
 

@@ -252,3 +252,53 @@ fn from_a_child_pid_namespace_vmms_out_of_view_are_left_alone() {
     assert_eq!(w.status("sbx-live3").unwrap().0, "running", "no row was marked");
     assert!(w.socket_path("sbx-live1").exists());
 }
+
+#[test]
+fn root_without_cap_kill_is_told_and_another_users_vmm_is_a_failure() {
+    let Some(mut w) = World::new("nokill") else {
+        return;
+    };
+    w.add(VmSpec {
+        proc: crate::util::Proc::FirecrackerAs(65534),
+        ..VmSpec::new("vm-other001", "running", 2)
+    });
+    let pid = w.vmm_pid("vm-other001");
+    let before = w.snapshot();
+    let out = w
+        .cmd_via(
+            &["setpriv", "--inh-caps=-all", "--bounding-set=-kill"],
+            &["--grace", "200ms"],
+        )
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let first = r.stdout.lines().next().unwrap();
+    assert!(
+        first.starts_with("Warning: running as root without CAP_KILL. Cleanup may fail for VMM processes;")
+            && first.contains("--cap-add KILL"),
+        "{first}"
+    );
+    // The kernel's refusal is the reason (not "survived SIGKILL"), and nothing later runs.
+    assert!(
+        r.stdout.contains(&format!(
+            "Failed:  vm-other001 (Permission denied: cannot stop VMM pid {pid} (SIGTERM))\n"
+        )),
+        "{}",
+        r.stdout
+    );
+    // Its VMM lives on, and so does everything of its VM.
+    assert!(crate::util::pid_alive(pid));
+    let after = w.snapshot();
+    assert_eq!((after.ruleset, after.links), (before.ruleset, before.links));
+    assert_eq!(w.ids(), ["vm-other001"]);
+    // Without a VMM of another user to stop, CAP_KILL is not asked for.
+    let out = w
+        .cmd_via(
+            &["setpriv", "--inh-caps=-all", "--bounding-set=-kill"],
+            &["--dry-run", "--prefix", "x"],
+        )
+        .output()
+        .unwrap();
+    Run::from(out).expect(0, "No matching VMs to clean.\n");
+}

@@ -105,6 +105,11 @@ pub fn spawn(world: &World, id: &str, kind: Proc) -> Child {
     if kind == Proc::IgnoresTerm {
         cmd.env(ENV_IGNORE_TERM, "1");
     }
+    if let Proc::FirecrackerAs(uid) = kind {
+        // Its socket goes where SmolVM puts it, in a dir every user may write to.
+        std::fs::set_permissions(&world.sock, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        cmd.uid(uid).gid(uid);
+    }
     let child = cmd.spawn().expect("spawn stand-in VMM");
     wait_until("the stand-in VMM's socket", Duration::from_secs(10), || {
         sock.exists()

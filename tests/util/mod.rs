@@ -288,6 +288,8 @@ pub enum Proc {
     IgnoresTerm,
     /// A stand-in QEMU started on the VM's disk.
     Qemu,
+    /// A stand-in Firecracker run by another user (this uid).
+    FirecrackerAs(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -426,8 +428,11 @@ impl World {
                 Some(pid)
             }
         };
-        let socket_path = matches!(spec.proc, Proc::Firecracker | Proc::IgnoresTerm)
-            .then(|| self.socket_path(&spec.id).display().to_string());
+        let socket_path = matches!(
+            spec.proc,
+            Proc::Firecracker | Proc::IgnoresTerm | Proc::FirecrackerAs(_)
+        )
+        .then(|| self.socket_path(&spec.id).display().to_string());
         if spec.proc == Proc::None && spec.files && spec.status == "running" {
             // A crashed Firecracker leaves its API socket behind, unserved.
             let l = std::os::unix::net::UnixListener::bind(self.socket_path(&spec.id)).unwrap();
