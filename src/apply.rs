@@ -10,12 +10,10 @@ use std::time::Instant;
 
 use crate::error::Error;
 use crate::files::{Removal, Remover};
-use crate::model::is_smolvm_rule_table;
+use crate::model::{Chain, Observed, Op, Plan, Rule, Table, is_smolvm_rule_table};
 use crate::netlink::{self, link, nft};
-use crate::plan::Plan;
 use crate::process::{self, Stopped, Timing};
 use crate::procfs::Procfs;
-use crate::reconcile::Observed;
 use crate::state::{Db, RowOutcome, iso8601_utc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,7 +308,7 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
 /// The nft deletions for the targets still live: ops to send, and the outcomes already
 /// known without sending anything (nothing to delete, or the rules could not be listed).
 struct NftWork {
-    ops: Vec<nft::Op>,
+    ops: Vec<Op>,
     /// Target index of each op.
     owner: Vec<usize>,
     /// Targets with ops.
@@ -337,13 +335,13 @@ fn nft_work(run: &Run<'_>, obs: &Observed, env: &Env<'_>) -> NftWork {
         }
         w.pending.push(i);
         for &ri in &t.rules {
-            w.ops.push(nft::Op::for_rule(&obs.rules[ri]));
+            w.ops.push(Op::for_rule(&obs.rules[ri]));
             w.owner.push(i);
         }
         for &ti in &t.tables {
             let tb = &obs.tables[ti];
             // A per-TAP policy table holds only that TAP's chains and rules.
-            w.ops.push(nft::Op::Table {
+            w.ops.push(Op::Table {
                 family: tb.family,
                 name: tb.name.clone(),
                 recursive: true,
@@ -375,14 +373,14 @@ fn nft_run(w: &NftWork, deadline: Instant) -> BTreeMap<usize, Error> {
     }
     match sock.and_then(|mut sock| nft::dump_smolvm(&mut sock, false)) {
         Ok(now) => {
-            let rules: BTreeSet<nft::Op> = now.rules.iter().map(nft::Op::for_rule).collect();
+            let rules: BTreeSet<Op> = now.rules.iter().map(Op::for_rule).collect();
             let tables: BTreeSet<(u8, &str)> =
                 now.tables.iter().map(|t| (t.family, t.name.as_str())).collect();
             for (op, &i) in w.ops.iter().zip(&w.owner) {
                 let present = match op {
-                    nft::Op::Rule { .. } => rules.contains(op),
-                    nft::Op::Table { family, name, .. } => tables.contains(&(*family, name.as_str())),
-                    nft::Op::Chain { .. } => false,
+                    Op::Rule { .. } => rules.contains(op),
+                    Op::Table { family, name, .. } => tables.contains(&(*family, name.as_str())),
+                    Op::Chain { .. } => false,
                 };
                 if present {
                     first_err
@@ -438,13 +436,13 @@ fn delete_network(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
     nft_record(run, work, errors);
 }
 
-fn describe(op: &nft::Op) -> String {
+fn describe(op: &Op) -> String {
     match op {
-        nft::Op::Rule {
+        Op::Rule {
             table, chain, handle, ..
         } => format!("delete nftables rule {table} {chain} handle {handle}"),
-        nft::Op::Chain { table, name, .. } => format!("delete nftables chain {table} {name}"),
-        nft::Op::Table { name, .. } => format!("delete nftables table {name}"),
+        Op::Chain { table, name, .. } => format!("delete nftables chain {table} {name}"),
+        Op::Table { name, .. } => format!("delete nftables table {name}"),
     }
 }
 
@@ -544,15 +542,20 @@ fn finish_rows(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
     }
 }
 
+/// The shared teardown's decision, from a dump taken after the VMs went: the batch to
+/// run, or why none may run (that is `plan::shared_teardown`).
+pub type Teardown = fn(&[Table], &[Chain], &[Rule]) -> Result<Vec<Op>, String>;
+
 /// With `--all`, once no VM is left: removes SmolVM's shared nft rules, base chains and
-/// tables in one all-or-nothing batch. Ok(false) when there was nothing to remove.
-pub fn remove_shared(deadline: Instant) -> Result<bool, String> {
+/// tables in one all-or-nothing batch, as `decide` says from a fresh dump. Ok(false) when
+/// there was nothing to remove.
+pub fn remove_shared(deadline: Instant, decide: Teardown) -> Result<bool, String> {
     let action = "remove SmolVM's shared nftables tables";
     let err = |e: rustix::io::Errno| Error::errno(action, e.raw_os_error()).to_string();
     let mut sock = netlink::Socket::netfilter(deadline).map_err(err)?;
     let now = nft::dump_smolvm(&mut sock, true).map_err(err)?;
-    let ops = crate::plan::shared_teardown(&now.tables, &now.chains, &now.rules)
-        .map_err(|why| Error::msg(action, why).to_string())?;
+    let ops =
+        decide(&now.tables, &now.chains, &now.rules).map_err(|why| Error::msg(action, why).to_string())?;
     if ops.is_empty() {
         return Ok(false);
     }

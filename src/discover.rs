@@ -9,9 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::error::Error;
 use crate::files;
 use crate::locate::DataDir;
+use crate::model::{DirListing, Observed, socket_id};
 use crate::netlink::{self, link, nft};
 use crate::procfs::Procfs;
-use crate::reconcile::{DirListing, Observed, socket_id};
 use crate::state::{Db, is_corrupt};
 
 pub struct Discovery {

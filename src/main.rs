@@ -146,7 +146,7 @@ fn privilege(stops_vmms: bool) -> report::Privilege {
 }
 
 /// Will the run signal a VMM that another user owns (which takes CAP_KILL)?
-fn stops_others_vmm(plan: &plan::Plan, obs: &reconcile::Observed) -> bool {
+fn stops_others_vmm(plan: &model::Plan, obs: &model::Observed) -> bool {
     let me = rustix::process::geteuid().as_raw();
     let owner = |pid: i32| {
         obs.procs
@@ -378,7 +378,7 @@ fn run(opts: &Options) -> u8 {
                 }
             }
             if shared && report.failures() == 0 {
-                match apply::remove_shared(timing.deadline) {
+                match apply::remove_shared(timing.deadline, plan::shared_teardown) {
                     Ok(true) => {
                         eprintln!("smolvm-cleanup: no VM is left: removed SmolVM's shared nftables tables")
                     }

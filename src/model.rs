@@ -1,10 +1,11 @@
-//! Plain data shared by the stages, and the name rules that decide what SmolVM could
-//! have created. Anything that fails these rules is hostile input: it is reported and
-//! never used to build a path, a link name or an nft comment.
+//! The bottom of the house: plain data that flows between the stages (what discovery
+//! observed, the inventory reconcile makes of it, the plan and the delete ops it carries)
+//! and SmolVM's constants and name rules, which decide what SmolVM could have created.
+//! Anything that fails these rules is hostile input: it is reported and never used to
+//! build a path, a link name or an nft comment. Imports nothing from the crate.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-
-use crate::netlink::nft::{NFPROTO_INET, NFPROTO_IPV4};
 
 /// SmolVM's VM id pattern (0.0.5+): `^[a-z0-9][a-z0-9_-]{0,62}[a-z0-9]$|^[a-z0-9]$`.
 pub fn valid_vm_id(id: &str) -> bool {
@@ -33,6 +34,24 @@ pub fn valid_tap_name(name: &str) -> bool {
     }
     false
 }
+
+/// `firecracker` (possibly a path) or a QEMU system emulator.
+pub fn is_vmm_argv0(argv0: &str) -> bool {
+    let base = argv0.rsplit('/').next().unwrap_or(argv0);
+    base == "firecracker" || base.starts_with("qemu-system-") || base == "qemu-kvm"
+}
+
+/// `fc-<id>.sock` → id, for the socket names SmolVM uses.
+pub fn socket_id(name: &str) -> Option<&str> {
+    ["fc-", "qmp-", "vsock-"].iter().find_map(|p| {
+        let id = name.strip_prefix(p)?.strip_suffix(".sock")?;
+        valid_vm_id(id).then_some(id)
+    })
+}
+
+pub const NFPROTO_INET: u8 = 1;
+
+pub const NFPROTO_IPV4: u8 = 2;
 
 /// SmolVM's two shared nft tables, (family, name): its per-VM rules live only there.
 pub const SMOLVM_TABLES: [(u8, &str); 2] = [(NFPROTO_IPV4, "smolvm_nat"), (NFPROTO_INET, "smolvm_filter")];
@@ -203,6 +222,148 @@ impl FileRef {
     }
 }
 
+/// A process we proved to be a VM's VMM: the pid plus the start time that proof saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vmm {
+    pub pid: i32,
+    pub start_ticks: u64,
+}
+
+/// A deletion the caller wants.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    Rule {
+        family: u8,
+        table: String,
+        chain: String,
+        handle: u64,
+    },
+    /// A chain, only if empty (NLM_F_NONREC: EBUSY otherwise).
+    Chain { family: u8, table: String, name: String },
+    /// A table; `recursive` deletes its chains and rules with it, otherwise it must be
+    /// empty (NLM_F_NONREC: EBUSY otherwise).
+    Table {
+        family: u8,
+        name: String,
+        recursive: bool,
+    },
+}
+
+impl Op {
+    pub fn for_rule(r: &Rule) -> Op {
+        Op::Rule {
+            family: r.family,
+            table: r.table.clone(),
+            chain: r.chain.clone(),
+            handle: r.handle,
+        }
+    }
+}
+
+/// Everything discovery saw, as plain data.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    pub rows: Vec<Row>,
+    /// The data dir of each state DB, indexed by `Row::db`.
+    pub db_dirs: Vec<PathBuf>,
+    /// Every data dir in use.
+    pub data_dirs: Vec<PathBuf>,
+    pub socket_dir: PathBuf,
+    /// The processes at pids that rows record (a pid with no process is absent).
+    pub procs: BTreeMap<i32, ProcInfo>,
+    /// Every process that looks like a VMM.
+    pub vmms: Vec<ProcInfo>,
+    pub links: Vec<Link>,
+    /// Rules of SmolVM's tables.
+    pub rules: Vec<Rule>,
+    pub tables: Vec<Table>,
+    /// Socket files that a live process still accepts connections on.
+    pub served: BTreeSet<PathBuf>,
+    /// `locks/<id>.create.lock` files that a live process holds (a create in progress).
+    pub held_locks: BTreeSet<PathBuf>,
+    /// Which processes the /proc we read can show.
+    pub pid_view: PidView,
+    /// Names in the socket dir (one readdir).
+    pub socket_names: Vec<String>,
+    /// What each data dir holds (one readdir of it and of its `disks/`).
+    pub data_listing: Vec<DirListing>,
+    /// A state DB exists but could not be read for a reason other than corruption
+    /// (locked, permissions): a host resource with no row may then be a hidden row's, so
+    /// no rowless leftover is touched.
+    pub rows_incomplete: bool,
+    pub own_pid: i32,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DirListing {
+    pub dir: PathBuf,
+    pub top: Vec<String>,
+    pub disks: Vec<String>,
+    /// `locks/<id>.create.lock` names (SmolVM 0.0.19+).
+    pub locks: Vec<String>,
+}
+
+/// One VM id with every resource that is provably its own.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Vm {
+    pub id: String,
+    /// Indexes into `Observed::rows`.
+    pub rows: Vec<usize>,
+    pub status: Option<Status>,
+    /// Why the VM is stale, when it is.
+    pub stale: Option<String>,
+    /// Rows to mark `error`/pid NULL as SmolVM's reconcile does (indexes into rows).
+    pub mark: Vec<usize>,
+    pub vmms: Vec<Vmm>,
+    /// Why this VM must not be touched even when targeted.
+    pub refuse: Option<String>,
+    /// TAP names the VM owns (valid names; present or not).
+    pub tap_names: Vec<String>,
+    /// Indexes into `Observed::links` of its TAPs that exist.
+    pub taps: Vec<usize>,
+    /// Indexes into `Observed::rules`.
+    pub rules: Vec<usize>,
+    /// Indexes into `Observed::tables` (per-TAP policy tables of newer SmolVM).
+    pub tables: Vec<usize>,
+    pub files: Vec<FileRef>,
+    /// No state row describes it: only the host does.
+    pub rowless: bool,
+    /// Why a VM with no proven VMM counts as alive (not stale): a served socket, a held
+    /// TAP or create lock; for a rowless VM also its running VMM.
+    pub live: Option<String>,
+    /// Its VMM cannot be judged from this pid namespace: neither stale nor a `--prefix`
+    /// target, and never touched.
+    pub out_of_view: bool,
+    /// A row says its VMM should be running (running, paused, error).
+    pub expects_vmm: bool,
+    /// When its row was created (Unix seconds; the oldest row when several DBs have one).
+    pub created_unix: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    pub vms: Vec<Vm>,
+    /// Hostile or inconsistent input, for stderr.
+    pub warnings: Vec<String>,
+    /// Things left alone that are not in `vms` (rows with hostile ids, held TAPs): while
+    /// any remains, SmolVM's shared nft tables stay.
+    pub kept: usize,
+    /// Files named like a VM's log or disk that no row and nothing only SmolVM makes
+    /// corroborates: a user's `backup.log` is no VM, so these are never touched.
+    pub unattributed: Vec<FileRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// Stale VM ids, sorted (the `Reconciled stale VMs:` line).
+    pub stale: Vec<String>,
+    /// Targets in output order, each trimmed to what it may delete.
+    pub targets: Vec<Vm>,
+    /// VMs (and other SmolVM things) that stay after this run if every target goes.
+    pub remaining: usize,
+    pub warnings: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +438,14 @@ mod tests {
         assert!(l.is_tap());
         l.kind = Some("veth".into());
         assert!(!l.is_tap());
+    }
+
+    #[test]
+    fn vmm_names() {
+        assert!(is_vmm_argv0("firecracker"));
+        assert!(is_vmm_argv0("/usr/local/bin/firecracker"));
+        assert!(is_vmm_argv0("qemu-system-x86_64"));
+        assert!(!is_vmm_argv0("firecracker-helper"));
+        assert!(!is_vmm_argv0("sleep"));
     }
 }

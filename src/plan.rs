@@ -5,9 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{Chain, Link, Rule, SMOLVM_TABLES, Table};
-use crate::netlink::nft::Op;
-use crate::reconcile::{Inventory, Vm};
+use crate::model::{Chain, Inventory, Link, Op, Plan, Rule, SMOLVM_TABLES, Table, Vm};
 
 /// The base chains SmolVM creates in each of `SMOLVM_TABLES`, in the same order.
 const BASE_CHAINS: [&[&str]; 2] = [&["prerouting", "output", "postrouting"], &["forward"]];
@@ -79,17 +77,6 @@ pub struct Selection {
     pub min_age: Option<f64>,
     /// Now, in Unix seconds (for `min_age`).
     pub now: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Plan {
-    /// Stale VM ids, sorted (the `Reconciled stale VMs:` line).
-    pub stale: Vec<String>,
-    /// Targets in output order, each trimmed to what it may delete.
-    pub targets: Vec<Vm>,
-    /// VMs (and other SmolVM things) that stay after this run if every target goes.
-    pub remaining: usize,
-    pub warnings: Vec<String>,
 }
 
 /// `links` is the dump the inventory's link indexes point into.
@@ -166,7 +153,7 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::nft::{NFPROTO_INET, NFPROTO_IPV4};
+    use crate::model::{NFPROTO_INET, NFPROTO_IPV4};
 
     fn vm(id: &str, stale: bool) -> Vm {
         Vm {

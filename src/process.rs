@@ -11,14 +11,8 @@ use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 use crate::error::Error;
+use crate::model::Vmm;
 use crate::procfs::Procfs;
-
-/// A process we proved to be a VM's VMM: the pid plus the start time that proof saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vmm {
-    pub pid: i32,
-    pub start_ticks: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::{PidView, ProcInfo};
+use crate::model::{PidView, ProcInfo, is_vmm_argv0};
 
 /// The inode of the host's first pid namespace (`PROC_PID_INIT_INO`), fixed since Linux 3.8.
 const HOST_PID_NS: &str = "pid:[4026531836]";
@@ -134,12 +134,6 @@ impl Procfs {
     }
 }
 
-/// `firecracker` (possibly a path) or a QEMU system emulator.
-pub fn is_vmm_argv0(argv0: &str) -> bool {
-    let base = argv0.rsplit('/').next().unwrap_or(argv0);
-    base == "firecracker" || base.starts_with("qemu-system-") || base == "qemu-kvm"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,15 +153,6 @@ mod tests {
             ["firecracker", "--api-sock", "/tmp/fc-vm-1.sock"]
         );
         assert!(parse_cmdline(b"").is_empty());
-    }
-
-    #[test]
-    fn vmm_names() {
-        assert!(is_vmm_argv0("firecracker"));
-        assert!(is_vmm_argv0("/usr/local/bin/firecracker"));
-        assert!(is_vmm_argv0("qemu-system-x86_64"));
-        assert!(!is_vmm_argv0("firecracker-helper"));
-        assert!(!is_vmm_argv0("sleep"));
     }
 
     #[test]

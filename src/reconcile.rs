@@ -10,116 +10,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    FileRef, Link, PidView, ProcInfo, Row, Rule, Status, Table, is_smolvm_rule_table, valid_tap_name,
-    valid_vm_id,
+    FileRef, Inventory, NFPROTO_INET, Observed, ProcInfo, Row, Status, Vm, Vmm, is_smolvm_rule_table,
+    is_vmm_argv0, socket_id, valid_tap_name, valid_vm_id,
 };
-use crate::netlink::nft::NFPROTO_INET;
-use crate::process::Vmm;
-use crate::procfs::is_vmm_argv0;
 
 /// Slack between a process's start time (from boot time + ticks) and the row's timestamp.
 const START_SLACK_SECS: f64 = 1.0;
-
-/// Everything discovery saw, as plain data.
-#[derive(Debug, Default, Clone)]
-pub struct Observed {
-    pub rows: Vec<Row>,
-    /// The data dir of each state DB, indexed by `Row::db`.
-    pub db_dirs: Vec<PathBuf>,
-    /// Every data dir in use.
-    pub data_dirs: Vec<PathBuf>,
-    pub socket_dir: PathBuf,
-    /// The processes at pids that rows record (a pid with no process is absent).
-    pub procs: BTreeMap<i32, ProcInfo>,
-    /// Every process that looks like a VMM.
-    pub vmms: Vec<ProcInfo>,
-    pub links: Vec<Link>,
-    /// Rules of SmolVM's tables.
-    pub rules: Vec<Rule>,
-    pub tables: Vec<Table>,
-    /// Socket files that a live process still accepts connections on.
-    pub served: BTreeSet<PathBuf>,
-    /// `locks/<id>.create.lock` files that a live process holds (a create in progress).
-    pub held_locks: BTreeSet<PathBuf>,
-    /// Which processes the /proc we read can show.
-    pub pid_view: PidView,
-    /// Names in the socket dir (one readdir).
-    pub socket_names: Vec<String>,
-    /// What each data dir holds (one readdir of it and of its `disks/`).
-    pub data_listing: Vec<DirListing>,
-    /// A state DB exists but could not be read for a reason other than corruption
-    /// (locked, permissions): a host resource with no row may then be a hidden row's, so
-    /// no rowless leftover is touched.
-    pub rows_incomplete: bool,
-    pub own_pid: i32,
-}
-
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct DirListing {
-    pub dir: PathBuf,
-    pub top: Vec<String>,
-    pub disks: Vec<String>,
-    /// `locks/<id>.create.lock` names (SmolVM 0.0.19+).
-    pub locks: Vec<String>,
-}
-
-/// One VM id with every resource that is provably its own.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Vm {
-    pub id: String,
-    /// Indexes into `Observed::rows`.
-    pub rows: Vec<usize>,
-    pub status: Option<Status>,
-    /// Why the VM is stale, when it is.
-    pub stale: Option<String>,
-    /// Rows to mark `error`/pid NULL as SmolVM's reconcile does (indexes into rows).
-    pub mark: Vec<usize>,
-    pub vmms: Vec<Vmm>,
-    /// Why this VM must not be touched even when targeted.
-    pub refuse: Option<String>,
-    /// TAP names the VM owns (valid names; present or not).
-    pub tap_names: Vec<String>,
-    /// Indexes into `Observed::links` of its TAPs that exist.
-    pub taps: Vec<usize>,
-    /// Indexes into `Observed::rules`.
-    pub rules: Vec<usize>,
-    /// Indexes into `Observed::tables` (per-TAP policy tables of newer SmolVM).
-    pub tables: Vec<usize>,
-    pub files: Vec<FileRef>,
-    /// No state row describes it: only the host does.
-    pub rowless: bool,
-    /// Why a VM with no proven VMM counts as alive (not stale): a served socket, a held
-    /// TAP or create lock; for a rowless VM also its running VMM.
-    pub live: Option<String>,
-    /// Its VMM cannot be judged from this pid namespace: neither stale nor a `--prefix`
-    /// target, and never touched.
-    pub out_of_view: bool,
-    /// A row says its VMM should be running (running, paused, error).
-    pub expects_vmm: bool,
-    /// When its row was created (Unix seconds; the oldest row when several DBs have one).
-    pub created_unix: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Inventory {
-    pub vms: Vec<Vm>,
-    /// Hostile or inconsistent input, for stderr.
-    pub warnings: Vec<String>,
-    /// Things left alone that are not in `vms` (rows with hostile ids, held TAPs): while
-    /// any remains, SmolVM's shared nft tables stay.
-    pub kept: usize,
-    /// Files named like a VM's log or disk that no row and nothing only SmolVM makes
-    /// corroborates: a user's `backup.log` is no VM, so these are never touched.
-    pub unattributed: Vec<FileRef>,
-}
-
-/// `fc-<id>.sock` → id, for the socket names SmolVM uses.
-pub fn socket_id(name: &str) -> Option<&str> {
-    ["fc-", "qmp-", "vsock-"].iter().find_map(|p| {
-        let id = name.strip_prefix(p)?.strip_suffix(".sock")?;
-        valid_vm_id(id).then_some(id)
-    })
-}
 
 fn disk_id(name: &str) -> Option<&str> {
     let id = name
@@ -702,8 +598,7 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PidView;
-    use crate::netlink::nft::NFPROTO_IPV4;
+    use crate::model::{DirListing, Link, NFPROTO_IPV4, PidView, Rule, Table};
 
     pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
         Row {

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use crate::apply::Outcome;
 use crate::json::Json;
-use crate::reconcile::{Observed, Vm};
+use crate::model::{Observed, Vm};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {

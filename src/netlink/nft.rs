@@ -18,10 +18,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 
 use super::{NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages};
-use crate::model::{Chain, Rule, Table, is_smolvm_rule_table};
-
-pub const NFPROTO_INET: u8 = 1;
-pub const NFPROTO_IPV4: u8 = 2;
+use crate::model::{Chain, Op, Rule, Table, is_smolvm_rule_table};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -70,36 +67,7 @@ fn nfgenmsg(w: &mut Writer, family: u8, res_id: u16) {
     w.bytes(&res_id.to_be_bytes());
 }
 
-/// A deletion the caller wants.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Op {
-    Rule {
-        family: u8,
-        table: String,
-        chain: String,
-        handle: u64,
-    },
-    /// A chain, only if empty (NLM_F_NONREC: EBUSY otherwise).
-    Chain { family: u8, table: String, name: String },
-    /// A table; `recursive` deletes its chains and rules with it, otherwise it must be
-    /// empty (NLM_F_NONREC: EBUSY otherwise).
-    Table {
-        family: u8,
-        name: String,
-        recursive: bool,
-    },
-}
-
 impl Op {
-    pub fn for_rule(r: &Rule) -> Op {
-        Op::Rule {
-            family: r.family,
-            table: r.table.clone(),
-            chain: r.chain.clone(),
-            handle: r.handle,
-        }
-    }
-
     fn encode(&self, w: &mut Writer, seq: u32) {
         match self {
             Op::Rule {
@@ -427,6 +395,7 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{NFPROTO_INET, NFPROTO_IPV4};
 
     fn deadline() -> Instant {
         Instant::now() + std::time::Duration::from_secs(5)
