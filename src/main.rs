@@ -7,6 +7,7 @@
 
 mod apply;
 mod cli;
+mod diag;
 mod discover;
 mod error;
 mod files;
@@ -23,12 +24,13 @@ mod report;
 mod signals;
 mod state;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use cli::{Action, Mode, Options};
+use diag::Diag;
 use report::{Report, Resources, Target};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -87,42 +89,6 @@ fn repeat(opts: &Options, every: std::time::Duration) {
     }
 }
 
-/// stderr diagnostics: warnings (yellow on a terminal unless NO_COLOR) and, with
-/// `--verbose`, notes. Warnings are also kept for the JSON document.
-struct Diag {
-    verbose: bool,
-    color: bool,
-    warnings: Vec<String>,
-}
-
-impl Diag {
-    fn new(verbose: bool) -> Diag {
-        let color = std::io::stderr().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-            && std::env::var("TERM").map_or(true, |t| t != "dumb");
-        Diag {
-            verbose,
-            color,
-            warnings: Vec::new(),
-        }
-    }
-
-    fn warn(&mut self, msg: String) {
-        if self.color {
-            eprintln!("smolvm-cleanup: \x1b[33mwarning\x1b[0m: {msg}");
-        } else {
-            eprintln!("smolvm-cleanup: warning: {msg}");
-        }
-        self.warnings.push(msg);
-    }
-
-    fn note(&self, msg: impl FnOnce() -> String) {
-        if self.verbose {
-            eprintln!("smolvm-cleanup: {}", msg());
-        }
-    }
-}
-
 /// Root with CAP_NET_ADMIN in the effective set (what TAP and nft changes need), and
 /// CAP_KILL when a VMM must be stopped. Read with capget, so it holds without /proc.
 fn privilege(stops_vmms: bool) -> report::Privilege {
@@ -160,52 +126,74 @@ fn stops_others_vmm(plan: &model::Plan, obs: &model::Observed) -> bool {
         .any(|v| owner(v.pid).is_some_and(|uid| uid != me))
 }
 
-/// Without procfs every VMM would look gone and every running VM stale: nothing is judged
-/// and nothing changed, and the report says what to do.
-fn without_proc(opts: &Options, mode: report::Mode, why: String) -> u8 {
-    let report = Report {
-        mode,
-        privilege: privilege(false),
-        all: opts.all,
-        prefix: opts.prefix.clone(),
-        older_than_secs: opts.older_than.map(|d| d.as_secs_f64()),
-        incomplete: vec![format!(
-            "{why}: without it no VMM can be told alive from gone, so nothing was looked at or \
-             changed; mount it (mount -t proc proc /proc), or in a container share the host's \
-             (docker run --pid=host; hostPID: true in Kubernetes)"
-        )],
-        ..Report::default()
-    };
-    let mut out = std::io::stdout().lock();
-    let _ = if opts.json {
-        report::write_json(&report, &mut out)
-    } else if mode == report::Mode::Check {
-        report::write_check(&report, &mut out)
+/// One run: the mode's function gathers and acts and returns its `Report`; `Out` prints
+/// it; its exit code is the run's (a usage error's 2 is `main`'s).
+fn run(opts: &Options) -> u8 {
+    let mut diag = Diag::new(opts.verbose);
+    let mut out = Out::new(opts.json);
+    let mode = if opts.check {
+        report::Mode::Check
+    } else if opts.dry_run {
+        report::Mode::DryRun
     } else {
-        report::write_header(&report, &mut out)
+        report::Mode::Clean
     };
-    let _ = out.flush();
-    report.exit_code()
+    let done = match mode {
+        report::Mode::Clean => clean(opts, &mut diag, &mut out),
+        report::Mode::DryRun => survey(opts, mode, &mut diag).map(|s| s.report),
+        report::Mode::Check => check(opts, &mut diag),
+    };
+    match done {
+        Ok(mut report) => {
+            report.warnings = std::mem::take(&mut diag.warnings);
+            let printed = out.finish(&report);
+            if let Err(e) = &printed {
+                eprintln!("smolvm-cleanup: cannot write the report to stdout: {e}");
+            }
+            report.exit_code().max(u8::from(printed.is_err()))
+        }
+        Err(Stop::Blind(report)) => {
+            let printed = out.finish(&report);
+            report.exit_code().max(u8::from(printed.is_err()))
+        }
+        Err(Stop::Fatal(e)) => {
+            eprintln!("smolvm-cleanup: {e}");
+            1
+        }
+    }
 }
 
-fn run(opts: &Options) -> u8 {
-    let start = Instant::now();
-    let timing = apply::timing(start, opts.grace, opts.timeout);
-    let mut diag = Diag::new(opts.verbose);
-    let mode = match (opts.check, opts.dry_run) {
-        (true, _) => report::Mode::Check,
-        (false, true) => report::Mode::DryRun,
-        (false, false) => report::Mode::Clean,
-    };
-    let read_only = mode != report::Mode::Clean;
+/// Why a run ends before its mode's work: it cannot see (a report saying so), or it
+/// cannot start at all (a message on stderr).
+enum Stop {
+    Blind(Box<Report>),
+    Fatal(String),
+}
+
+/// What a run sees and decides before it changes anything, and what it holds meanwhile.
+struct Survey {
+    found: discover::Discovery,
+    plan: model::Plan,
+    report: Report,
+    timing: process::Timing,
+    stop: &'static std::sync::atomic::AtomicBool,
+    _lock: lock::Held,
+}
+
+/// `--dry-run` is this alone: locate, lock, discover, reconcile, plan, and the report.
+fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey, Stop> {
+    let timing = apply::timing(Instant::now(), opts.grace, opts.timeout);
     let proc_root = PathBuf::from("/proc");
     if let Some(why) = procfs::unusable(&proc_root) {
-        return without_proc(opts, mode, why);
+        return Err(Stop::Blind(Box::new(without_proc(opts, mode, why))));
     }
-    let env = locate::Env::from_process();
-    let dirs = locate::resolve(opts.db.as_deref(), opts.state_dir.as_deref(), &env);
+    let dirs = locate::resolve(
+        opts.db.as_deref(),
+        opts.state_dir.as_deref(),
+        &locate::Env::from_process(),
+    );
     let stop = signals::install();
-
+    let read_only = mode != report::Mode::Clean;
     // Taken before anything is read: a second run sees what the first one left.
     let mut lock_dirs: Vec<PathBuf> = dirs
         .iter()
@@ -215,16 +203,10 @@ fn run(opts: &Options) -> u8 {
     if lock_dirs.is_empty() {
         lock_dirs.push(opts.socket_dir.clone());
     }
-    let _lock = match lock::acquire(&lock_dirs, !read_only, timing.deadline, stop, &mut |m| {
+    let held = lock::acquire(&lock_dirs, !read_only, timing.deadline, stop, &mut |m| {
         diag.warn(m)
-    }) {
-        Ok(held) => held,
-        Err(e) => {
-            eprintln!("smolvm-cleanup: {e}");
-            return 1;
-        }
-    };
-
+    })
+    .map_err(|e| Stop::Fatal(e.to_string()))?;
     let found = discover::discover(&discover::Config {
         data_dirs: &dirs,
         socket_dir: opts.socket_dir.clone(),
@@ -232,6 +214,83 @@ fn run(opts: &Options) -> u8 {
         deadline: timing.deadline,
         proc_root,
     });
+    announce(&found, &dirs, diag);
+    let inv = reconcile::inventory(&found.obs);
+    let plan = plan::build(
+        &inv,
+        &found.obs.links,
+        &plan::Selection {
+            all: opts.all,
+            prefix: opts.prefix.clone(),
+            min_age: opts.older_than.map(|d| d.as_secs_f64()),
+            now: discover::now_unix(),
+        },
+    );
+    explain(&inv, &plan, diag);
+    let report = assemble(opts, mode, &found, &inv, &plan);
+    Ok(Survey {
+        found,
+        plan,
+        report,
+        timing,
+        stop,
+        _lock: held,
+    })
+}
+
+/// `--check`: the survey, and it also cannot vouch for what a listing failed to show.
+fn check(opts: &Options, diag: &mut Diag) -> Result<Report, Stop> {
+    let s = survey(opts, report::Mode::Check, diag)?;
+    let mut report = s.report;
+    let failed = [s.found.link_error.as_ref(), s.found.nft_error.as_ref()];
+    report
+        .incomplete
+        .extend(failed.into_iter().flatten().map(|e| e.to_string()));
+    Ok(report)
+}
+
+/// The cleanup: the survey, its header printed before anything changes, then the plan
+/// applied and, with `--all` and no VM left, SmolVM's shared tables removed.
+fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop> {
+    let s = survey(opts, report::Mode::Clean, diag)?;
+    let (found, plan, mut report) = (&s.found, &s.plan, s.report.clone());
+    out.header(&report);
+    if !plan.targets.is_empty() {
+        let mut warnings = Vec::new();
+        let targets = &report.targets;
+        let outcomes = apply::apply(
+            plan,
+            &found.obs,
+            &mut apply::Env {
+                procfs: &found.procfs,
+                dbs: &found.dbs,
+                timing: s.timing,
+                link_error: found.link_error.as_ref(),
+                nft_error: found.nft_error.as_ref(),
+                stop: s.stop,
+                warn: &mut |m| warnings.push(m),
+                on_step: &mut |i, step| diag.note(|| describe_step(&targets[i], step)),
+            },
+        );
+        report.outcomes = outcomes;
+        for w in warnings {
+            diag.warn(w);
+        }
+    }
+    let shared = opts.all && plan.remaining == 0 && !found.obs.rows_incomplete && found.nft_error.is_none();
+    if shared && report.failures() == 0 {
+        match apply::remove_shared(s.timing.deadline, plan::shared_teardown) {
+            Ok(true) => eprintln!("smolvm-cleanup: no VM is left: removed SmolVM's shared nftables tables"),
+            Ok(false) => {}
+            Err(e) => diag.warn(format!("{e}; they are kept")),
+        }
+    }
+    Ok(report)
+}
+
+/// stderr: which DBs were read (or that none was found), discovery's warnings, and with
+/// `-v` what was seen.
+fn announce(found: &discover::Discovery, dirs: &[locate::DataDir], diag: &mut Diag) {
     for (p, err) in &found.db_status {
         if err.is_none() {
             eprintln!("smolvm-cleanup: state DB: {}", p.display());
@@ -260,51 +319,59 @@ fn run(opts: &Options) -> u8 {
             obs.rules.len()
         )
     });
+}
 
-    let inv = reconcile::inventory(obs);
-    let now = discover::now_unix();
-    let plan = plan::build(
-        &inv,
-        &obs.links,
-        &plan::Selection {
-            all: opts.all,
-            prefix: opts.prefix.clone(),
-            min_age: opts.older_than.map(|d| d.as_secs_f64()),
-            now,
-        },
-    );
+/// stderr: reconcile's and plan's warnings, and with `-v` each VM's fate and the files
+/// that nothing names.
+fn explain(inv: &model::Inventory, plan: &model::Plan, diag: &mut Diag) {
     for w in inv.warnings.iter().chain(&plan.warnings) {
         diag.warn(w.clone());
     }
-    let taken: std::collections::HashSet<&str> = plan.targets.iter().map(|t| t.id.as_str()).collect();
-    for vm in inv.vms.iter().filter(|_| opts.verbose) {
-        let taken = taken.contains(vm.id.as_str());
-        diag.note(|| {
-            let why = vm
-                .stale
-                .as_deref()
-                .map_or(String::new(), |s| format!(" (stale: {s})"));
-            let what = if taken { "target" } else { "kept" };
-            format!("{}: {what}{why}", vm.id)
-        });
+    if !diag.verbose {
+        return;
     }
-
-    let unattributed: Vec<String> = inv
-        .unattributed
-        .iter()
-        .map(|f| f.path().display().to_string())
-        .collect();
-    if !unattributed.is_empty() {
+    let taken: std::collections::HashSet<&str> = plan.targets.iter().map(|t| t.id.as_str()).collect();
+    for vm in &inv.vms {
+        let why = vm
+            .stale
+            .as_deref()
+            .map_or(String::new(), |s| format!(" (stale: {s})"));
+        let what = if taken.contains(vm.id.as_str()) {
+            "target"
+        } else {
+            "kept"
+        };
+        diag.note(|| format!("{}: {what}{why}", vm.id));
+    }
+    if !inv.unattributed.is_empty() {
+        let files: Vec<String> = inv
+            .unattributed
+            .iter()
+            .map(|f| f.path().display().to_string())
+            .collect();
         diag.note(|| {
             format!(
                 "not SmolVM's as far as anything shows (no row, rule, socket, lock or VMM names them), left alone: {}",
-                unattributed.join(", ")
+                files.join(", ")
             )
         });
     }
-    let mut report = Report {
+}
+
+/// The report of what the survey found and decided, before anything is applied.
+fn assemble(
+    opts: &Options,
+    mode: report::Mode,
+    found: &discover::Discovery,
+    inv: &model::Inventory,
+    plan: &model::Plan,
+) -> Report {
+    let obs = &found.obs;
+    // Only JSON, --check and --verbose show a target's resources.
+    let detail = opts.json || opts.check || opts.verbose;
+    Report {
         mode,
-        privilege: privilege(stops_others_vmm(&plan, obs)),
+        privilege: privilege(stops_others_vmm(plan, obs)),
         all: opts.all,
         prefix: opts.prefix.clone(),
         older_than_secs: opts.older_than.map(|d| d.as_secs_f64()),
@@ -321,8 +388,7 @@ fn run(opts: &Options) -> u8 {
                 id: t.id.clone(),
                 stale: t.stale.clone(),
                 has_row: !t.rows.is_empty(),
-                // Only JSON, --check and --verbose show them.
-                resources: if opts.json || opts.check || opts.verbose {
+                resources: if detail {
                     Resources::of(t, obs)
                 } else {
                     Resources::default()
@@ -330,91 +396,104 @@ fn run(opts: &Options) -> u8 {
             })
             .collect(),
         incomplete: found.unread.clone(),
-        unattributed,
+        unattributed: inv
+            .unattributed
+            .iter()
+            .map(|f| f.path().display().to_string())
+            .collect(),
         ..Report::default()
-    };
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (`| head`) must not stop the cleanup itself.
-    if !opts.json && mode != report::Mode::Check {
-        let _ = report::write_header(&report, &mut out);
     }
-
-    match mode {
-        report::Mode::DryRun => {}
-        report::Mode::Check => {
-            let failed = [found.link_error.as_ref(), found.nft_error.as_ref()];
-            report
-                .incomplete
-                .extend(failed.into_iter().flatten().map(|e| e.to_string()));
-        }
-        report::Mode::Clean => {
-            // With --all and nothing left, SmolVM's shared tables go too (stderr says so).
-            let shared = opts.all && plan.remaining == 0 && !obs.rows_incomplete && found.nft_error.is_none();
-            if !plan.targets.is_empty() {
-                let mut warnings = Vec::new();
-                report.outcomes = apply::apply(
-                    &plan,
-                    obs,
-                    &mut apply::Env {
-                        procfs: &found.procfs,
-                        dbs: &found.dbs,
-                        timing,
-                        link_error: found.link_error.as_ref(),
-                        nft_error: found.nft_error.as_ref(),
-                        stop,
-                        warn: &mut |m| warnings.push(m),
-                        on_step: &mut |i, s| {
-                            diag.note(|| {
-                                let t = &report.targets[i];
-                                let err = s.error.as_deref().map_or(String::new(), |e| format!(": {e}"));
-                                let what = describe_step(s.kind, &t.resources);
-                                format!("{}: {}{what} {}{err}", t.id, s.kind.name(), s.state.name())
-                            })
-                        },
-                    },
-                );
-                for w in warnings {
-                    diag.warn(w);
-                }
-            }
-            if shared && report.failures() == 0 {
-                match apply::remove_shared(timing.deadline, plan::shared_teardown) {
-                    Ok(true) => {
-                        eprintln!("smolvm-cleanup: no VM is left: removed SmolVM's shared nftables tables")
-                    }
-                    Ok(false) => {}
-                    Err(e) => diag.warn(format!("{e}; they are kept")),
-                }
-            }
-        }
-    }
-
-    report.warnings = std::mem::take(&mut diag.warnings);
-    let _ = if opts.json {
-        report::write_json(&report, &mut out)
-    } else {
-        match mode {
-            report::Mode::Check => report::write_check(&report, &mut out),
-            report::Mode::Clean if !report.targets.is_empty() => report::write_results(&report, &mut out),
-            _ => Ok(()),
-        }
-    };
-    let _ = out.flush();
-    report.exit_code()
 }
 
-/// ` (tap3)`, ` (pid 7)`: what a verbose step line is about.
-fn describe_step(kind: apply::StepKind, r: &Resources) -> String {
-    let list = match kind {
+/// Without procfs every VMM would look gone and every running VM stale: nothing is judged
+/// and nothing changed, and the report says what to do.
+fn without_proc(opts: &Options, mode: report::Mode, why: String) -> Report {
+    Report {
+        mode,
+        privilege: privilege(false),
+        all: opts.all,
+        prefix: opts.prefix.clone(),
+        older_than_secs: opts.older_than.map(|d| d.as_secs_f64()),
+        incomplete: vec![format!(
+            "{why}: without it no VMM can be told alive from gone, so nothing was looked at or \
+             changed; mount it (mount -t proc proc /proc), or in a container share the host's \
+             (docker run --pid=host; hostPID: true in Kubernetes)"
+        )],
+        ..Report::default()
+    }
+}
+
+/// stdout, the one place a `Report` is printed (`report` formats it): the cleanup's header
+/// goes out before anything changes, the rest once the run is over. A write that fails
+/// (a full disk) does not stop the cleanup, but the run then exits 1; a closed pipe
+/// (`| head`) is no failure.
+struct Out {
+    json: bool,
+    header_done: bool,
+    failed: Option<std::io::Error>,
+}
+
+impl Out {
+    fn new(json: bool) -> Out {
+        Out {
+            json,
+            header_done: false,
+            failed: None,
+        }
+    }
+
+    fn header(&mut self, r: &Report) {
+        if self.json {
+            return;
+        }
+        self.header_done = true;
+        let written = report::write_header(r, &mut std::io::stdout().lock());
+        self.keep(written);
+    }
+
+    fn keep(&mut self, written: std::io::Result<()>) {
+        match written {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                self.failed.get_or_insert(e);
+            }
+            _ => {}
+        }
+    }
+
+    /// Err: stdout refused the report, now or when the header went out.
+    fn finish(&mut self, r: &Report) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        let written = if self.json {
+            report::write_json(r, &mut out)
+        } else if r.mode == report::Mode::Check {
+            report::write_check(r, &mut out)
+        } else if !self.header_done {
+            report::write_header(r, &mut out)
+        } else if r.mode == report::Mode::Clean && !r.targets.is_empty() {
+            report::write_results(r, &mut out)
+        } else {
+            Ok(())
+        };
+        self.keep(written.and_then(|()| out.flush()));
+        self.failed.take().map_or(Ok(()), Err)
+    }
+}
+
+/// `vm-1: tap (tap3) removed`: a verbose line for one step of one target.
+fn describe_step(t: &Target, s: &apply::Step) -> String {
+    let r = &t.resources;
+    let list = match s.kind {
         apply::StepKind::Process => r.vmm_pids.iter().map(|p| format!("pid {p}")).collect(),
         apply::StepKind::Tap => r.taps.clone(),
         apply::StepKind::Nft => vec![format!("{} rules", r.nft_rules + r.nft_tables.len())],
         apply::StepKind::Files => vec![format!("{} files", r.files.len())],
         apply::StepKind::Row => vec![format!("{} row{}", r.rows, if r.rows == 1 { "" } else { "s" })],
     };
-    if list.is_empty() {
+    let what = if list.is_empty() {
         String::new()
     } else {
         format!(" ({})", list.join(", "))
-    }
+    };
+    let err = s.error.as_deref().map_or(String::new(), |e| format!(": {e}"));
+    format!("{}: {}{what} {}{err}", t.id, s.kind.name(), s.state.name())
 }

@@ -114,3 +114,28 @@ fn smolvm_argv0_answers_cleanup_only() {
             .contains("only provides 'cleanup'")
     );
 }
+
+#[test]
+fn a_report_that_cannot_be_written_is_a_failure() {
+    let scratch = Scratch::new("devfull");
+    let state = scratch.0.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    for args in [&[][..], &["--json"][..], &["--dry-run"][..]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = Command::new(BIN)
+            .args(args)
+            .env("SMOLVM_DATA_DIR", &state)
+            .env("HOME", &scratch.0)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let r = Run::from(out);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("cannot write the report to stdout: No space left on device"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+}
