@@ -52,7 +52,7 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         obs: Observed {
             socket_dir: cfg.socket_dir.clone(),
             data_dirs: cfg.data_dirs.iter().map(|d| d.dir.clone()).collect(),
-            own_pid: std::process::id() as i32,
+            own_pid: rustix::process::getpid().as_raw_nonzero().get(),
             ..Observed::default()
         },
         dbs: Vec::new(),

@@ -99,9 +99,9 @@ impl Json {
         }
     }
 
-    pub fn num(&mut self, n: impl std::fmt::Display) -> &mut Self {
+    pub fn num(&mut self, n: impl Number) -> &mut Self {
         self.before_value();
-        let _ = write!(self.out, "{n}");
+        n.write(&mut self.out);
         self
     }
 
@@ -145,9 +145,49 @@ pub fn escape(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// What a JSON number may be made of: integers, and finite floats (NaN and the
+/// infinities have no JSON form and are written as null).
+pub trait Number {
+    fn write(&self, out: &mut String);
+}
+
+macro_rules! integer_number {
+    ($($t:ty),*) => {$(
+        impl Number for $t {
+            fn write(&self, out: &mut String) {
+                let _ = write!(out, "{self}");
+            }
+        }
+    )*};
+}
+integer_number!(u8, u16, u32, u64, usize, i32, i64);
+
+impl Number for f64 {
+    fn write(&self, out: &mut String) {
+        if self.is_finite() {
+            let _ = write!(out, "{self}");
+        } else {
+            out.push_str("null");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_finite_or_null() {
+        let mut j = Json::new(false);
+        j.begin_arr()
+            .num(1.5)
+            .num(f64::NAN)
+            .num(f64::INFINITY)
+            .num(7usize)
+            .num(-2i64)
+            .end_arr();
+        assert_eq!(j.finish(), "[1.5,null,null,7,-2]\n");
+    }
 
     #[test]
     fn nested_documents() {

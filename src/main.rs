@@ -75,7 +75,10 @@ fn main() -> ExitCode {
 /// `--every`: one run, a pause, again, until SIGTERM/SIGINT (which also lets the run in
 /// progress finish its step and report, as a single run does).
 fn repeat(opts: &Options, every: std::time::Duration) {
-    let stop = signals::install();
+    let stop = signals::install().unwrap_or_else(|e| {
+        eprintln!("smolvm-cleanup: warning: cannot handle SIGINT/SIGTERM ({e})");
+        signals::flag()
+    });
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         run(opts);
         let until = Instant::now() + every;
@@ -192,7 +195,12 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         opts.state_dir.as_deref(),
         &locate::Env::from_process(),
     );
-    let stop = signals::install();
+    let stop = signals::install().unwrap_or_else(|e| {
+        diag.warn(format!(
+            "cannot handle SIGINT/SIGTERM ({e}): a signal would end the run mid-step"
+        ));
+        signals::flag()
+    });
     let read_only = mode != report::Mode::Clean;
     // Taken before anything is read: a second run sees what the first one left.
     let mut lock_dirs: Vec<PathBuf> = dirs

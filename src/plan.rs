@@ -332,7 +332,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, n)| Link {
-                index: i as i32 + 10,
+                index: i32::try_from(i).unwrap() + 10,
                 name: n.to_string(),
                 kind: Some("tun".into()),
                 tun_type: Some(2),

@@ -78,7 +78,7 @@ pub fn stop_all(procfs: &Procfs, vmms: &[Vmm], t: Timing) -> Vec<Result<Stopped,
 /// Ok(None): the process is gone, or the pid now belongs to someone else.
 fn pin(procfs: &Procfs, v: Vmm) -> Result<Option<OwnedFd>, Error> {
     // Pids 0 and 1 and our own are never a VMM; the reconciler refuses them too.
-    if v.pid <= 1 || v.pid == std::process::id() as i32 {
+    if v.pid <= 1 || v.pid == rustix::process::getpid().as_raw_nonzero().get() {
         return Ok(None);
     }
     let Some(pid) = Pid::from_raw(v.pid) else {

@@ -227,30 +227,10 @@ impl<'a> Index<'a> {
 pub fn inventory(obs: &Observed) -> Inventory {
     let ix = Index::new(obs);
     let mut inv = Inventory::default();
-    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, row) in obs.rows.iter().enumerate() {
-        if !valid_vm_id(&row.id) {
-            inv.warnings.push(format!(
-                "refusing a state row whose id {:?} is not a SmolVM VM id; it is left as it is",
-                row.id
-            ));
-            inv.kept += 1;
-            continue;
-        }
-        let k = *by_id.entry(row.id.clone()).or_insert_with(|| {
-            inv.vms.push(Vm {
-                id: row.id.clone(),
-                status: Some(Status::parse(&row.status)),
-                ..Vm::default()
-            });
-            inv.vms.len() - 1
-        });
-        inv.vms[k].rows.push(i);
-    }
+    let by_id = add_rows(&mut inv, obs);
     for vm in &mut inv.vms {
         judge_row_vm(vm, obs, &ix, &mut inv.warnings);
     }
-
     out_of_view(&mut inv, obs);
 
     // VM ids that something only SmolVM makes names (a VMM command line, a rule comment,
@@ -277,7 +257,44 @@ pub fn inventory(obs: &Observed) -> Inventory {
         }
         return inv;
     }
+    add_rowless(&mut inv, obs, &ix, &by_id, &evidence);
+    inv
+}
 
+/// One VM per valid row id, in DB order; a row with a hostile id is refused and kept.
+fn add_rows(inv: &mut Inventory, obs: &Observed) -> BTreeMap<String, usize> {
+    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, row) in obs.rows.iter().enumerate() {
+        if !valid_vm_id(&row.id) {
+            inv.warnings.push(format!(
+                "refusing a state row whose id {:?} is not a SmolVM VM id; it is left as it is",
+                row.id
+            ));
+            inv.kept += 1;
+            continue;
+        }
+        let k = *by_id.entry(row.id.clone()).or_insert_with(|| {
+            inv.vms.push(Vm {
+                id: row.id.clone(),
+                status: Some(Status::parse(&row.status)),
+                ..Vm::default()
+            });
+            inv.vms.len() - 1
+        });
+        inv.vms[k].rows.push(i);
+    }
+    by_id
+}
+
+/// The VMs only the host shows (`evidence`, sorted), then the TAPs that only a SmolVM
+/// rule names and no VM takes (`orphan-<tap>`, sorted).
+fn add_rowless(
+    inv: &mut Inventory,
+    obs: &Observed,
+    ix: &Index<'_>,
+    by_id: &BTreeMap<String, usize>,
+    evidence: &BTreeMap<String, Vec<&ProcInfo>>,
+) {
     // TAP names: rows claim theirs; an SSH rule's guest IP ties a TAP to a rowless VM.
     let claimed: BTreeSet<&str> = obs
         .rows
@@ -298,7 +315,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
         tied.entry(id).or_default().push(tap.clone());
     }
 
-    for (id, vmms) in &evidence {
+    for (id, vmms) in evidence {
         let mut vm = Vm {
             id: id.clone(),
             rowless: true,
@@ -312,7 +329,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
                 .collect(),
             ..Vm::default()
         };
-        attach_network(&mut vm, obs, &ix, &mut inv.warnings);
+        attach_network(&mut vm, obs, ix, &mut inv.warnings);
         vm.files = ix.files_by_id.get(id.as_str()).cloned().unwrap_or_default();
         judge_rowless(&mut vm, obs);
         if vm.stale.is_none() {
@@ -337,7 +354,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
             tap_names: vec![tap.to_string()],
             ..Vm::default()
         };
-        attach_network(&mut vm, obs, &ix, &mut inv.warnings);
+        attach_network(&mut vm, obs, ix, &mut inv.warnings);
         if vm.taps.iter().any(|&li| obs.links[li].carrier) {
             inv.warnings.push(format!(
                 "{tap}: a live process holds this TAP though no state row names it; left alone"
@@ -348,7 +365,6 @@ pub fn inventory(obs: &Observed) -> Inventory {
         vm.stale = Some("no state row names this TAP".into());
         inv.vms.push(vm);
     }
-    inv
 }
 
 /// A rowless VM is stale unless something shows it alive: its VMM (which `--all` may
@@ -476,20 +492,50 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
         .iter()
         .filter_map(|r| r.created_unix.or(r.updated_unix))
         .reduce(f64::min);
+    let expects = judge_vmm(vm, &rows, &dirs, obs, ix, warnings);
+    attach_row_resources(vm, &rows, &dirs, obs, ix, warnings);
+    vm.expects_vmm = expects;
+    if vm.vmms.is_empty()
+        && let Some((long, short)) = signs_of_life(vm, obs)
+    {
+        // Something we cannot identify uses the VM's socket, TAP or lock: it lives, so
+        // the row is not stale whatever its pid says.
+        vm.refuse.get_or_insert(format!(
+            "{long} by a process that is not a VMM we can identify; not touched"
+        ));
+        vm.live = Some(short);
+        vm.stale = None;
+    }
+    vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
+    if vm.refuse.is_some() {
+        // Not ours to judge while something we cannot account for runs: write nothing.
+        vm.mark.clear();
+    }
+}
+
+/// The VMM of a VM with rows: what its rows record, then what the scan found naming
+/// it. Sets its VMMs, whether it is stale, and which rows to mark; true when a row says a
+/// VMM should run.
+fn judge_vmm(
+    vm: &mut Vm,
+    rows: &[&Row],
+    dirs: &[PathBuf],
+    obs: &Observed,
+    ix: &Index<'_>,
+    warnings: &mut Vec<String>,
+) -> bool {
     let newest_write = rows
         .iter()
         .filter_map(|r| r.updated_unix)
         .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
-
-    // The VMM: what rows record, then what the scan found naming this VM.
     let mut stale_reason = None;
     let mut expects = false;
-    for (&ri, row) in vm.rows.iter().zip(&rows) {
+    for (&ri, row) in vm.rows.iter().zip(rows) {
         if !Status::parse(&row.status).expects_process() {
             continue;
         }
         expects = true;
-        match judge_pid(row, obs, &dirs) {
+        match judge_pid(row, obs, dirs) {
             Ok(v) => {
                 if !vm.vmms.contains(&v) {
                     vm.vmms.push(v);
@@ -532,9 +578,21 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
         // A VMM lives: the row is not stale, whatever its pid column says.
         vm.mark.clear();
     }
+    expects
+}
 
+/// The TAPs, rules, tables and files of a VM with rows; warns of what its rows name that
+/// SmolVM could not have made.
+fn attach_row_resources(
+    vm: &mut Vm,
+    rows: &[&Row],
+    dirs: &[PathBuf],
+    obs: &Observed,
+    ix: &Index<'_>,
+    warnings: &mut Vec<String>,
+) {
     // TAPs: valid names only, and only links that really are TAPs.
-    for row in &rows {
+    for row in rows {
         for tap in &row.taps {
             if tap == "usernet" {
                 continue; // QEMU user-mode networking: no host device.
@@ -564,24 +622,7 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
         .filter(ours)
         .cloned()
         .collect();
-    vm.expects_vmm = expects;
-    if vm.vmms.is_empty()
-        && let Some((long, short)) = signs_of_life(vm, obs)
-    {
-        // Something we cannot identify uses the VM's socket, TAP or lock: it lives, so
-        // the row is not stale whatever its pid says.
-        vm.refuse.get_or_insert(format!(
-            "{long} by a process that is not a VMM we can identify; not touched"
-        ));
-        vm.live = Some(short);
-        vm.stale = None;
-    }
-    vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
-    if vm.refuse.is_some() {
-        // Not ours to judge while something we cannot account for runs: write nothing.
-        vm.mark.clear();
-    }
-    for row in &rows {
+    for row in rows {
         if let Some(sp) = &row.socket_path
             && Path::new(sp) != obs.socket_dir.join(format!("fc-{}.sock", vm.id))
         {

@@ -348,7 +348,7 @@ fn write_resources(j: &mut Json, r: &Resources) {
     j.key("resources").begin_obj();
     j.key("vmm_pids").begin_arr();
     for p in &r.vmm_pids {
-        j.num(p);
+        j.num(*p);
     }
     j.end_arr();
     j.key("taps").str_arr(r.taps.iter().map(String::as_str));

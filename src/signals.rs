@@ -11,20 +11,29 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Installs the handlers and returns the flag they set.
-pub fn install() -> &'static AtomicBool {
+/// The flag the handlers set.
+pub fn flag() -> &'static AtomicBool {
+    &STOP
+}
+
+/// Installs the handlers and returns the flag they set. Err: the kernel refused a
+/// handler, so that signal would end the run mid-step (the flag still works for the other).
+pub fn install() -> std::io::Result<&'static AtomicBool> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: `sigaction` is given a zero-initialised struct (valid for the C type)
         // whose handler only performs an atomic store, which is async-signal-safe; no
         // other thread installs handlers, so the previous action is not needed.
         #[allow(unsafe_code)]
-        unsafe {
+        let r = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as usize;
             sa.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
         }
     }
-    &STOP
+    Ok(&STOP)
 }

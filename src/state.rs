@@ -300,6 +300,8 @@ fn text(v: Value) -> Option<String> {
 fn int(v: Value) -> Option<i64> {
     match v {
         Value::Integer(i) => Some(i),
+        // The guard makes the cast exact: a whole number well inside i64.
+        #[allow(clippy::cast_possible_truncation)]
         Value::Real(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
         _ => None,
     }
@@ -316,7 +318,7 @@ fn real(v: Value) -> Option<f64> {
 /// `2026-11-28T15:22:55.286913+00:00`, the form SmolVM writes.
 pub fn iso8601_utc(unix: Duration) -> String {
     let secs = unix.as_secs();
-    let days = (secs / 86_400) as i64;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
     format!(
@@ -336,8 +338,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    // 1..=31 and 1..=12 by construction.
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
 }

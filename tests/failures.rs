@@ -308,7 +308,7 @@ fn eight_concurrent_cleanups_delete_each_vm_exactly_once() {
     };
     let ids = ["vm-conc0001", "vm-conc0002", "vm-conc0003", "vm-conc0004"];
     for (i, id) in ids.iter().enumerate() {
-        w.add(VmSpec::running(id, 2 + i as u32));
+        w.add(VmSpec::running(id, 2 + u32::try_from(i).unwrap()));
     }
     w.add(VmSpec::stale("vm-conc0005", 9));
     w.add(VmSpec::new("keepme", "created", 10));

@@ -53,7 +53,7 @@ fn garbage_db_is_reported_kept_byte_identical_and_the_host_reclaimed() {
     let Some(w) = probe_world("garbage", false) else {
         return;
     };
-    let garbage: Vec<u8> = (0..9000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let garbage: Vec<u8> = (0..9000u32).map(|i| (i * 7 + 3).to_le_bytes()[0]).collect();
     std::fs::write(&w.db, &garbage).unwrap();
     let r = w.run(&[]);
     r.expect(0, ALL_FOUR);

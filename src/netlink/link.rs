@@ -15,7 +15,7 @@ use neli::rtnl::{Ifinfomsg, IfinfomsgBuilder, RtattrBuilder};
 use neli::types::{Buffer, RtBuffer};
 use rustix::io::Errno;
 
-use super::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages};
+use super::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages, seq_offset};
 use crate::model::Link;
 
 /// IFLA_TUN_TYPE inside IFLA_INFO_DATA when the kind is "tun" (1 tun, 2 tap).
@@ -68,7 +68,7 @@ pub fn dump(sock: &mut Socket) -> Result<Vec<Link>, Errno> {
     )?;
     let mut links = Vec::new();
     let mut bad = None;
-    sock.dump(&w.buf, seq, |msg| {
+    sock.dump(w.buf()?, seq, |msg| {
         if msg.ty != u16::from(Rtm::Newlink) {
             return;
         }
@@ -144,7 +144,7 @@ fn pipelined(
 ) -> Vec<Result<(), Errno>> {
     let mut out = Vec::with_capacity(items.len());
     for chunk in items.chunks(PIPELINE) {
-        let first = sock.reserve_seqs(chunk.len() as u32);
+        let first = sock.reserve_seqs(seq_offset(chunk.len()));
         let mut w = Writer::default();
         let mut results: Vec<Option<Result<(), Errno>>> = vec![None; chunk.len()];
         let mut last = None;
@@ -161,7 +161,13 @@ fn pipelined(
             .collect();
         for (k, (i, ty, m)) in encoded.iter().enumerate() {
             let ack = if k + 1 == encoded.len() { NLM_F_ACK } else { 0 };
-            match encode(*ty, NLM_F_REQUEST | ack, first.wrapping_add(*i as u32), m, &mut w) {
+            match encode(
+                *ty,
+                NLM_F_REQUEST | ack,
+                first.wrapping_add(seq_offset(*i)),
+                m,
+                &mut w,
+            ) {
                 Ok(()) => last = Some(*i),
                 Err(e) => results[*i] = Some(Err(e)),
             }
@@ -170,7 +176,7 @@ fn pipelined(
             out.extend(results.into_iter().map(|r| r.unwrap_or(Err(Errno::INVAL))));
             continue;
         };
-        if let Err(e) = sock.send(&w.buf) {
+        if let Err(e) = w.buf().and_then(|b| sock.send(b)) {
             out.extend(std::iter::repeat_n(Err(e), chunk.len()));
             continue;
         }
@@ -267,7 +273,7 @@ pub fn delete_many(sock: &mut Socket, all: &[Link], indexes: &[i32], seed: u32) 
                 .and_then(|a| ifinfomsg(0, a))
                 .and_then(|m| encode(Rtm::Dellink, NLM_F_REQUEST | NLM_F_ACK, seq, &m, &mut w))
             {
-                Ok(()) => sock.request_ack(&w.buf, seq).is_ok(),
+                Ok(()) => w.buf().and_then(|b| sock.request_ack(b, seq)).is_ok(),
                 Err(_) => false,
             }
         };
@@ -380,7 +386,7 @@ mod tests {
             for (t, p) in parts {
                 w.attr(*t, p);
             }
-            w.buf
+            w.buf().unwrap().to_vec()
         };
         let data = nested(&[(1, &[0, 0, 0, 0][..]), (IFLA_TUN_TYPE, &[2])]);
         let info = nested(&[
@@ -418,7 +424,7 @@ mod tests {
         let mut w = Writer::default();
         let m = ifinfomsg(42, group_attr(7).unwrap()).unwrap();
         encode(Rtm::Dellink, NLM_F_REQUEST | NLM_F_ACK, 9, &m, &mut w).unwrap();
-        let msg = messages(&w.buf).next().unwrap().unwrap();
+        let msg = messages(w.buf().unwrap()).next().unwrap().unwrap();
         assert_eq!(msg.ty, libc::RTM_DELLINK);
         assert_eq!(msg.seq, 9);
         // struct ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32

@@ -254,8 +254,10 @@ pub fn attr_str(payload: &[u8]) -> String {
 /// Builds netlink messages into one buffer (a batch is several messages in one send).
 #[derive(Default)]
 pub struct Writer {
-    pub buf: Vec<u8>,
+    buf: Vec<u8>,
     start: usize,
+    /// An attribute or message outgrew its length field: nothing of it may be sent.
+    oversized: bool,
 }
 
 impl Writer {
@@ -272,8 +274,21 @@ impl Writer {
         self.buf.extend_from_slice(b);
     }
 
+    /// The encoded messages, or EMSGSIZE when one of them could not be encoded (ours,
+    /// before the kernel saw anything).
+    pub fn buf(&self) -> Result<&[u8], Errno> {
+        if self.oversized {
+            Err(Errno::MSGSIZE)
+        } else {
+            Ok(&self.buf)
+        }
+    }
+
     pub fn attr(&mut self, ty: u16, payload: &[u8]) {
-        let len = (4 + payload.len()) as u16;
+        let Ok(len) = u16::try_from(4 + payload.len()) else {
+            self.oversized = true;
+            return;
+        };
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
         self.buf.extend_from_slice(payload);
@@ -288,9 +303,18 @@ impl Writer {
     }
 
     pub fn end(&mut self) {
-        let len = (self.buf.len() - self.start) as u32;
+        let Ok(len) = u32::try_from(self.buf.len() - self.start) else {
+            self.oversized = true;
+            return;
+        };
         self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
     }
+}
+
+/// A count or index of messages within one send (at most a few thousand) as an offset
+/// from its first sequence number.
+pub fn seq_offset(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// For kernel tests: moves this test's thread into a new network namespace. Without root
@@ -336,11 +360,11 @@ mod tests {
         w.end();
         w.begin(NLMSG_DONE, 0, 8);
         w.end();
-        let msgs: Vec<Msg<'_>> = messages(&w.buf).collect::<Result<_, _>>().unwrap();
+        let msgs: Vec<Msg<'_>> = messages(w.buf().unwrap()).collect::<Result<_, _>>().unwrap();
         assert_eq!(msgs.len(), 2);
         assert_eq!((msgs[0].ty, msgs[0].seq), (0x0a08, 7));
         assert_eq!(
-            u16::from_ne_bytes([w.buf[6], w.buf[7]]),
+            u16::from_ne_bytes([w.buf().unwrap()[6], w.buf().unwrap()[7]]),
             NLM_F_REQUEST | NLM_F_ACK
         );
         let a: Vec<(u16, &[u8])> = attrs(&msgs[0].payload[4..]).collect();
@@ -356,7 +380,7 @@ mod tests {
         w.begin(NLMSG_ERROR, 0, 3);
         w.bytes(&(-libc::EPERM).to_ne_bytes());
         w.end();
-        let m = messages(&w.buf).next().unwrap().unwrap();
+        let m = messages(w.buf().unwrap()).next().unwrap().unwrap();
         assert_eq!(m.error_code(), Some(libc::EPERM));
         // A length that runs past the buffer is a protocol error, not a panic.
         let mut bad = w.buf.clone();

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use rustix::io::Errno;
 
-use super::{NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages};
+use super::{NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages, seq_offset};
 use crate::model::{Chain, Op, Rule, Table, is_smolvm_rule_table};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -111,7 +111,7 @@ pub fn dump_tables(sock: &mut Socket) -> Result<Vec<Table>, Errno> {
     nfgenmsg(&mut w, 0, 0);
     w.end();
     let mut out = Vec::new();
-    sock.dump(&w.buf, seq, |m| {
+    sock.dump(w.buf()?, seq, |m| {
         if m.ty != msg_type(NFT_MSG_NEWTABLE) || m.payload.len() < 4 {
             return;
         }
@@ -133,7 +133,7 @@ pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Cha
     nfgenmsg(&mut w, family, 0);
     w.end();
     let mut out = Vec::new();
-    let result = sock.dump(&w.buf, seq, |m| {
+    let result = sock.dump(w.buf()?, seq, |m| {
         if m.ty != msg_type(NFT_MSG_NEWCHAIN) || m.payload.len() < 4 {
             return;
         }
@@ -193,7 +193,7 @@ pub fn dump_rules(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Rule
     w.attr_str(NFTA_RULE_TABLE, table);
     w.end();
     let mut out = Vec::new();
-    match sock.dump(&w.buf, seq, |m| {
+    match sock.dump(w.buf()?, seq, |m| {
         if m.ty == msg_type(NFT_MSG_NEWRULE)
             && let Some(r) = decode_rule(m.payload)
         {
@@ -328,22 +328,22 @@ pub fn delete_atomic(sock: &mut Socket, ops: &[Op]) -> Result<(), Errno> {
 /// op and this one should be sent again.
 fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Result<(), Errno>>> {
     let n = chunk.len();
-    let begin_seq = sock.reserve_seqs(n as u32 + 2);
+    let begin_seq = sock.reserve_seqs(seq_offset(n).saturating_add(2));
     let mut w = Writer::default();
     w.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin_seq);
     nfgenmsg(&mut w, 0, NFNL_SUBSYS_NFTABLES);
     w.end();
     for (k, &i) in chunk.iter().enumerate() {
-        ops[i].encode(&mut w, begin_seq.wrapping_add(1 + k as u32));
+        ops[i].encode(&mut w, begin_seq.wrapping_add(1).wrapping_add(seq_offset(k)));
     }
     w.begin(
         NFNL_MSG_BATCH_END,
         NLM_F_REQUEST,
-        begin_seq.wrapping_add(n as u32 + 1),
+        begin_seq.wrapping_add(seq_offset(n)).wrapping_add(1),
     );
     nfgenmsg(&mut w, 0, NFNL_SUBSYS_NFTABLES);
     w.end();
-    if let Err(e) = sock.send(&w.buf) {
+    if let Err(e) = w.buf().and_then(|b| sock.send(b)) {
         return vec![Some(Err(e)); n];
     }
     // Ops ask for no ACK: the kernel runs the whole batch inside send(), so when send
@@ -477,7 +477,7 @@ mod tests {
             handle: 0x0102,
         };
         op.encode(&mut w, 5);
-        let m = messages(&w.buf).next().unwrap().unwrap();
+        let m = messages(w.buf().unwrap()).next().unwrap().unwrap();
         assert_eq!(m.ty, 0x0a08);
         assert_eq!(&m.payload[..4], &[NFPROTO_INET, 0, 0, 0]);
         let a: Vec<(u16, &[u8])> = attrs(&m.payload[4..]).collect();
@@ -520,7 +520,7 @@ mod tests {
         ]);
         w.attr(NFTA_RULE_EXPRESSIONS, &exprs);
         w.end();
-        let m = messages(&w.buf).next().unwrap().unwrap();
+        let m = messages(w.buf().unwrap()).next().unwrap().unwrap();
         let r = decode_rule(m.payload).unwrap();
         assert_eq!(
             r,

@@ -128,7 +128,7 @@ pub fn hold_tap(name: &str) -> std::fs::File {
     }
     let mut req = IfReq {
         name: [0; 16],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        flags: libc::c_short::try_from(libc::IFF_TAP | libc::IFF_NO_PI).unwrap(),
         pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -191,7 +191,8 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 }
 
 pub fn now_iso(offset_secs: i64) -> String {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 + offset_secs;
+    let t =
+        i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap() + offset_secs;
     let out = Command::new("date")
         .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%S.000000+00:00"])
         .output()
