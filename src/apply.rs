@@ -158,7 +158,7 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
     };
     for (i, t) in plan.targets.iter().enumerate() {
         if let Some(why) = &t.refuse {
-            run.fail(i, StepKind::Process, why.clone());
+            run.fail(i, StepKind::Process, why.to_string());
         }
     }
     type Phase = fn(&mut Run<'_>, &Observed, &mut Env<'_>);

@@ -342,7 +342,7 @@ fn explain(inv: &model::Inventory, plan: &model::Plan, diag: &mut Diag) {
     for vm in &inv.vms {
         let why = vm
             .stale
-            .as_deref()
+            .as_ref()
             .map_or(String::new(), |s| format!(" (stale: {s})"));
         let what = if taken.contains(vm.id.as_str()) {
             "target"
@@ -394,7 +394,7 @@ fn assemble(
             .iter()
             .map(|t| Target {
                 id: t.id.clone(),
-                stale: t.stale.clone(),
+                stale: t.stale.as_ref().map(ToString::to_string),
                 has_row: !t.rows.is_empty(),
                 resources: if detail {
                     Resources::of(t, obs)

@@ -5,6 +5,7 @@
 //! build a path, a link name or an nft comment. Imports nothing from the crate.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::PathBuf;
 
 /// SmolVM's VM id pattern (0.0.5+): `^[a-z0-9][a-z0-9_-]{0,62}[a-z0-9]$|^[a-z0-9]$`.
@@ -104,7 +105,7 @@ pub struct Row {
     /// Index of the state DB this row came from (`Observed::dbs`).
     pub db: usize,
     pub id: String,
-    pub status: String,
+    pub status: Status,
     /// Raw `pid` column; absurd values are judged by the reconciler.
     pub pid: Option<i64>,
     pub socket_path: Option<String>,
@@ -260,6 +261,93 @@ impl Op {
     }
 }
 
+/// Why a VM is stale (its `Display` is the text `-v` and `--json` show).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stale {
+    NoPid,
+    /// A pid no VMM can have (0, 1, negative, too large, our own).
+    AbsurdPid(i64),
+    Gone(i32),
+    Zombie(i32),
+    /// The pid belongs to a process that is not this VM's VMM (argv[0] given).
+    OtherProcess(i32, String),
+    /// The process at the pid started after the row was written.
+    PidReused(i32),
+    /// A row expects a VMM and none was found.
+    NoVmm,
+    /// Only the host shows this VM.
+    NoRow,
+    /// Only a rule names this TAP.
+    TapNoRow,
+}
+
+impl fmt::Display for Stale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stale::NoPid => write!(f, "no VMM pid recorded"),
+            Stale::AbsurdPid(raw) => write!(f, "recorded pid {raw} cannot be a VMM"),
+            Stale::Gone(pid) => write!(f, "VMM pid {pid} is gone"),
+            Stale::Zombie(pid) => write!(f, "VMM pid {pid} is a zombie"),
+            Stale::OtherProcess(pid, argv0) => write!(f, "pid {pid} is now another process ({argv0:?})"),
+            Stale::PidReused(pid) => write!(f, "pid {pid} started after the row was written (pid reused)"),
+            Stale::NoVmm => write!(f, "VMM is gone"),
+            Stale::NoRow => write!(f, "no state row"),
+            Stale::TapNoRow => write!(f, "no state row names this TAP"),
+        }
+    }
+}
+
+/// What shows a VM alive when no VMM of its own can be proven (or, for a VM with no row,
+/// its running VMM).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Life {
+    Served(PathBuf),
+    TapHeld(String),
+    LockHeld(PathBuf),
+    Vmm(i32),
+}
+
+impl fmt::Display for Life {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Life::Served(p) => write!(f, "{} is served", p.display()),
+            Life::TapHeld(tap) => write!(f, "TAP {tap} is held open"),
+            Life::LockHeld(p) => write!(f, "{} is held (a create in progress)", p.display()),
+            Life::Vmm(pid) => write!(f, "VMM pid {pid} is running"),
+        }
+    }
+}
+
+/// Why a VM must not be touched even when it is a target (the `Failed:` reason).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// A VMM naming the VM started after its row was last written: a VM starting.
+    StartedLate(i32),
+    /// Something alive that is not an identified VMM uses the VM's socket, TAP or lock.
+    Unidentified(Life),
+    /// Its VMM cannot be seen from this pid namespace.
+    OutOfView,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::StartedLate(pid) => write!(
+                f,
+                "VMM pid {pid} started after its state row was last written (VM starting?); not touched"
+            ),
+            Refusal::Unidentified(life) => {
+                match life {
+                    Life::Served(p) => write!(f, "{} is still served", p.display())?,
+                    other => write!(f, "{other}")?,
+                }
+                write!(f, " by a process that is not a VMM we can identify; not touched")
+            }
+            Refusal::OutOfView => write!(f, "its VMM is not visible from this pid namespace; not touched"),
+        }
+    }
+}
+
 /// Everything discovery saw, as plain data.
 #[derive(Debug, Default, Clone)]
 pub struct Observed {
@@ -311,12 +399,12 @@ pub struct Vm {
     pub rows: Vec<usize>,
     pub status: Option<Status>,
     /// Why the VM is stale, when it is.
-    pub stale: Option<String>,
+    pub stale: Option<Stale>,
     /// Rows to mark `error`/pid NULL as SmolVM's reconcile does (indexes into rows).
     pub mark: Vec<usize>,
     pub vmms: Vec<Vmm>,
     /// Why this VM must not be touched even when targeted.
-    pub refuse: Option<String>,
+    pub refuse: Option<Refusal>,
     /// TAP names the VM owns (valid names; present or not).
     pub tap_names: Vec<String>,
     /// Indexes into `Observed::links` of its TAPs that exist.
@@ -330,7 +418,7 @@ pub struct Vm {
     pub rowless: bool,
     /// Why a VM with no proven VMM counts as alive (not stale): a served socket, a held
     /// TAP or create lock; for a rowless VM also its running VMM.
-    pub live: Option<String>,
+    pub live: Option<Life>,
     /// Its VMM cannot be judged from this pid namespace: neither stale nor a `--prefix`
     /// target, and never touched.
     pub out_of_view: bool,

@@ -153,12 +153,12 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NFPROTO_INET, NFPROTO_IPV4};
+    use crate::model::{NFPROTO_INET, NFPROTO_IPV4, Stale};
 
     fn vm(id: &str, stale: bool) -> Vm {
         Vm {
             id: id.into(),
-            stale: stale.then(|| "gone".to_string()),
+            stale: stale.then_some(Stale::NoVmm),
             ..Vm::default()
         }
     }

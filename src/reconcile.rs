@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    FileRef, Inventory, NFPROTO_INET, Observed, ProcInfo, Row, Status, Vm, Vmm, is_smolvm_rule_table,
-    is_vmm_argv0, socket_id, valid_tap_name, valid_vm_id,
+    FileRef, Inventory, Life, NFPROTO_INET, Observed, ProcInfo, Refusal, Row, Stale, Status, Vm, Vmm,
+    is_smolvm_rule_table, is_vmm_argv0, socket_id, valid_tap_name, valid_vm_id,
 };
 
 /// Slack between a process's start time (from boot time + ticks) and the row's timestamp.
@@ -68,30 +68,28 @@ fn names_only(p: &ProcInfo, id: &str, obs: &Observed, dirs: &[PathBuf]) -> bool 
 }
 
 /// Judges the pid a row records. Ok: the VMM is alive and proven. Err: why it is stale.
-fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<Vmm, String> {
+fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<Vmm, Stale> {
     let Some(raw) = row.pid else {
-        return Err("no VMM pid recorded".into());
+        return Err(Stale::NoPid);
     };
     let pid = match i32::try_from(raw) {
         Ok(p) if p > 1 && p != obs.own_pid => p,
-        _ => return Err(format!("recorded pid {raw} cannot be a VMM")),
+        _ => return Err(Stale::AbsurdPid(raw)),
     };
     let Some(p) = obs.procs.get(&pid) else {
-        return Err(format!("VMM pid {pid} is gone"));
+        return Err(Stale::Gone(pid));
     };
     if p.is_zombie() {
-        return Err(format!("VMM pid {pid} is a zombie"));
+        return Err(Stale::Zombie(pid));
     }
     if !names_only(p, &row.id, obs, dirs) {
         let what = p.cmdline.first().map(String::as_str).unwrap_or("?");
-        return Err(format!("pid {pid} is now another process ({what:?})"));
+        return Err(Stale::OtherProcess(pid, what.to_string()));
     }
     if let Some(updated) = row.updated_unix
         && p.start_unix > updated + START_SLACK_SECS
     {
-        return Err(format!(
-            "pid {pid} started after the row was written (pid reused)"
-        ));
+        return Err(Stale::PidReused(pid));
     }
     Ok(Vmm {
         pid,
@@ -276,7 +274,7 @@ fn add_rows(inv: &mut Inventory, obs: &Observed) -> BTreeMap<String, usize> {
         let k = *by_id.entry(row.id.clone()).or_insert_with(|| {
             inv.vms.push(Vm {
                 id: row.id.clone(),
-                status: Some(Status::parse(&row.status)),
+                status: Some(row.status),
                 ..Vm::default()
             });
             inv.vms.len() - 1
@@ -336,7 +334,7 @@ fn add_rowless(
             inv.warnings.push(format!(
                 "{}: has no state row but is alive ({}); left alone (--all stops it)",
                 vm.id,
-                vm.live.as_deref().unwrap_or("?")
+                vm.live.as_ref().map_or_else(|| "?".to_string(), Life::to_string)
             ));
         }
         inv.vms.push(vm);
@@ -362,7 +360,7 @@ fn add_rowless(
             inv.kept += 1;
             continue;
         }
-        vm.stale = Some("no state row names this TAP".into());
+        vm.stale = Some(Stale::TapNoRow);
         inv.vms.push(vm);
     }
 }
@@ -374,34 +372,29 @@ fn judge_rowless(vm: &mut Vm, obs: &Observed) {
     // A held create lock belongs to the create in progress, never to us.
     vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
     if let Some(v) = vm.vmms.first() {
-        vm.live = Some(format!("VMM pid {} is running", v.pid));
+        vm.live = Some(Life::Vmm(v.pid));
         return;
     }
     match life {
-        Some((_, why)) => {
-            vm.refuse = Some(format!(
-                "{why} by a process that is not a VMM we can identify; not touched"
-            ));
-            vm.live = Some(why);
+        Some(life) => {
+            vm.refuse = Some(Refusal::Unidentified(life.clone()));
+            vm.live = Some(life);
         }
-        None => vm.stale = Some("no state row".into()),
+        None => vm.stale = Some(Stale::NoRow),
     }
 }
 
 /// What shows a VM alive when no VMM of its own can be seen: its socket still served, its
-/// TAP held open, its create lock held. (The refusal text, and the short form.)
-fn signs_of_life(vm: &Vm, obs: &Observed) -> Option<(String, String)> {
+/// TAP held open, its create lock held.
+fn signs_of_life(vm: &Vm, obs: &Observed) -> Option<Life> {
     if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
-        let p = f.path().display().to_string();
-        return Some((format!("{p} is still served"), format!("{p} is served")));
+        return Some(Life::Served(f.path()));
     }
     if let Some(&li) = vm.taps.iter().find(|&&li| obs.links[li].carrier) {
-        let t = format!("TAP {} is held open", obs.links[li].name);
-        return Some((t.clone(), t));
+        return Some(Life::TapHeld(obs.links[li].name.clone()));
     }
     let lock = vm.files.iter().find(|f| obs.held_locks.contains(&f.path()))?;
-    let t = format!("{} is held (a create in progress)", lock.path().display());
-    Some((t.clone(), t))
+    Some(Life::LockHeld(lock.path()))
 }
 
 /// Seen from a pid namespace other than the host's (a container without `--pid=host`),
@@ -441,7 +434,7 @@ fn out_of_view(inv: &mut Inventory, obs: &Observed) {
         vm.out_of_view = true;
         vm.stale = None;
         vm.mark.clear();
-        vm.refuse = Some("its VMM is not visible from this pid namespace; not touched".into());
+        vm.refuse = Some(Refusal::OutOfView);
     }
 }
 
@@ -496,14 +489,12 @@ fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<
     attach_row_resources(vm, &rows, &dirs, obs, ix, warnings);
     vm.expects_vmm = expects;
     if vm.vmms.is_empty()
-        && let Some((long, short)) = signs_of_life(vm, obs)
+        && let Some(life) = signs_of_life(vm, obs)
     {
         // Something we cannot identify uses the VM's socket, TAP or lock: it lives, so
         // the row is not stale whatever its pid says.
-        vm.refuse.get_or_insert(format!(
-            "{long} by a process that is not a VMM we can identify; not touched"
-        ));
-        vm.live = Some(short);
+        vm.refuse.get_or_insert(Refusal::Unidentified(life.clone()));
+        vm.live = Some(life);
         vm.stale = None;
     }
     vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
@@ -531,7 +522,7 @@ fn judge_vmm(
     let mut stale_reason = None;
     let mut expects = false;
     for (&ri, row) in vm.rows.iter().zip(rows) {
-        if !Status::parse(&row.status).expects_process() {
+        if !row.status.expects_process() {
             continue;
         }
         expects = true;
@@ -548,7 +539,7 @@ fn judge_vmm(
                     warnings.push(format!("{}: {why}; refusing to signal it", row.id));
                 }
                 stale_reason.get_or_insert(why);
-                if row.status != "error" || row.pid.is_some() {
+                if row.status != Status::Error || row.pid.is_some() {
                     vm.mark.push(ri);
                 }
             }
@@ -561,10 +552,7 @@ fn judge_vmm(
         if let Some(t) = newest_write
             && p.start_unix > t + START_SLACK_SECS
         {
-            vm.refuse.get_or_insert(format!(
-                "VMM pid {} started after its state row was last written (VM starting?); not touched",
-                p.pid
-            ));
+            vm.refuse.get_or_insert(Refusal::StartedLate(p.pid));
             continue;
         }
         vm.vmms.push(Vmm {
@@ -573,7 +561,7 @@ fn judge_vmm(
         });
     }
     if expects && vm.vmms.is_empty() {
-        vm.stale = stale_reason.or(Some("VMM is gone".into()));
+        vm.stale = stale_reason.or(Some(Stale::NoVmm));
     } else {
         // A VMM lives: the row is not stale, whatever its pid column says.
         vm.mark.clear();
@@ -645,7 +633,7 @@ mod tests {
         Row {
             db: 0,
             id: id.into(),
-            status: status.into(),
+            status: Status::parse(status),
             pid,
             socket_path: None,
             created_at: None,
@@ -728,18 +716,24 @@ mod tests {
 
     #[test]
     fn gone_zombie_reused_and_late_pids_are_stale() {
-        let cases: Vec<(Option<ProcInfo>, &str)> = vec![
-            (None, "gone"),
+        let cases: Vec<(Option<ProcInfo>, Stale)> = vec![
+            (None, Stale::Gone(500)),
             (
                 Some(ProcInfo {
                     state: 'Z',
                     ..fc(500, 990.0, "vm-1")
                 }),
-                "zombie",
+                Stale::Zombie(500),
             ),
-            (Some(proc(500, 990.0, &["sleep", "1000"])), "another process"),
-            (Some(fc(500, 990.0, "vm-2")), "another process"),
-            (Some(fc(500, 1002.0, "vm-1")), "pid reused"),
+            (
+                Some(proc(500, 990.0, &["sleep", "1000"])),
+                Stale::OtherProcess(500, "sleep".into()),
+            ),
+            (
+                Some(fc(500, 990.0, "vm-2")),
+                Stale::OtherProcess(500, "firecracker".into()),
+            ),
+            (Some(fc(500, 1002.0, "vm-1")), Stale::PidReused(500)),
         ];
         for (p, why) in cases {
             let mut o = obs(vec![row("vm-1", "running", Some(500))]);
@@ -748,11 +742,7 @@ mod tests {
             }
             let inv = inventory(&o);
             let vm = &inv.vms[0];
-            assert!(
-                vm.stale.as_deref().is_some_and(|s| s.contains(why)),
-                "{why}: {:?}",
-                vm.stale
-            );
+            assert_eq!(vm.stale.as_ref(), Some(&why));
             assert!(vm.vmms.is_empty(), "{why}: never signal it");
             assert_eq!(vm.mark, vec![0]);
         }
@@ -966,7 +956,12 @@ mod tests {
         assert!(vm("vm-4").stale.is_some());
         let rels: Vec<&str> = vm("vm-4").files.iter().map(|f| f.rel.as_str()).collect();
         assert_eq!(rels, ["locks/vm-4.create.lock", "vm-4.log", "disks/vm-4.ext4"]);
-        assert!(vm("vm-6").stale.is_none() && vm("vm-6").refuse.is_some());
+        let lock = PathBuf::from("/var/lib/smolvm/locks/vm-6.create.lock");
+        assert!(vm("vm-6").stale.is_none());
+        assert_eq!(
+            vm("vm-6").refuse,
+            Some(Refusal::Unidentified(Life::LockHeld(lock)))
+        );
         assert!(vm("vm-6").files.is_empty(), "a held lock is never removed");
         assert_eq!(vm("orphan-tap3").taps, [1]);
         assert_eq!(vm("orphan-tap3").rules, [2]);
@@ -989,6 +984,17 @@ mod tests {
         o.socket_names = vec!["fc-sbx-b.sock".into()];
         o.served.insert("/tmp/fc-sbx-b.sock".into());
         let inv = inventory(&o);
+        assert_eq!(inv.vms[0].live, Some(Life::TapHeld("tap3".into())));
+        assert_eq!(
+            inv.vms[1].refuse,
+            Some(Refusal::Unidentified(Life::Served("/tmp/fc-sbx-b.sock".into())))
+        );
+        assert_eq!(
+            inv.vms[1].refuse.as_ref().map(ToString::to_string).as_deref(),
+            Some(
+                "/tmp/fc-sbx-b.sock is still served by a process that is not a VMM we can identify; not touched"
+            )
+        );
         for vm in &inv.vms {
             assert_eq!(vm.stale, None, "{}", vm.id);
             assert!(
@@ -1022,7 +1028,7 @@ mod tests {
                 vm(id).out_of_view && vm(id).stale.is_none() && vm(id).mark.is_empty(),
                 "{id}"
             );
-            assert!(vm(id).refuse.is_some(), "{id}");
+            assert_eq!(vm(id).refuse, Some(Refusal::OutOfView), "{id}");
         }
         assert!(!vm("keep").out_of_view);
         assert_eq!(inv.warnings.len(), 1, "said once: {:?}", inv.warnings);

@@ -10,7 +10,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, params};
 
 use crate::error::{Cause, Error, Result};
-use crate::model::Row;
+use crate::model::{Row, Status};
 
 /// Child tables keyed by `vm_id` that SmolVM deletes with the VM (by cascade). We delete
 /// them explicitly too, so a DB whose foreign keys were never enforced is cleaned alike.
@@ -134,7 +134,7 @@ impl Db {
                 Ok(Row {
                     db: db_index,
                     id: text(v(0)?).unwrap_or_else(|| "<non-text id>".to_string()),
-                    status: text(v(1)?).unwrap_or_default(),
+                    status: Status::parse(&text(v(1)?).unwrap_or_default()),
                     pid: int(v(2)?),
                     socket_path: text(v(3)?),
                     created_at: text(v(4)?),
@@ -401,8 +401,8 @@ mod tests {
         assert_eq!(rows.len(), 3);
         let a = &rows[0];
         assert_eq!(
-            (a.id.as_str(), a.status.as_str(), a.pid, a.db),
-            ("sbx-a", "running", Some(7), 3)
+            (a.id.as_str(), a.status, a.pid, a.db),
+            ("sbx-a", Status::Running, Some(7), 3)
         );
         assert_eq!(a.taps, ["tap2"]);
         assert!(a.retain_disk);
