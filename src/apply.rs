@@ -8,9 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::error::Error;
+use std::fmt;
+
+use crate::error::{Error, is_gone};
 use crate::files::{Removal, Remover};
-use crate::model::{Chain, Observed, Op, Plan, Rule, Table, is_smolvm_rule_table};
+use crate::model::{Chain, Observed, Op, Plan, Refusal, Rule, Table, is_smolvm_rule_table};
 use crate::netlink::{self, link, nft};
 use crate::process::{self, Stopped, Timing};
 use crate::procfs::Procfs;
@@ -57,14 +59,46 @@ impl StepState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a step failed: the system's refusal (errno or SQLite code kept), reconcile's
+/// refusal to touch the VM, or cleanup's own reasons to stop short.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    Error(Error),
+    Refused(Refusal),
+    /// SIGINT/SIGTERM came before this step.
+    Interrupted,
+    /// SmolVM rewrote the row after we read it.
+    RowChanged,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Error(e) => write!(f, "{e}"),
+            Failure::Refused(r) => write!(f, "{r}"),
+            Failure::Interrupted => write!(f, "interrupted before this step; state row kept"),
+            Failure::RowChanged => write!(
+                f,
+                "its state row changed during cleanup (VM restarted?); row kept"
+            ),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Error(e)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub kind: StepKind,
     pub state: StepState,
-    pub error: Option<String>,
+    pub error: Option<Failure>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub id: String,
     pub steps: Vec<Step>,
@@ -72,8 +106,17 @@ pub struct Outcome {
 
 impl Outcome {
     /// The first failure, which is the reason reported for the target.
-    pub fn error(&self) -> Option<&str> {
-        self.steps.iter().find_map(|s| s.error.as_deref())
+    pub fn error(&self) -> Option<&Failure> {
+        self.steps.iter().find_map(|s| s.error.as_ref())
+    }
+}
+
+/// Removed when anything was removed, already gone when everything was.
+fn done(removed_any: bool) -> StepState {
+    if removed_any {
+        StepState::Removed
+    } else {
+        StepState::AlreadyGone
     }
 }
 
@@ -109,11 +152,11 @@ impl Run<'_> {
         });
     }
 
-    fn fail(&mut self, i: usize, kind: StepKind, why: String) {
+    fn fail(&mut self, i: usize, kind: StepKind, why: impl Into<Failure>) {
         self.out[i].steps.push(Step {
             kind,
             state: StepState::Failed,
-            error: Some(why),
+            error: Some(why.into()),
         });
         self.failed[i] = true;
     }
@@ -158,7 +201,7 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
     };
     for (i, t) in plan.targets.iter().enumerate() {
         if let Some(why) = &t.refuse {
-            run.fail(i, StepKind::Process, why.to_string());
+            run.fail(i, StepKind::Process, Failure::Refused(why.clone()));
         }
     }
     type Phase = fn(&mut Run<'_>, &Observed, &mut Env<'_>);
@@ -179,7 +222,7 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
     for (kind, phase) in phases {
         if env.stop.load(Ordering::SeqCst) {
             for i in run.live() {
-                run.fail(i, kind, INTERRUPTED.into());
+                run.fail(i, kind, Failure::Interrupted);
             }
             break;
         }
@@ -188,7 +231,7 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
     }
     if env.stop.load(Ordering::SeqCst) {
         for i in run.live() {
-            run.fail(i, StepKind::Row, INTERRUPTED.into());
+            run.fail(i, StepKind::Row, Failure::Interrupted);
         }
     }
     // Always, even after an interrupt: it writes whole outcomes only.
@@ -196,8 +239,6 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
     tell(&run, env);
     run.finish()
 }
-
-const INTERRUPTED: &str = "interrupted before this step; state row kept";
 
 fn stop_processes(run: &mut Run<'_>, _obs: &Observed, env: &mut Env<'_>) {
     let mut vmms = Vec::new();
@@ -218,7 +259,7 @@ fn stop_processes(run: &mut Run<'_>, _obs: &Observed, env: &mut Env<'_>) {
             None => run.step(i, StepKind::Process, StepState::Skipped),
             Some(rs) => {
                 if let Some(e) = rs.iter().find_map(|r| r.as_ref().err()) {
-                    run.fail(i, StepKind::Process, e.to_string());
+                    run.fail(i, StepKind::Process, e.clone());
                 } else if rs.iter().any(|r| matches!(r, Ok(Stopped::Exited))) {
                     run.step(i, StepKind::Process, StepState::Removed);
                 } else {
@@ -237,7 +278,7 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
         if t.tap_names.is_empty() {
             run.step(i, StepKind::Tap, StepState::Skipped);
         } else if let Some(e) = env.link_error {
-            run.fail(i, StepKind::Tap, e.to_string());
+            run.fail(i, StepKind::Tap, e.clone());
         } else if t.taps.is_empty() {
             run.step(i, StepKind::Tap, StepState::AlreadyGone);
         } else {
@@ -255,11 +296,7 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
         Ok(s) => s,
         Err(e) => {
             for i in pending {
-                run.fail(
-                    i,
-                    StepKind::Tap,
-                    Error::errno("open an rtnetlink socket", e.raw_os_error()).to_string(),
-                );
+                run.fail(i, StepKind::Tap, Error::sys("open an rtnetlink socket", e));
             }
             return;
         }
@@ -276,20 +313,21 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
     for i in pending {
         let t = &run.plan.targets[i];
         let mut why = None;
+        let mut removed = false;
         for &li in &t.taps {
             let l = &obs.links[li];
             let action = format!("delete TAP device {}", l.name);
             match by_index.get(&l.index) {
-                Some(Err(e)) => why = Some(Error::errno(action, e.raw_os_error())),
-                _ => match &after {
+                Some(Err(e)) if !is_gone(*e) => why = Some(Error::sys(action, *e)),
+                answer => match &after {
                     Ok(now) if now.contains(&(l.index, l.name.clone())) => {
                         why = Some(Error::msg(action, "it is still present after the delete"))
                     }
-                    Ok(_) => {}
+                    Ok(_) => removed |= matches!(answer, Some(Ok(()))),
                     Err(e) => {
-                        why = Some(Error::errno(
+                        why = Some(Error::sys(
                             format!("confirm deletion of TAP device {}", l.name),
-                            e.raw_os_error(),
+                            *e,
                         ))
                     }
                 },
@@ -299,8 +337,8 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
             }
         }
         match why {
-            Some(e) => run.fail(i, StepKind::Tap, e.to_string()),
-            None => run.step(i, StepKind::Tap, StepState::Removed),
+            Some(e) => run.fail(i, StepKind::Tap, e),
+            None => run.step(i, StepKind::Tap, done(removed)),
         }
     }
 }
@@ -313,7 +351,7 @@ struct NftWork {
     owner: Vec<usize>,
     /// Targets with ops.
     pending: Vec<usize>,
-    decided: Vec<(usize, Result<(), String>)>,
+    decided: Vec<(usize, Result<(), Error>)>,
 }
 
 fn nft_work(run: &Run<'_>, obs: &Observed, env: &Env<'_>) -> NftWork {
@@ -326,7 +364,7 @@ fn nft_work(run: &Run<'_>, obs: &Observed, env: &Env<'_>) -> NftWork {
     for i in run.live() {
         let t = &run.plan.targets[i];
         if let Some(e) = env.nft_error {
-            w.decided.push((i, Err(e.to_string())));
+            w.decided.push((i, Err(e.clone())));
             continue;
         }
         if t.rules.is_empty() && t.tables.is_empty() {
@@ -352,23 +390,36 @@ fn nft_work(run: &Run<'_>, obs: &Observed, env: &Env<'_>) -> NftWork {
     w
 }
 
+/// What the nft deletions did: the first error of each target that has one, and the
+/// targets of which something was really deleted (not found already gone).
+#[derive(Default)]
+struct NftDone {
+    errors: BTreeMap<usize, Error>,
+    removed: BTreeSet<usize>,
+}
+
 /// Sends the deletions and confirms them from a fresh dump (an ACK is no proof when a
-/// batch can be rolled back). Returns the first error of each target that has one.
-fn nft_run(w: &NftWork, deadline: Instant) -> BTreeMap<usize, Error> {
-    let mut first_err: BTreeMap<usize, Error> = BTreeMap::new();
+/// batch can be rolled back).
+fn nft_run(w: &NftWork, deadline: Instant) -> NftDone {
+    let mut out = NftDone::default();
     if w.ops.is_empty() {
-        return first_err;
+        return out;
     }
+    let first_err = &mut out.errors;
     let mut sock = netlink::Socket::netfilter(deadline);
     let results = match &mut sock {
         Ok(sock) => nft::delete(sock, &w.ops, deadline),
         Err(e) => vec![Err(*e); w.ops.len()],
     };
     for ((op, r), &i) in w.ops.iter().zip(&results).zip(&w.owner) {
-        if let Err(e) = r {
-            first_err
-                .entry(i)
-                .or_insert_with(|| Error::errno(describe(op), e.raw_os_error()));
+        match r {
+            Ok(()) => {
+                out.removed.insert(i);
+            }
+            Err(e) if is_gone(*e) => {}
+            Err(e) => {
+                first_err.entry(i).or_insert_with(|| Error::sys(describe(op), *e));
+            }
         }
     }
     match sock.and_then(|mut sock| nft::dump_smolvm(&mut sock, false)) {
@@ -393,14 +444,14 @@ fn nft_run(w: &NftWork, deadline: Instant) -> BTreeMap<usize, Error> {
             for &i in &w.pending {
                 first_err
                     .entry(i)
-                    .or_insert_with(|| Error::errno("confirm deletion of nftables rules", e.raw_os_error()));
+                    .or_insert_with(|| Error::sys("confirm deletion of nftables rules", e));
             }
         }
     }
-    first_err
+    out
 }
 
-fn nft_record(run: &mut Run<'_>, w: NftWork, mut errors: BTreeMap<usize, Error>) {
+fn nft_record(run: &mut Run<'_>, w: NftWork, mut done_: NftDone) {
     for (i, r) in w.decided {
         match r {
             Ok(()) => run.step(i, StepKind::Nft, StepState::Skipped),
@@ -408,9 +459,9 @@ fn nft_record(run: &mut Run<'_>, w: NftWork, mut errors: BTreeMap<usize, Error>)
         }
     }
     for i in w.pending {
-        match errors.remove(&i) {
-            Some(e) => run.fail(i, StepKind::Nft, e.to_string()),
-            None => run.step(i, StepKind::Nft, StepState::Removed),
+        match done_.errors.remove(&i) {
+            Some(e) => run.fail(i, StepKind::Nft, e),
+            None => run.step(i, StepKind::Nft, done(done_.removed.contains(&i))),
         }
     }
 }
@@ -427,11 +478,13 @@ fn delete_network(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
         delete_taps(run, obs, env);
         job.join()
     });
-    let errors = errors.unwrap_or_else(|_| {
-        work.pending
+    let errors = errors.unwrap_or_else(|_| NftDone {
+        errors: work
+            .pending
             .iter()
             .map(|&i| (i, Error::msg("delete nftables rules", "the worker thread failed")))
-            .collect()
+            .collect(),
+        removed: BTreeSet::new(),
     });
     nft_record(run, work, errors);
 }
@@ -466,9 +519,8 @@ fn remove_files(run: &mut Run<'_>, env: &mut Env<'_>) {
             }
         }
         match err {
-            Some(e) => run.fail(i, StepKind::Files, e.to_string()),
-            None if removed => run.step(i, StepKind::Files, StepState::Removed),
-            None => run.step(i, StepKind::Files, StepState::AlreadyGone),
+            Some(e) => run.fail(i, StepKind::Files, e),
+            None => run.step(i, StepKind::Files, done(removed)),
         }
     }
 }
@@ -506,13 +558,13 @@ fn finish_rows(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default(),
     );
-    let mut states: BTreeMap<usize, Vec<Result<RowOutcome, String>>> = BTreeMap::new();
+    let mut states: BTreeMap<usize, Vec<Result<RowOutcome, Error>>> = BTreeMap::new();
     for (db, Work { deletes, marks }) in by_db {
         let del: Vec<(&str, Option<&str>)> = deletes.iter().map(|&(_, ri)| row_arg(ri)).collect();
         let mark: Vec<(&str, Option<&str>)> = marks.iter().map(|&ri| row_arg(ri)).collect();
         let res = match env.dbs.get(db) {
-            Some(Some(conn)) => conn.finish(&del, &mark, &now).map_err(|e| e.to_string()),
-            _ => Err("the state DB is not open".to_string()),
+            Some(Some(conn)) => conn.finish(&del, &mark, &now),
+            _ => Err(Error::msg("update the state DB", "it is not open")),
         };
         if let (Err(e), true) = (&res, deletes.is_empty()) {
             (env.warn)(format!("{e}; stale rows keep their status"));
@@ -529,11 +581,7 @@ fn finish_rows(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
         if let Some(e) = rs.iter().find_map(|r| r.as_ref().err()) {
             run.fail(i, StepKind::Row, e.clone());
         } else if rs.iter().any(|r| matches!(r, Ok(RowOutcome::Changed))) {
-            run.fail(
-                i,
-                StepKind::Row,
-                "its state row changed during cleanup (VM restarted?); row kept".to_string(),
-            );
+            run.fail(i, StepKind::Row, Failure::RowChanged);
         } else if rs.iter().any(|r| matches!(r, Ok(RowOutcome::Deleted))) {
             run.step(i, StepKind::Row, StepState::Removed);
         } else {
@@ -551,7 +599,7 @@ pub type Teardown = fn(&[Table], &[Chain], &[Rule]) -> Result<Vec<Op>, String>;
 /// there was nothing to remove.
 pub fn remove_shared(deadline: Instant, decide: Teardown) -> Result<bool, String> {
     let action = "remove SmolVM's shared nftables tables";
-    let err = |e: rustix::io::Errno| Error::errno(action, e.raw_os_error()).to_string();
+    let err = |e: rustix::io::Errno| Error::sys(action, e).to_string();
     let mut sock = netlink::Socket::netfilter(deadline).map_err(err)?;
     let now = nft::dump_smolvm(&mut sock, true).map_err(err)?;
     let ops =

@@ -109,7 +109,7 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
 
     match netlink::Socket::route(cfg.deadline).and_then(|mut s| link::dump(&mut s)) {
         Ok(links) => d.obs.links = links,
-        Err(e) => d.link_error = Some(Error::errno("list network links", e.raw_os_error())),
+        Err(e) => d.link_error = Some(Error::sys("list network links", e)),
     }
 
     match netlink::Socket::netfilter(cfg.deadline).and_then(|mut s| nft::dump_smolvm(&mut s, false)) {
@@ -117,7 +117,7 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
             d.obs.tables = dump.tables;
             d.obs.rules = dump.rules;
         }
-        Err(e) => d.nft_error = Some(Error::errno("list nftables rules", e.raw_os_error())),
+        Err(e) => d.nft_error = Some(Error::sys("list nftables rules", e)),
     }
 
     // SmolVM's sockets, and which of them a live process still serves.

@@ -1,16 +1,23 @@
 //! The one error type: what we were doing (`action`) and why it failed (`cause`).
 //!
-//! The raw errno is kept so the text a user reads is `Permission denied: cannot delete TAP
-//! device tap3`: the errno's meaning, then what we could not do.
+//! The raw errno (or SQLite's code) is kept from the syscall to the report, so the text
+//! a user reads is `Permission denied: cannot delete TAP device tap3` (the errno's
+//! meaning, then what we could not do) and code can still ask what happened: `is_gone`
+//! is the one place that decides "already gone".
 
 use std::fmt;
 
-#[derive(Debug)]
+use rustix::io::Errno;
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Cause {
     /// A kernel error number (positive).
     Errno(i32),
-    /// SQLite said no.
-    Db(rusqlite::Error),
+    /// SQLite said no: its code when it gave one, and its words.
+    Db {
+        code: Option<rusqlite::ErrorCode>,
+        text: String,
+    },
     /// The file is not what it should be (a state DB without SQLite's header): what it
     /// held is lost, unlike an error that a later try may not meet.
     Corrupt(String),
@@ -18,7 +25,7 @@ pub enum Cause {
     Msg(String),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Error {
     /// What we were trying to do, phrased to follow "cannot": `delete TAP device tap3`.
     pub action: String,
@@ -35,10 +42,22 @@ impl Error {
         }
     }
 
+    /// A syscall's refusal.
+    pub fn sys(action: impl Into<String>, errno: Errno) -> Error {
+        Error::errno(action, errno.raw_os_error())
+    }
+
     pub fn db(action: impl Into<String>, err: rusqlite::Error) -> Error {
+        let code = match &err {
+            rusqlite::Error::SqliteFailure(f, _) => Some(f.code),
+            _ => None,
+        };
         Error {
             action: action.into(),
-            cause: Cause::Db(err),
+            cause: Cause::Db {
+                code,
+                text: db_text(&err),
+            },
         }
     }
 
@@ -65,10 +84,10 @@ impl Error {
     }
 }
 
-impl From<rustix::io::Errno> for Cause {
-    fn from(e: rustix::io::Errno) -> Cause {
-        Cause::Errno(e.raw_os_error())
-    }
+/// The one decision of "already gone": a delete or a signal that finds nothing to act on
+/// (no such file, device or process) did what cleanup wanted. EPERM, EACCES, EBUSY never.
+pub fn is_gone(e: Errno) -> bool {
+    matches!(e, Errno::NOENT | Errno::NODEV | Errno::SRCH)
 }
 
 /// The errno's meaning, from our own table so the text is the same on musl and glibc.
@@ -107,7 +126,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.cause {
             Cause::Errno(e) => write!(f, "{}: cannot {}", errno_text(*e), self.action),
-            Cause::Db(e) => write!(f, "cannot {}: {}", self.action, db_text(e)),
+            Cause::Db { text, .. } => write!(f, "cannot {}: {}", self.action, text),
             Cause::Msg(m) | Cause::Corrupt(m) => write!(f, "cannot {}: {}", self.action, m),
         }
     }
@@ -121,14 +140,7 @@ fn db_text(e: &rusqlite::Error) -> String {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.cause {
-            Cause::Db(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+impl std::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, openat, statat, unlinkat};
 use rustix::io::Errno;
 
-use crate::error::Error;
+use crate::error::{Error, is_gone};
 use crate::model::FileRef;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,12 +92,12 @@ impl Remover {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(Removal::AlreadyGone),
             Err(Errno::LOOP) => return Ok(Removal::Refused("a directory on its path is a symlink".into())),
-            Err(e) => return Err(Error::errno(action(), e.raw_os_error())),
+            Err(e) => return Err(Error::sys(action(), e)),
         };
         let kind = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => FileType::from_raw_mode(st.st_mode),
-            Err(Errno::NOENT) => return Ok(Removal::AlreadyGone),
-            Err(e) => return Err(Error::errno(action(), e.raw_os_error())),
+            Err(e) if is_gone(e) => return Ok(Removal::AlreadyGone),
+            Err(e) => return Err(Error::sys(action(), e)),
         };
         match kind {
             FileType::RegularFile | FileType::Socket => {}
@@ -109,8 +109,8 @@ impl Remover {
         // only that link would go, never what it points to.
         match unlinkat(dir, name, AtFlags::empty()) {
             Ok(()) => Ok(Removal::Deleted),
-            Err(Errno::NOENT) => Ok(Removal::AlreadyGone),
-            Err(e) => Err(Error::errno(action(), e.raw_os_error())),
+            Err(e) if is_gone(e) => Ok(Removal::AlreadyGone),
+            Err(e) => Err(Error::sys(action(), e)),
         }
     }
 }

@@ -83,7 +83,7 @@ fn wait_for(
         match flock(file, op) {
             Ok(()) => return Ok(()),
             Err(Errno::WOULDBLOCK | Errno::INTR) => {}
-            Err(e) => return Err(Error::errno(format!("lock {}", path.display()), e.raw_os_error())),
+            Err(e) => return Err(Error::sys(format!("lock {}", path.display()), e)),
         }
         if stop.load(Ordering::SeqCst) {
             return Err(Error::msg(

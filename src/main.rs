@@ -502,6 +502,6 @@ fn describe_step(t: &Target, s: &apply::Step) -> String {
     } else {
         format!(" ({})", list.join(", "))
     };
-    let err = s.error.as_deref().map_or(String::new(), |e| format!(": {e}"));
+    let err = s.error.as_ref().map_or(String::new(), |e| format!(": {e}"));
     format!("{}: {}{what} {}{err}", t.id, s.kind.name(), s.state.name())
 }

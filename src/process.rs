@@ -10,7 +10,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
-use crate::error::Error;
+use crate::error::{Error, is_gone};
 use crate::model::Vmm;
 use crate::procfs::Procfs;
 
@@ -86,13 +86,8 @@ fn pin(procfs: &Procfs, v: Vmm) -> Result<Option<OwnedFd>, Error> {
     };
     let fd = match pidfd_open(pid, PidfdFlags::empty()) {
         Ok(fd) => fd,
-        Err(Errno::SRCH) => return Ok(None),
-        Err(e) => {
-            return Err(Error::errno(
-                format!("open pidfd for VMM pid {}", v.pid),
-                e.raw_os_error(),
-            ));
-        }
+        Err(e) if is_gone(e) => return Ok(None),
+        Err(e) => return Err(Error::sys(format!("open pidfd for VMM pid {}", v.pid), e)),
     };
     // After pidfd_open the fd pins one process; if its start time is not the one we
     // judged, the pid was reused between the scan and now: that process is not ours.
@@ -117,13 +112,10 @@ fn signal_and_wait(
         }
         match pidfd_send_signal(&p.fd, sig) {
             Ok(()) => {}
-            Err(Errno::SRCH) => p.exited = true,
+            Err(e) if is_gone(e) => p.exited = true,
             Err(e) => {
                 let pid = vmms[p.slot].pid;
-                out[p.slot] = Some(Err(Error::errno(
-                    format!("stop VMM pid {pid} ({name})"),
-                    e.raw_os_error(),
-                )));
+                out[p.slot] = Some(Err(Error::sys(format!("stop VMM pid {pid} ({name})"), e)));
             }
         }
     }

@@ -304,18 +304,19 @@ pub fn write_json(r: &Report, w: &mut impl Write) -> io::Result<()> {
             (Mode::Check, _) => ("leaked", None),
             (Mode::Clean, Some(o)) => match o.error() {
                 None => ("deleted", None),
-                Some(e) => ("failed", Some(e)),
+                Some(e) => ("failed", Some(e.to_string())),
             },
             (Mode::Clean, None) => ("not_run", None),
         };
         j.key("outcome").str(state);
-        j.key("error").opt_str(error);
+        j.key("error").opt_str(error.as_deref());
         j.key("steps").begin_arr();
         for s in outcome.map(|o| o.steps.as_slice()).unwrap_or_default() {
             j.begin_obj();
             j.key("step").str(s.kind.name());
             j.key("state").str(s.state.name());
-            j.key("error").opt_str(s.error.as_deref());
+            j.key("error")
+                .opt_str(s.error.as_ref().map(ToString::to_string).as_deref());
             j.end_obj();
         }
         j.end_arr();
@@ -363,9 +364,11 @@ fn write_resources(j: &mut Json, r: &Resources) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::{Step, StepKind, StepState};
+    use crate::apply::{Failure, Step, StepKind, StepState};
+    use crate::error::Error;
 
-    fn outcome(id: &str, err: Option<&str>) -> Outcome {
+    /// A target's outcome; `err` is the errno its TAP step met.
+    fn outcome(id: &str, err: Option<i32>) -> Outcome {
         Outcome {
             id: id.into(),
             steps: vec![Step {
@@ -375,7 +378,7 @@ mod tests {
                 } else {
                     StepState::Removed
                 },
-                error: err.map(String::from),
+                error: err.map(|e| Failure::Error(Error::errno("delete TAP device tap3", e))),
             }],
         }
     }
@@ -420,7 +423,7 @@ mod tests {
             targets: targets(&["vm-test-1", "vm-test-2", "vm-test-3"]),
             outcomes: vec![
                 outcome("vm-test-1", None),
-                outcome("vm-test-2", Some("Permission denied")),
+                outcome("vm-test-2", Some(libc::EPERM)),
                 outcome("vm-test-3", None),
             ],
             ..Report::default()
@@ -428,7 +431,7 @@ mod tests {
         assert_eq!(
             text(&r),
             "Targets (3):\n  - vm-test-1\n  - vm-test-2\n  - vm-test-3\nDeleted: vm-test-1\n\
-             Failed:  vm-test-2 (Permission denied)\nDeleted: vm-test-3\nCleanup completed with 1 failure(s).\n"
+             Failed:  vm-test-2 (Permission denied: cannot delete TAP device tap3)\nDeleted: vm-test-3\nCleanup completed with 1 failure(s).\n"
         );
         assert_eq!((r.failures(), r.exit_code()), (1, 1));
     }

@@ -243,12 +243,10 @@ impl Db {
 pub fn is_corrupt(e: &Error) -> bool {
     match &e.cause {
         Cause::Corrupt(_) => true,
-        Cause::Db(rusqlite::Error::SqliteFailure(f, _)) => {
-            matches!(
-                f.code,
-                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
-            )
-        }
+        Cause::Db { code, .. } => matches!(
+            code,
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+        ),
         _ => false,
     }
 }

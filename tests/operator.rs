@@ -32,6 +32,35 @@ fn step<'v>(t: &'v Value, name: &str) -> &'v Value {
         .unwrap()
 }
 
+/// Each step says whether it removed something or found it already gone.
+#[test]
+fn json_says_which_steps_found_their_resources_already_gone() {
+    let Some(mut w) = World::new("jsongone") else {
+        return;
+    };
+    w.add(VmSpec::stale("vm-gone0001", 2));
+    w.add(VmSpec::stale("vm-here0002", 3));
+    sh("ip link del tap2");
+    for f in ["vm-gone0001.log", "disks/vm-gone0001.ext4"] {
+        std::fs::remove_file(w.data.join(f)).unwrap();
+    }
+    std::fs::remove_file(w.socket_path("vm-gone0001")).unwrap();
+    let r = w.run(&["--json"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let doc = json(&r);
+    let gone = target(&doc, "vm-gone0001");
+    assert_eq!(step(gone, "tap")["state"], "already_gone");
+    assert_eq!(step(gone, "nft")["state"], "removed");
+    assert_eq!(step(gone, "files")["state"], "already_gone");
+    assert_eq!(step(gone, "row")["state"], "removed");
+    let here = target(&doc, "vm-here0002");
+    for kind in ["tap", "nft", "files", "row"] {
+        assert_eq!(step(here, kind)["state"], "removed", "{kind}");
+    }
+    assert!(!has_link("tap2") && !has_link("tap3"));
+    assert!(w.ids().is_empty());
+}
+
 #[test]
 fn json_reports_successes_a_failure_steps_and_hostile_strings() {
     let Some(mut w) = World::new("json") else { return };

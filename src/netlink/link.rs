@@ -16,6 +16,7 @@ use neli::types::{Buffer, RtBuffer};
 use rustix::io::Errno;
 
 use super::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages, seq_offset};
+use crate::error::is_gone;
 use crate::model::Link;
 
 /// IFLA_TUN_TYPE inside IFLA_INFO_DATA when the kind is "tun" (1 tun, 2 tap).
@@ -211,18 +212,13 @@ fn pipelined(
     out
 }
 
-/// Deletes links by index, one RTM_DELLINK each. ENODEV (already gone) is success.
+/// Deletes links by index, one RTM_DELLINK each, with the kernel's answer for each
+/// (ENODEV: already gone, which the caller decides with `error::is_gone`).
 pub fn delete_each(sock: &mut Socket, indexes: &[i32]) -> Vec<Result<(), Errno>> {
     sock.grow_buffers(4 << 20);
     pipelined(sock, indexes, |idx| {
         Ok((Rtm::Dellink, ifinfomsg(idx, RtBuffer::new())?))
     })
-    .into_iter()
-    .map(|r| match r {
-        Err(Errno::NODEV) => Ok(()),
-        other => other,
-    })
-    .collect()
 }
 
 /// A link group no link in `links` uses (group 0 is everyone's default: never that).
@@ -278,21 +274,16 @@ pub fn delete_many(sock: &mut Socket, all: &[Link], indexes: &[i32], seed: u32) 
             }
         };
     if group_ok {
-        return set
-            .into_iter()
-            .map(|r| match r {
-                Err(Errno::NODEV) => Ok(()),
-                other => other,
-            })
-            .collect();
+        return set;
     }
-    // The kernel refused the group path: per-link, and report each link's own answer.
+    // The kernel refused the group path: per-link, and report each link's own answer (the
+    // move's refusal, e.g. EPERM, says more than the delete's).
     let each = delete_each(sock, indexes);
     set.into_iter()
         .zip(each)
         .map(|(s, e)| match (s, e) {
             (_, Ok(())) => Ok(()),
-            (Err(se), Err(_)) if se != Errno::NODEV => Err(se),
+            (Err(se), Err(_)) if !is_gone(se) => Err(se),
             (_, Err(ee)) => Err(ee),
         })
         .collect()
@@ -356,10 +347,11 @@ mod tests {
         assert_eq!(r, vec![Ok(()), Ok(())]);
         let names: Vec<String> = dump(&mut sock).unwrap().into_iter().map(|l| l.name).collect();
         assert_eq!(names, ["lo", "tap3"]);
-        // Gone already: done. A single link takes the per-link path.
+        // Gone already: the kernel's ENODEV comes back as it is (the caller calls it done).
+        // A single link takes the per-link path.
         assert_eq!(
             delete_many(&mut sock, &links, &[idx("tap2"), idx("tap4")], 1),
-            vec![Ok(()), Ok(())]
+            vec![Err(Errno::NODEV), Err(Errno::NODEV)]
         );
         assert_eq!(delete_many(&mut sock, &links, &[idx("tap3")], 1), vec![Ok(())]);
         assert_eq!(dump(&mut sock).unwrap().len(), 1);

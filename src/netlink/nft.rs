@@ -274,7 +274,8 @@ pub fn comment(udata: &[u8]) -> Option<String> {
     None
 }
 
-/// Deletes `ops`, returning one result per op: Ok when deleted or already gone (ENOENT).
+/// Deletes `ops`, returning one result per op: the kernel's answer (ENOENT: already gone,
+/// which the caller decides with `error::is_gone`).
 /// Ops in a batch that another op aborted are sent again; the caller still verifies with
 /// a fresh dump, because a result can only say what the kernel told us.
 pub fn delete(sock: &mut Socket, ops: &[Op], deadline: Instant) -> Vec<Result<(), Errno>> {
@@ -383,7 +384,6 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
     errors
         .into_iter()
         .map(|c| match c {
-            Some(libc::ENOENT) => Some(Ok(())),
             Some(e) => Some(Err(Errno::from_raw_os_error(e))),
             // Rolled back with the rest of an aborted batch: to be sent again.
             None if aborted => None,
@@ -428,11 +428,14 @@ mod tests {
             ..rules[1].clone()
         };
         ops.insert(1, Op::for_rule(&gone));
-        assert_eq!(delete(&mut sock, &ops, deadline()), vec![Ok(()); 3]);
+        assert_eq!(
+            delete(&mut sock, &ops, deadline()),
+            vec![Ok(()), Err(Errno::NOENT), Ok(())]
+        );
         let left: Vec<Option<String>> = rules_of(&mut sock).into_iter().map(|r| r.comment).collect();
         assert_eq!(left, [Some("r2".to_string())]);
-        // Deleting what is gone is done, not an error.
-        assert_eq!(delete(&mut sock, &ops[..1], deadline()), vec![Ok(())]);
+        // What is gone comes back as ENOENT, which `error::is_gone` calls done.
+        assert_eq!(delete(&mut sock, &ops[..1], deadline()), vec![Err(Errno::NOENT)]);
     }
 
     #[test]
