@@ -239,7 +239,7 @@ fn newer_smolvm_objects_go_with_their_vm_and_look_alikes_stay() {
             .unwrap();
     }
     // Through --db this time: its directory is the data dir.
-    let out = std::process::Command::new(crate::util::BIN)
+    let out = crate::util::bin()
         .arg("--db")
         .arg(&w.db)
         .arg("--socket-dir")

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::util::{BIN, Run, Scratch};
+use crate::util::{BIN, Run, Scratch, bin};
 
 fn run(argv0: Option<&str>, args: &[&str]) -> Run {
     let scratch = Scratch::new("cli");
@@ -122,7 +122,7 @@ fn a_report_that_cannot_be_written_is_a_failure() {
     std::fs::create_dir_all(&state).unwrap();
     for args in [&[][..], &["--json"][..], &["--dry-run"][..]] {
         let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-        let out = Command::new(BIN)
+        let out = bin()
             .args(args)
             .env("SMOLVM_DATA_DIR", &state)
             .env("HOME", &scratch.0)

@@ -356,12 +356,13 @@ fn sigint_mid_run_finishes_the_step_reports_and_keeps_rows() {
     });
     w.add(VmSpec::stale("vm-int00002", 3));
     let pid = w.vmm_pid("vm-int00001");
-    let mut child = w
-        .cmd(&["--grace", "2s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = crate::util::Reaped(
+        w.cmd(&["--grace", "2s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     // The header is flushed before anything changes; then the grace period runs.

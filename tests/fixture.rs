@@ -2,7 +2,6 @@
 //! its TAPs and its nft ruleset rebuilt from the dumps, its files from the listing.
 
 use crate::util::{FIXTURES, Scratch, comments, enter_netns, links, nft, sh};
-use std::process::Command;
 
 #[test]
 fn cleans_what_smolvm_005_made() {
@@ -44,7 +43,7 @@ fn cleans_what_smolvm_005_made() {
 
     let sock = scratch.0.join("sock");
     std::fs::create_dir_all(&sock).unwrap();
-    let out = Command::new(crate::util::BIN)
+    let out = crate::util::bin()
         .arg("--state-dir")
         .arg(&data)
         .arg("--socket-dir")

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::params;
 use serde_json::Value;
 
-use crate::util::{BIN, NO_NET_ADMIN, Proc, Run, VmSpec, World, has_link, pid_alive, sh, wait_until};
+use crate::util::{BIN, NO_NET_ADMIN, Proc, Reaped, Run, VmSpec, World, has_link, pid_alive, sh, wait_until};
 
 fn json(r: &Run) -> Value {
     serde_json::from_str(&r.stdout)
@@ -304,12 +304,13 @@ fn warnings_are_coloured_on_a_terminal_unless_no_color() {
 fn every_runs_again_until_sigterm() {
     let Some(mut w) = World::new("every") else { return };
     w.add(VmSpec::stale("vm-one00001", 2));
-    let mut child = w
-        .cmd(&["--every", "200ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        w.cmd(&["--every", "200ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until("the first run", Duration::from_secs(10), || !has_link("tap2"));
     w.add(VmSpec::stale("vm-two00001", 3));
     wait_until("a later run", Duration::from_secs(10), || w.ids().is_empty());

@@ -1,10 +1,8 @@
 //! Recovery from the live system: leftovers that no row describes, a lost or corrupt DB,
 //! several data dirs, and the shared tables going away with `--all`.
 
-use std::process::Command;
-
 use crate::util::{
-    BIN, Proc, Run, Scratch, VmSpec, World, comments, enter_netns, fake_vmm, has_link, hold_tap, links, nft,
+    Proc, Run, Scratch, VmSpec, World, bin, comments, enter_netns, fake_vmm, has_link, hold_tap, links, nft,
     pid_alive, probe_world, ruleset, sh, smolvm_base_nft, smolvm_vm_nft,
 };
 
@@ -309,11 +307,9 @@ fn every_data_dir_with_a_db_is_read_and_rows_go_from_their_own_db() {
         nft(&smolvm_vm_nft(id, octet, 2200 + octet, "uplink0"));
         std::fs::write(dir.join(format!("{id}.log")), b"log").unwrap();
     }
-    let out = Command::new(BIN)
+    let out = bin()
         .arg("--socket-dir")
         .arg(&sock)
-        .env_remove("SMOLVM_DATA_DIR")
-        .env_remove("SUDO_USER")
         .env("HOME", &home)
         .env("XDG_STATE_HOME", &xdg)
         .output()
