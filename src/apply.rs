@@ -12,7 +12,7 @@ use std::fmt;
 
 use crate::error::{Error, is_gone};
 use crate::files::{Removal, Remover};
-use crate::model::{Chain, Observed, Op, Plan, Refusal, Rule, Table, is_smolvm_rule_table};
+use crate::model::{Chain, Op, Plan, Refusal, RowRef, Rule, Table, is_smolvm_rule_table};
 use crate::netlink::{self, link, nft};
 use crate::process::{self, Stopped, Timing};
 use crate::procfs::Procfs;
@@ -186,7 +186,7 @@ impl Run<'_> {
     }
 }
 
-pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
+pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
     let mut run = Run {
         plan,
         out: plan
@@ -204,11 +204,11 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
             run.fail(i, StepKind::Process, Failure::Refused(why.clone()));
         }
     }
-    type Phase = fn(&mut Run<'_>, &Observed, &mut Env<'_>);
+    type Phase = fn(&mut Run<'_>, &mut Env<'_>);
     let phases: [(StepKind, Phase); 3] = [
         (StepKind::Process, stop_processes),
         (StepKind::Tap, delete_network),
-        (StepKind::Files, |r, _, e| remove_files(r, e)),
+        (StepKind::Files, remove_files),
     ];
     let mut told = vec![0; run.out.len()];
     let mut tell = |run: &Run<'_>, env: &mut Env<'_>| {
@@ -226,7 +226,7 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
             }
             break;
         }
-        phase(&mut run, obs, env);
+        phase(&mut run, env);
         tell(&run, env);
     }
     if env.stop.load(Ordering::SeqCst) {
@@ -235,12 +235,12 @@ pub fn apply(plan: &Plan, obs: &Observed, env: &mut Env<'_>) -> Vec<Outcome> {
         }
     }
     // Always, even after an interrupt: it writes whole outcomes only.
-    finish_rows(&mut run, obs, env);
+    finish_rows(&mut run, env);
     tell(&run, env);
     run.finish()
 }
 
-fn stop_processes(run: &mut Run<'_>, _obs: &Observed, env: &mut Env<'_>) {
+fn stop_processes(run: &mut Run<'_>, env: &mut Env<'_>) {
     let mut vmms = Vec::new();
     let mut owner = Vec::new();
     for i in run.live() {
@@ -270,7 +270,7 @@ fn stop_processes(run: &mut Run<'_>, _obs: &Observed, env: &mut Env<'_>) {
     }
 }
 
-fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
+fn delete_taps(run: &mut Run<'_>, env: &mut Env<'_>) {
     let live: Vec<usize> = run.live();
     let mut indexes = Vec::new();
     for &i in &live {
@@ -282,7 +282,7 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
         } else if t.taps.is_empty() {
             run.step(i, StepKind::Tap, StepState::AlreadyGone);
         } else {
-            indexes.extend(t.taps.iter().map(|&li| obs.links[li].index));
+            indexes.extend(t.taps.iter().map(|l| l.index));
         }
     }
     if indexes.is_empty() {
@@ -306,7 +306,7 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(7);
-    let results = link::delete_many(&mut sock, &obs.links, &indexes, seed);
+    let results = link::delete_many(&mut sock, &run.plan.link_groups, &indexes, seed);
     let by_index: BTreeMap<i32, rustix::io::Result<()>> = indexes.iter().copied().zip(results).collect();
     let after: Result<BTreeSet<(i32, String)>, _> =
         link::dump(&mut sock).map(|now| now.into_iter().map(|l| (l.index, l.name)).collect());
@@ -314,8 +314,7 @@ fn delete_taps(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
         let t = &run.plan.targets[i];
         let mut why = None;
         let mut removed = false;
-        for &li in &t.taps {
-            let l = &obs.links[li];
+        for l in &t.taps {
             let action = format!("delete TAP device {}", l.name);
             match by_index.get(&l.index) {
                 Some(Err(e)) if !is_gone(*e) => why = Some(Error::sys(action, *e)),
@@ -354,7 +353,7 @@ struct NftWork {
     decided: Vec<(usize, Result<(), Error>)>,
 }
 
-fn nft_work(run: &Run<'_>, obs: &Observed, env: &Env<'_>) -> NftWork {
+fn nft_work(run: &Run<'_>, env: &Env<'_>) -> NftWork {
     let mut w = NftWork {
         ops: Vec::new(),
         owner: Vec::new(),
@@ -367,23 +366,13 @@ fn nft_work(run: &Run<'_>, obs: &Observed, env: &Env<'_>) -> NftWork {
             w.decided.push((i, Err(e.clone())));
             continue;
         }
-        if t.rules.is_empty() && t.tables.is_empty() {
+        if t.nft.is_empty() {
             w.decided.push((i, Ok(())));
             continue;
         }
         w.pending.push(i);
-        for &ri in &t.rules {
-            w.ops.push(Op::for_rule(&obs.rules[ri]));
-            w.owner.push(i);
-        }
-        for &ti in &t.tables {
-            let tb = &obs.tables[ti];
-            // A per-TAP policy table holds only that TAP's chains and rules.
-            w.ops.push(Op::Table {
-                family: tb.family,
-                name: tb.name.clone(),
-                recursive: true,
-            });
+        for op in &t.nft {
+            w.ops.push(op.clone());
             w.owner.push(i);
         }
     }
@@ -470,12 +459,12 @@ fn nft_record(run: &mut Run<'_>, w: NftWork, mut done_: NftDone) {
 /// spends most of its time waiting for an RCU grace period. A target whose TAP fails is
 /// reported with the TAP's error either way (its rules going early does no harm: a
 /// later run finds the TAP through its row).
-fn delete_network(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
-    let work = nft_work(run, obs, env);
+fn delete_network(run: &mut Run<'_>, env: &mut Env<'_>) {
+    let work = nft_work(run, env);
     let deadline = env.timing.deadline;
     let errors = std::thread::scope(|s| {
         let job = s.spawn(|| nft_run(&work, deadline));
-        delete_taps(run, obs, env);
+        delete_taps(run, env);
         job.join()
     });
     let errors = errors.unwrap_or_else(|_| NftDone {
@@ -528,22 +517,23 @@ fn remove_files(run: &mut Run<'_>, env: &mut Env<'_>) {
 /// The last step, one transaction per DB: deletes the rows of every target whose
 /// resources are all gone, and marks the stale rows of the others `error`/pid NULL as
 /// SmolVM's reconcile does, so a row that outlives this run reads truthfully.
-fn finish_rows(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
+fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>) {
     // Per DB: (target, row) pairs to delete, and rows to mark.
     #[derive(Default)]
-    struct Work {
-        deletes: Vec<(usize, usize)>,
-        marks: Vec<usize>,
+    struct Work<'p> {
+        deletes: Vec<(usize, &'p RowRef)>,
+        marks: Vec<&'p RowRef>,
     }
-    let mut by_db: BTreeMap<usize, Work> = BTreeMap::new();
-    for (i, t) in run.plan.targets.iter().enumerate() {
+    let plan = run.plan;
+    let mut by_db: BTreeMap<usize, Work<'_>> = BTreeMap::new();
+    for (i, t) in plan.targets.iter().enumerate() {
         if run.failed[i] {
-            for &ri in &t.mark {
-                by_db.entry(obs.rows[ri].db).or_default().marks.push(ri);
+            for r in &t.marks {
+                by_db.entry(r.db).or_default().marks.push(r);
             }
         } else {
-            for &ri in &t.rows {
-                by_db.entry(obs.rows[ri].db).or_default().deletes.push((i, ri));
+            for r in &t.rows {
+                by_db.entry(r.db).or_default().deletes.push((i, r));
             }
         }
     }
@@ -552,7 +542,6 @@ fn finish_rows(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
             run.step(i, StepKind::Row, StepState::Skipped);
         }
     }
-    let row_arg = |ri: usize| (obs.rows[ri].id.as_str(), obs.rows[ri].updated_at.as_deref());
     let now = iso8601_utc(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -560,8 +549,8 @@ fn finish_rows(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
     );
     let mut states: BTreeMap<usize, Vec<Result<RowOutcome, Error>>> = BTreeMap::new();
     for (db, Work { deletes, marks }) in by_db {
-        let del: Vec<(&str, Option<&str>)> = deletes.iter().map(|&(_, ri)| row_arg(ri)).collect();
-        let mark: Vec<(&str, Option<&str>)> = marks.iter().map(|&ri| row_arg(ri)).collect();
+        let del: Vec<(&str, Option<&str>)> = deletes.iter().map(|&(_, r)| row_arg(r)).collect();
+        let mark: Vec<(&str, Option<&str>)> = marks.iter().map(|&r| row_arg(r)).collect();
         let res = match env.dbs.get(db) {
             Some(Some(conn)) => conn.finish(&del, &mark, &now),
             _ => Err(Error::msg("update the state DB", "it is not open")),
@@ -588,6 +577,11 @@ fn finish_rows(run: &mut Run<'_>, obs: &Observed, env: &mut Env<'_>) {
             run.step(i, StepKind::Row, StepState::AlreadyGone);
         }
     }
+}
+
+/// A row as `Db::finish` takes it: its id and the stamp that proves it unchanged.
+fn row_arg(r: &RowRef) -> (&str, Option<&str>) {
+    (r.id.as_str(), r.updated_at.as_deref())
 }
 
 /// The shared teardown's decision, from a dump taken after the VMs went: the batch to

@@ -226,7 +226,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     let inv = reconcile::inventory(&found.obs);
     let plan = plan::build(
         &inv,
-        &found.obs.links,
+        &found.obs,
         &plan::Selection {
             all: opts.all,
             prefix: opts.prefix.clone(),
@@ -268,7 +268,6 @@ fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop>
         let targets = &report.targets;
         let outcomes = apply::apply(
             plan,
-            &found.obs,
             &mut apply::Env {
                 procfs: &found.procfs,
                 dbs: &found.dbs,
@@ -397,7 +396,7 @@ fn assemble(
                 stale: t.stale.as_ref().map(ToString::to_string),
                 has_row: !t.rows.is_empty(),
                 resources: if detail {
-                    Resources::of(t, obs)
+                    Resources::of(t)
                 } else {
                     Resources::default()
                 },

@@ -441,14 +441,52 @@ pub struct Inventory {
     pub unattributed: Vec<FileRef>,
 }
 
+/// A state row to delete or mark, as it was read: its DB (index into the opened DBs),
+/// id, and the stamp that proves it unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowRef {
+    pub db: usize,
+    pub id: String,
+    pub updated_at: Option<String>,
+}
+
+/// A TAP to delete, as the link dump showed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapRef {
+    pub index: i32,
+    pub name: String,
+}
+
+/// A target as apply runs it: every resource resolved to a name, handle or path, none
+/// of them an index into what discovery saw.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Target {
+    pub id: String,
+    pub stale: Option<Stale>,
+    /// Touch nothing of it: the target fails with this reason.
+    pub refuse: Option<Refusal>,
+    pub vmms: Vec<Vmm>,
+    /// TAP names it owns; those not in `taps` are already gone.
+    pub tap_names: Vec<String>,
+    pub taps: Vec<TapRef>,
+    /// Its nft rules (`Op::Rule`) and per-TAP policy tables (`Op::Table`, recursive).
+    pub nft: Vec<Op>,
+    pub files: Vec<FileRef>,
+    pub rows: Vec<RowRef>,
+    /// Rows to mark `error`/pid NULL if the target fails.
+    pub marks: Vec<RowRef>,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     /// Stale VM ids, sorted (the `Reconciled stale VMs:` line).
     pub stale: Vec<String>,
     /// Targets in output order, each trimmed to what it may delete.
-    pub targets: Vec<Vm>,
+    pub targets: Vec<Target>,
     /// VMs (and other SmolVM things) that stay after this run if every target goes.
     pub remaining: usize,
+    /// Link groups in use on the host: the TAP batch delete needs one that is not.
+    pub link_groups: Vec<u32>,
     pub warnings: Vec<String>,
 }
 

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{Chain, Inventory, Link, Op, Plan, Rule, SMOLVM_TABLES, Table, Vm};
+use crate::model::{
+    Chain, Inventory, Observed, Op, Plan, RowRef, Rule, SMOLVM_TABLES, Table, TapRef, Target, Vm,
+};
 
 /// The base chains SmolVM creates in each of `SMOLVM_TABLES`, in the same order.
 const BASE_CHAINS: [&[&str]; 2] = [&["prerouting", "output", "postrouting"], &["forward"]];
@@ -79,8 +81,9 @@ pub struct Selection {
     pub now: f64,
 }
 
-/// `links` is the dump the inventory's link indexes point into.
-pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
+/// `obs` is what the inventory's indexes point into; the plan resolves them.
+pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
+    let links = &obs.links;
     // --older-than: a VM whose row is younger is left alone entirely, stale or not.
     let young = |v: &Vm| match (sel.min_age, v.created_unix) {
         (Some(age), Some(created)) => sel.now - created < age,
@@ -120,9 +123,13 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
         .collect();
     let kept_rules: BTreeSet<usize> = keep.iter().flat_map(|v| v.rules.iter().copied()).collect();
     let kept_tables: BTreeSet<usize> = keep.iter().flat_map(|v| v.tables.iter().copied()).collect();
+    let mut groups: Vec<u32> = links.iter().map(|l| l.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
     let mut plan = Plan {
         stale,
         remaining: keep.len() + inv.kept,
+        link_groups: groups,
         ..Plan::default()
     };
     for i in chosen {
@@ -145,15 +152,53 @@ pub fn build(inv: &Inventory, links: &[Link], sel: &Selection) -> Plan {
         }
         vm.rules.retain(|r| !kept_rules.contains(r));
         vm.tables.retain(|t| !kept_tables.contains(t));
-        plan.targets.push(vm);
+        plan.targets.push(resolve(vm, obs));
     }
     plan
+}
+
+/// The target apply runs: the VM's resources by name, handle and path.
+fn resolve(vm: Vm, obs: &Observed) -> Target {
+    let row = |ri: usize| {
+        let r = &obs.rows[ri];
+        RowRef {
+            db: r.db,
+            id: r.id.clone(),
+            updated_at: r.updated_at.clone(),
+        }
+    };
+    let mut nft: Vec<Op> = vm.rules.iter().map(|&ri| Op::for_rule(&obs.rules[ri])).collect();
+    // A per-TAP policy table holds only that TAP's chains and rules.
+    nft.extend(vm.tables.iter().map(|&ti| Op::Table {
+        family: obs.tables[ti].family,
+        name: obs.tables[ti].name.clone(),
+        recursive: true,
+    }));
+    Target {
+        taps: vm
+            .taps
+            .iter()
+            .map(|&li| TapRef {
+                index: obs.links[li].index,
+                name: obs.links[li].name.clone(),
+            })
+            .collect(),
+        rows: vm.rows.iter().map(|&ri| row(ri)).collect(),
+        marks: vm.mark.iter().map(|&ri| row(ri)).collect(),
+        nft,
+        id: vm.id,
+        stale: vm.stale,
+        refuse: vm.refuse,
+        vmms: vm.vmms,
+        tap_names: vm.tap_names,
+        files: vm.files,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NFPROTO_INET, NFPROTO_IPV4, Stale};
+    use crate::model::{Link, NFPROTO_INET, NFPROTO_IPV4, Stale};
 
     fn vm(id: &str, stale: bool) -> Vm {
         Vm {
@@ -192,7 +237,7 @@ mod tests {
             now: 1000.0,
             ..sel(true, "vm-")
         };
-        let p = build(&inv, &[], &s);
+        let p = build(&inv, &Observed::default(), &s);
         assert_eq!(ids(&p), ["vm-old", "orphan-tap3"]);
         assert_eq!(p.remaining, 1);
         // A VM left alone is not reported as reconciled either.
@@ -210,10 +255,10 @@ mod tests {
             ],
             ..Inventory::default()
         };
-        let p = build(&inv, &[], &sel(false, "vm-"));
+        let p = build(&inv, &Observed::default(), &sel(false, "vm-"));
         assert_eq!(ids(&p), ["vm-a", "vm-b", "web"]);
         assert_eq!(p.stale, ["web"]);
-        let p = build(&inv, &[], &sel(false, "kee"));
+        let p = build(&inv, &Observed::default(), &sel(false, "kee"));
         assert_eq!(ids(&p), ["keepme", "web"]);
     }
 
@@ -224,7 +269,7 @@ mod tests {
             ..Inventory::default()
         };
         assert_eq!(
-            ids(&build(&inv, &[], &sel(true, "zzz"))),
+            ids(&build(&inv, &Observed::default(), &sel(true, "zzz"))),
             ["vm-b", "keepme", "vm-a"]
         );
     }
@@ -235,7 +280,11 @@ mod tests {
             vms: vec![vm("keepme", false)],
             ..Inventory::default()
         };
-        assert!(build(&inv, &[], &sel(false, "vm-")).targets.is_empty());
+        assert!(
+            build(&inv, &Observed::default(), &sel(false, "vm-"))
+                .targets
+                .is_empty()
+        );
     }
 
     #[test]
@@ -247,10 +296,10 @@ mod tests {
             kept: 1,
             ..Inventory::default()
         };
-        let p = build(&inv, &[], &sel(false, "vm-"));
+        let p = build(&inv, &Observed::default(), &sel(false, "vm-"));
         assert_eq!(ids(&p), ["orphan-tap3"]);
         assert_eq!(p.remaining, 2);
-        let p = build(&inv, &[], &sel(true, "vm-"));
+        let p = build(&inv, &Observed::default(), &sel(true, "vm-"));
         assert_eq!(ids(&p), ["vm-live", "orphan-tap3"]);
         assert_eq!(p.remaining, 1);
     }
@@ -341,10 +390,36 @@ mod tests {
                 carrier: false,
             })
             .collect();
-        let p = build(&inv, &links, &sel(false, "vm-"));
+        let obs = Observed {
+            links,
+            rules: vec![
+                r(
+                    NFPROTO_INET,
+                    "smolvm_filter",
+                    3,
+                    Some("smolvm:nat:tap:tap5:to:up"),
+                ),
+                r(
+                    NFPROTO_INET,
+                    "smolvm_filter",
+                    4,
+                    Some("smolvm:nat:tap:tap6:to:up"),
+                ),
+            ],
+            ..Observed::default()
+        };
+        let p = build(&inv, &obs, &sel(false, "vm-"));
+        // Resolved to what apply needs: the link by index and name, the rule by handle.
         assert_eq!(p.targets[0].tap_names, ["tap6"]);
-        assert_eq!(p.targets[0].taps, [1]);
-        assert_eq!(p.targets[0].rules, [1]);
+        assert_eq!(
+            p.targets[0].taps,
+            [TapRef {
+                index: 11,
+                name: "tap6".into()
+            }]
+        );
+        assert_eq!(p.targets[0].nft, [Op::for_rule(&obs.rules[1])]);
+        assert_eq!(p.link_groups, [0]);
         assert_eq!(p.warnings.len(), 1);
     }
 }

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use crate::apply::Outcome;
 use crate::json::Json;
-use crate::model::{Observed, Vm};
+use crate::model::{Op, Target as PlanTarget};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -39,14 +39,21 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub fn of(vm: &Vm, obs: &Observed) -> Resources {
+    pub fn of(t: &PlanTarget) -> Resources {
         Resources {
-            vmm_pids: vm.vmms.iter().map(|v| v.pid).collect(),
-            taps: vm.taps.iter().map(|&li| obs.links[li].name.clone()).collect(),
-            nft_rules: vm.rules.len(),
-            nft_tables: vm.tables.iter().map(|&t| obs.tables[t].name.clone()).collect(),
-            files: vm.files.iter().map(|f| f.path().display().to_string()).collect(),
-            rows: vm.rows.len(),
+            vmm_pids: t.vmms.iter().map(|v| v.pid).collect(),
+            taps: t.taps.iter().map(|l| l.name.clone()).collect(),
+            nft_rules: t.nft.iter().filter(|op| matches!(op, Op::Rule { .. })).count(),
+            nft_tables: t
+                .nft
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Table { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect(),
+            files: t.files.iter().map(|f| f.path().display().to_string()).collect(),
+            rows: t.rows.len(),
         }
     }
 

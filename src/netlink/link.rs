@@ -221,10 +221,10 @@ pub fn delete_each(sock: &mut Socket, indexes: &[i32]) -> Vec<Result<(), Errno>>
     })
 }
 
-/// A link group no link in `links` uses (group 0 is everyone's default: never that).
-pub fn free_group(links: &[Link], seed: u32) -> u32 {
+/// A link group none of the `used` groups is (group 0 is everyone's default: never that).
+pub fn free_group(used: &[u32], seed: u32) -> u32 {
     let mut g = 0x5e00_0000 | (seed & 0x00ff_ffff);
-    while g == 0 || links.iter().any(|l| l.group == g) {
+    while g == 0 || used.contains(&g) {
         g = g.wrapping_add(1);
     }
     g
@@ -234,12 +234,17 @@ pub fn free_group(links: &[Link], seed: u32) -> u32 {
 /// move them into an unused group, check from a new dump that the group holds exactly
 /// these links, delete the group. Anything that goes wrong falls back to per-link deletes.
 /// Returns one result per index; the caller confirms with a dump.
-pub fn delete_many(sock: &mut Socket, all: &[Link], indexes: &[i32], seed: u32) -> Vec<Result<(), Errno>> {
+pub fn delete_many(
+    sock: &mut Socket,
+    used_groups: &[u32],
+    indexes: &[i32],
+    seed: u32,
+) -> Vec<Result<(), Errno>> {
     if indexes.len() < 2 {
         return delete_each(sock, indexes);
     }
     sock.grow_buffers(4 << 20);
-    let group = free_group(all, seed);
+    let group = free_group(used_groups, seed);
     let set = pipelined(sock, indexes, |idx| {
         Ok((Rtm::Newlink, ifinfomsg(idx, group_attr(group)?)?))
     });
@@ -293,23 +298,15 @@ pub fn delete_many(sock: &mut Socket, all: &[Link], indexes: &[i32], seed: u32) 
 mod tests {
     use super::*;
 
-    fn link(index: i32, group: u32) -> Link {
-        Link {
-            index,
-            name: format!("l{index}"),
-            kind: None,
-            tun_type: None,
-            group,
-            alias: None,
-            carrier: false,
-        }
+    fn groups(links: &[Link]) -> Vec<u32> {
+        links.iter().map(|l| l.group).collect()
     }
 
     #[test]
     fn free_group_avoids_used_and_zero() {
-        let links = [link(1, 0), link(2, 0x5e00_0007)];
-        assert_eq!(free_group(&links, 7), 0x5e00_0008);
-        assert_eq!(free_group(&links, 9), 0x5e00_0009);
+        let used = [0, 0x5e00_0007];
+        assert_eq!(free_group(&used, 7), 0x5e00_0008);
+        assert_eq!(free_group(&used, 9), 0x5e00_0009);
         assert_ne!(free_group(&[], 0), 0);
     }
 
@@ -343,17 +340,20 @@ mod tests {
                 .filter(|l| l.name.starts_with("tap"))
                 .all(Link::is_tap)
         );
-        let r = delete_many(&mut sock, &links, &[idx("tap2"), idx("tap4")], 1);
+        let r = delete_many(&mut sock, &groups(&links), &[idx("tap2"), idx("tap4")], 1);
         assert_eq!(r, vec![Ok(()), Ok(())]);
         let names: Vec<String> = dump(&mut sock).unwrap().into_iter().map(|l| l.name).collect();
         assert_eq!(names, ["lo", "tap3"]);
         // Gone already: the kernel's ENODEV comes back as it is (the caller calls it done).
         // A single link takes the per-link path.
         assert_eq!(
-            delete_many(&mut sock, &links, &[idx("tap2"), idx("tap4")], 1),
+            delete_many(&mut sock, &groups(&links), &[idx("tap2"), idx("tap4")], 1),
             vec![Err(Errno::NODEV), Err(Errno::NODEV)]
         );
-        assert_eq!(delete_many(&mut sock, &links, &[idx("tap3")], 1), vec![Ok(())]);
+        assert_eq!(
+            delete_many(&mut sock, &groups(&links), &[idx("tap3")], 1),
+            vec![Ok(())]
+        );
         assert_eq!(dump(&mut sock).unwrap().len(), 1);
     }
 
@@ -365,7 +365,7 @@ mod tests {
         let idx = |n: &str| index_of(&links, n);
         // The loopback cannot be deleted: the kernel refuses the whole group delete, and
         // the per-link fallback still takes the TAP and reports the loopback's refusal.
-        let r = delete_many(&mut sock, &links, &[idx("tap5"), idx("lo")], 3);
+        let r = delete_many(&mut sock, &groups(&links), &[idx("tap5"), idx("lo")], 3);
         assert_eq!(r, vec![Ok(()), Err(Errno::OPNOTSUPP)]);
         let names: Vec<String> = dump(&mut sock).unwrap().into_iter().map(|l| l.name).collect();
         assert_eq!(names, ["lo"]);
