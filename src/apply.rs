@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use std::fmt;
 
-use crate::error::{Error, is_gone};
+use crate::error::{Error, Fault, is_gone};
 use crate::files::{Removal, Remover};
 use crate::model::{Chain, Op, Plan, Refusal, RowRef, Rule, Table, is_smolvm_rule_table};
 use crate::netlink::{self, link, nft};
@@ -307,7 +307,7 @@ fn delete_taps(run: &mut Run<'_>, env: &mut Env<'_>) {
             .map(|d| d.subsec_nanos())
             .unwrap_or(7);
     let results = link::delete_many(&mut sock, &run.plan.link_groups, &indexes, seed);
-    let by_index: BTreeMap<i32, rustix::io::Result<()>> = indexes.iter().copied().zip(results).collect();
+    let by_index: BTreeMap<i32, Result<(), Fault>> = indexes.iter().copied().zip(results).collect();
     let after: Result<BTreeSet<(i32, String)>, _> =
         link::dump(&mut sock).map(|now| now.into_iter().map(|l| (l.index, l.name)).collect());
     for i in pending {
@@ -398,7 +398,7 @@ fn nft_run(w: &NftWork, deadline: Instant) -> NftDone {
     let mut sock = netlink::Socket::netfilter(deadline);
     let results = match &mut sock {
         Ok(sock) => nft::delete(sock, &w.ops, deadline),
-        Err(e) => vec![Err(*e); w.ops.len()],
+        Err(e) => vec![Err(Fault::from(*e)); w.ops.len()],
     };
     for ((op, r), &i) in w.ops.iter().zip(&results).zip(&w.owner) {
         match r {
@@ -411,7 +411,10 @@ fn nft_run(w: &NftWork, deadline: Instant) -> NftDone {
             }
         }
     }
-    match sock.and_then(|mut sock| nft::dump_smolvm(&mut sock, false)) {
+    match sock
+        .map_err(Fault::from)
+        .and_then(|mut sock| nft::dump_smolvm(&mut sock, false))
+    {
         Ok(now) => {
             let rules: BTreeSet<Op> = now.rules.iter().map(Op::for_rule).collect();
             let tables: BTreeSet<(u8, &str)> =
@@ -593,8 +596,8 @@ pub type Teardown = fn(&[Table], &[Chain], &[Rule]) -> Result<Vec<Op>, String>;
 /// there was nothing to remove.
 pub fn remove_shared(deadline: Instant, decide: Teardown) -> Result<bool, String> {
     let action = "remove SmolVM's shared nftables tables";
-    let err = |e: rustix::io::Errno| Error::sys(action, e).to_string();
-    let mut sock = netlink::Socket::netfilter(deadline).map_err(err)?;
+    let err = |e: Fault| Error::sys(action, e).to_string();
+    let mut sock = netlink::Socket::netfilter(deadline).map_err(|e| err(e.into()))?;
     let now = nft::dump_smolvm(&mut sock, true).map_err(err)?;
     let ops =
         decide(&now.tables, &now.chains, &now.rules).map_err(|why| Error::msg(action, why).to_string())?;

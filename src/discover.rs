@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::error::Error;
+use crate::error::{Error, Fault};
 use crate::files;
 use crate::locate::DataDir;
 use crate::model::{DirListing, Observed, socket_id};
@@ -63,7 +63,24 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         nft_error: None,
         procfs,
     };
+    read_dbs(&mut d, cfg);
+    for row in &d.obs.rows {
+        if let Some(pid) = row.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
+            && let Some(info) = d.procfs.read(pid)
+        {
+            d.obs.procs.insert(pid, info);
+        }
+    }
+    d.obs.vmms = d.procfs.scan_vmms();
+    d.obs.pid_view = d.procfs.pid_view();
+    read_network(&mut d, cfg);
+    list_files(&mut d, cfg);
+    d
+}
 
+/// Every state DB that exists: its rows, or why it could not be read (corrupt, or not
+/// read this time, which makes the run incomplete).
+fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
     for dd in cfg.data_dirs {
         let Some(path) = &dd.db else { continue };
         if !path.exists() {
@@ -96,30 +113,33 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
             }
         }
     }
+}
 
-    for row in &d.obs.rows {
-        if let Some(pid) = row.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
-            && let Some(info) = d.procfs.read(pid)
-        {
-            d.obs.procs.insert(pid, info);
-        }
-    }
-    d.obs.vmms = d.procfs.scan_vmms();
-    d.obs.pid_view = d.procfs.pid_view();
-
-    match netlink::Socket::route(cfg.deadline).and_then(|mut s| link::dump(&mut s)) {
+/// One link dump and one dump of SmolVM's nft tables.
+fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
+    match netlink::Socket::route(cfg.deadline)
+        .map_err(Fault::from)
+        .and_then(|mut s| link::dump(&mut s))
+    {
         Ok(links) => d.obs.links = links,
         Err(e) => d.link_error = Some(Error::sys("list network links", e)),
     }
 
-    match netlink::Socket::netfilter(cfg.deadline).and_then(|mut s| nft::dump_smolvm(&mut s, false)) {
+    match netlink::Socket::netfilter(cfg.deadline)
+        .map_err(Fault::from)
+        .and_then(|mut s| nft::dump_smolvm(&mut s, false))
+    {
         Ok(dump) => {
             d.obs.tables = dump.tables;
             d.obs.rules = dump.rules;
         }
         Err(e) => d.nft_error = Some(Error::sys("list nftables rules", e)),
     }
+}
 
+/// SmolVM's files: sockets (and which a live process serves), logs, disks, create locks
+/// (and which a live process holds).
+fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
     // SmolVM's sockets, and which of them a live process still serves.
     d.obs.socket_names = list(&cfg.socket_dir)
         .into_iter()
@@ -152,7 +172,6 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
             locks,
         });
     }
-    d
 }
 
 /// File names in a directory (none when it is missing or unreadable).

@@ -23,6 +23,8 @@ pub enum Cause {
     Corrupt(String),
     /// Anything else, already phrased for a user.
     Msg(String),
+    /// We could not encode the request: a fault of ours, never the kernel's answer.
+    Encode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,9 +44,15 @@ impl Error {
         }
     }
 
-    /// A syscall's refusal.
-    pub fn sys(action: impl Into<String>, errno: Errno) -> Error {
-        Error::errno(action, errno.raw_os_error())
+    /// A syscall's refusal, or a request of ours that could not be encoded.
+    pub fn sys(action: impl Into<String>, fault: impl Into<Fault>) -> Error {
+        match fault.into() {
+            Fault::Kernel(e) => Error::errno(action, e.raw_os_error()),
+            Fault::Encode => Error {
+                action: action.into(),
+                cause: Cause::Encode,
+            },
+        }
     }
 
     pub fn db(action: impl Into<String>, err: rusqlite::Error) -> Error {
@@ -84,10 +92,24 @@ impl Error {
     }
 }
 
+/// Why a request to the kernel failed: its errno (or the socket's), or a request we could
+/// not encode, which is ours and was never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Kernel(Errno),
+    Encode,
+}
+
+impl From<Errno> for Fault {
+    fn from(e: Errno) -> Fault {
+        Fault::Kernel(e)
+    }
+}
+
 /// The one decision of "already gone": a delete or a signal that finds nothing to act on
 /// (no such file, device or process) did what cleanup wanted. EPERM, EACCES, EBUSY never.
-pub fn is_gone(e: Errno) -> bool {
-    matches!(e, Errno::NOENT | Errno::NODEV | Errno::SRCH)
+pub fn is_gone(e: impl Into<Fault>) -> bool {
+    matches!(e.into(), Fault::Kernel(Errno::NOENT | Errno::NODEV | Errno::SRCH))
 }
 
 /// The errno's meaning, from our own table so the text is the same on musl and glibc.
@@ -128,6 +150,11 @@ impl fmt::Display for Error {
             Cause::Errno(e) => write!(f, "{}: cannot {}", errno_text(*e), self.action),
             Cause::Db { text, .. } => write!(f, "cannot {}: {}", self.action, text),
             Cause::Msg(m) | Cause::Corrupt(m) => write!(f, "cannot {}: {}", self.action, m),
+            Cause::Encode => write!(
+                f,
+                "cannot {}: smolvm-cleanup could not encode the request (nothing was sent)",
+                self.action
+            ),
         }
     }
 }

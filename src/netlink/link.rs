@@ -15,7 +15,9 @@ use neli::rtnl::{Ifinfomsg, IfinfomsgBuilder, RtattrBuilder};
 use neli::types::{Buffer, RtBuffer};
 use rustix::io::Errno;
 
-use super::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages, seq_offset};
+use super::{
+    Fault, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages, seq_offset,
+};
 use crate::error::is_gone;
 use crate::model::Link;
 
@@ -26,38 +28,38 @@ const IFLA_TUN_TYPE: u16 = 3;
 const PIPELINE: usize = 256;
 const IFINFOMSG_LEN: usize = 16;
 
-fn encode(ty: Rtm, flags: u16, seq: u32, msg: &Ifinfomsg, w: &mut Writer) -> Result<(), Errno> {
+fn encode(ty: Rtm, flags: u16, seq: u32, msg: &Ifinfomsg, w: &mut Writer) -> Result<(), Fault> {
     let mut body = Cursor::new(Vec::new());
-    msg.to_bytes(&mut body).map_err(|_| Errno::INVAL)?;
+    msg.to_bytes(&mut body).map_err(|_| Fault::Encode)?;
     w.begin(u16::from(ty), flags, seq);
     w.bytes(body.get_ref());
     w.end();
     Ok(())
 }
 
-fn ifinfomsg(index: i32, attrs: RtBuffer<Ifla, Buffer>) -> Result<Ifinfomsg, Errno> {
+fn ifinfomsg(index: i32, attrs: RtBuffer<Ifla, Buffer>) -> Result<Ifinfomsg, Fault> {
     IfinfomsgBuilder::default()
         .ifi_family(RtAddrFamily::Unspecified)
         .ifi_index(index)
         .rtattrs(attrs)
         .build()
-        .map_err(|_| Errno::INVAL)
+        .map_err(|_| Fault::Encode)
 }
 
-fn group_attr(group: u32) -> Result<RtBuffer<Ifla, Buffer>, Errno> {
+fn group_attr(group: u32) -> Result<RtBuffer<Ifla, Buffer>, Fault> {
     let mut attrs = RtBuffer::new();
     attrs.push(
         RtattrBuilder::default()
             .rta_type(Ifla::Group)
             .rta_payload(group)
             .build()
-            .map_err(|_| Errno::INVAL)?,
+            .map_err(|_| Fault::Encode)?,
     );
     Ok(attrs)
 }
 
 /// Every link in the current network namespace.
-pub fn dump(sock: &mut Socket) -> Result<Vec<Link>, Errno> {
+pub fn dump(sock: &mut Socket) -> Result<Vec<Link>, Fault> {
     let seq = sock.next_seq();
     let mut w = Writer::default();
     encode(
@@ -79,7 +81,7 @@ pub fn dump(sock: &mut Socket) -> Result<Vec<Link>, Errno> {
         }
     })?;
     match bad {
-        Some(e) if links.is_empty() => Err(e),
+        Some(e) if links.is_empty() => Err(e.into()),
         _ => Ok(links),
     }
 }
@@ -141,13 +143,13 @@ fn tun_type(info_data: &[u8]) -> Option<u8> {
 fn pipelined(
     sock: &mut Socket,
     items: &[i32],
-    build: impl Fn(i32) -> Result<(Rtm, Ifinfomsg), Errno>,
-) -> Vec<Result<(), Errno>> {
+    build: impl Fn(i32) -> Result<(Rtm, Ifinfomsg), Fault>,
+) -> Vec<Result<(), Fault>> {
     let mut out = Vec::with_capacity(items.len());
     for chunk in items.chunks(PIPELINE) {
         let first = sock.reserve_seqs(seq_offset(chunk.len()));
         let mut w = Writer::default();
-        let mut results: Vec<Option<Result<(), Errno>>> = vec![None; chunk.len()];
+        let mut results: Vec<Option<Result<(), Fault>>> = vec![None; chunk.len()];
         let mut last = None;
         let encoded: Vec<(usize, Rtm, Ifinfomsg)> = chunk
             .iter()
@@ -174,10 +176,10 @@ fn pipelined(
             }
         }
         let Some(last) = last else {
-            out.extend(results.into_iter().map(|r| r.unwrap_or(Err(Errno::INVAL))));
+            out.extend(results.into_iter().map(|r| r.unwrap_or(Err(Fault::Encode))));
             continue;
         };
-        if let Err(e) = w.buf().and_then(|b| sock.send(b)) {
+        if let Err(e) = w.buf().and_then(|b| Ok(sock.send(b)?)) {
             out.extend(std::iter::repeat_n(Err(e), chunk.len()));
             continue;
         }
@@ -188,7 +190,7 @@ fn pipelined(
                 Err(e) => {
                     // No final ACK in time: what happened is unknown; the caller re-dumps.
                     for r in results.iter_mut().filter(|r| r.is_none()) {
-                        *r = Some(Err(e));
+                        *r = Some(Err(e.into()));
                     }
                     break;
                 }
@@ -201,7 +203,7 @@ fn pipelined(
                     *slot = Some(if code == 0 {
                         Ok(())
                     } else {
-                        Err(Errno::from_raw_os_error(code))
+                        Err(Errno::from_raw_os_error(code).into())
                     });
                 }
             }
@@ -214,7 +216,7 @@ fn pipelined(
 
 /// Deletes links by index, one RTM_DELLINK each, with the kernel's answer for each
 /// (ENODEV: already gone, which the caller decides with `error::is_gone`).
-pub fn delete_each(sock: &mut Socket, indexes: &[i32]) -> Vec<Result<(), Errno>> {
+pub fn delete_each(sock: &mut Socket, indexes: &[i32]) -> Vec<Result<(), Fault>> {
     sock.grow_buffers(4 << 20);
     pipelined(sock, indexes, |idx| {
         Ok((Rtm::Dellink, ifinfomsg(idx, RtBuffer::new())?))
@@ -239,7 +241,7 @@ pub fn delete_many(
     used_groups: &[u32],
     indexes: &[i32],
     seed: u32,
-) -> Vec<Result<(), Errno>> {
+) -> Vec<Result<(), Fault>> {
     if indexes.len() < 2 {
         return delete_each(sock, indexes);
     }
@@ -274,7 +276,7 @@ pub fn delete_many(
                 .and_then(|a| ifinfomsg(0, a))
                 .and_then(|m| encode(Rtm::Dellink, NLM_F_REQUEST | NLM_F_ACK, seq, &m, &mut w))
             {
-                Ok(()) => w.buf().and_then(|b| sock.request_ack(b, seq)).is_ok(),
+                Ok(()) => w.buf().and_then(|b| Ok(sock.request_ack(b, seq)?)).is_ok(),
                 Err(_) => false,
             }
         };
@@ -348,7 +350,7 @@ mod tests {
         // A single link takes the per-link path.
         assert_eq!(
             delete_many(&mut sock, &groups(&links), &[idx("tap2"), idx("tap4")], 1),
-            vec![Err(Errno::NODEV), Err(Errno::NODEV)]
+            vec![Err(Fault::Kernel(Errno::NODEV)); 2]
         );
         assert_eq!(
             delete_many(&mut sock, &groups(&links), &[idx("tap3")], 1),
@@ -366,7 +368,7 @@ mod tests {
         // The loopback cannot be deleted: the kernel refuses the whole group delete, and
         // the per-link fallback still takes the TAP and reports the loopback's refusal.
         let r = delete_many(&mut sock, &groups(&links), &[idx("tap5"), idx("lo")], 3);
-        assert_eq!(r, vec![Ok(()), Err(Errno::OPNOTSUPP)]);
+        assert_eq!(r, vec![Ok(()), Err(Fault::Kernel(Errno::OPNOTSUPP))]);
         let names: Vec<String> = dump(&mut sock).unwrap().into_iter().map(|l| l.name).collect();
         assert_eq!(names, ["lo"]);
     }

@@ -14,6 +14,8 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
+
+pub use crate::error::Fault;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, netlink, sockopt};
 
 pub const NLMSG_HDRLEN: usize = 16;
@@ -274,11 +276,11 @@ impl Writer {
         self.buf.extend_from_slice(b);
     }
 
-    /// The encoded messages, or EMSGSIZE when one of them could not be encoded (ours,
-    /// before the kernel saw anything).
-    pub fn buf(&self) -> Result<&[u8], Errno> {
+    /// The encoded messages, or `Fault::Encode` when one of them outgrew its length field
+    /// (ours, before the kernel saw anything).
+    pub fn buf(&self) -> Result<&[u8], Fault> {
         if self.oversized {
-            Err(Errno::MSGSIZE)
+            Err(Fault::Encode)
         } else {
             Ok(&self.buf)
         }
@@ -349,6 +351,20 @@ pub fn test_sh(cmd: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_that_outgrows_its_length_field_is_never_sent() {
+        let mut w = Writer::default();
+        w.begin(1, NLM_F_REQUEST, 7);
+        w.attr(1, &vec![0u8; 70_000]);
+        w.end();
+        assert_eq!(w.buf(), Err(Fault::Encode));
+        let e = crate::error::Error::sys("delete TAP device tap3", Fault::Encode);
+        assert_eq!(
+            e.to_string(),
+            "cannot delete TAP device tap3: smolvm-cleanup could not encode the request (nothing was sent)"
+        );
+    }
 
     #[test]
     fn writer_and_reader_round_trip() {

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use rustix::io::Errno;
 
-use super::{NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages, seq_offset};
+use super::{Fault, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages, seq_offset};
 use crate::model::{Chain, Op, Rule, Table, is_smolvm_rule_table};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -104,7 +104,7 @@ impl Op {
 }
 
 /// Every table (all families).
-pub fn dump_tables(sock: &mut Socket) -> Result<Vec<Table>, Errno> {
+pub fn dump_tables(sock: &mut Socket) -> Result<Vec<Table>, Fault> {
     let seq = sock.next_seq();
     let mut w = Writer::default();
     w.begin(msg_type(NFT_MSG_GETTABLE), NLM_F_REQUEST | NLM_F_DUMP, seq);
@@ -126,7 +126,7 @@ pub fn dump_tables(sock: &mut Socket) -> Result<Vec<Table>, Errno> {
 }
 
 /// Every chain of one table. A table that does not exist has no chains.
-pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Chain>, Errno> {
+pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Chain>, Fault> {
     let seq = sock.next_seq();
     let mut w = Writer::default();
     w.begin(msg_type(NFT_MSG_GETCHAIN), NLM_F_REQUEST | NLM_F_DUMP, seq);
@@ -155,7 +155,7 @@ pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Cha
     });
     match result {
         Ok(()) | Err(Errno::NOENT) => Ok(out),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -167,7 +167,7 @@ pub struct Smolvm {
     pub rules: Vec<Rule>,
 }
 
-pub fn dump_smolvm(sock: &mut Socket, with_chains: bool) -> Result<Smolvm, Errno> {
+pub fn dump_smolvm(sock: &mut Socket, with_chains: bool) -> Result<Smolvm, Fault> {
     let tables = dump_tables(sock)?;
     let mut chains = Vec::new();
     let mut rules = Vec::new();
@@ -185,7 +185,7 @@ pub fn dump_smolvm(sock: &mut Socket, with_chains: bool) -> Result<Smolvm, Errno
 }
 
 /// Every rule of one table. A table that does not exist has no rules.
-pub fn dump_rules(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Rule>, Errno> {
+pub fn dump_rules(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Rule>, Fault> {
     let seq = sock.next_seq();
     let mut w = Writer::default();
     w.begin(msg_type(NFT_MSG_GETRULE), NLM_F_REQUEST | NLM_F_DUMP, seq);
@@ -202,7 +202,7 @@ pub fn dump_rules(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Rule
     }) {
         Ok(()) => Ok(out),
         Err(Errno::NOENT) => Ok(Vec::new()),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -278,9 +278,9 @@ pub fn comment(udata: &[u8]) -> Option<String> {
 /// which the caller decides with `error::is_gone`).
 /// Ops in a batch that another op aborted are sent again; the caller still verifies with
 /// a fresh dump, because a result can only say what the kernel told us.
-pub fn delete(sock: &mut Socket, ops: &[Op], deadline: Instant) -> Vec<Result<(), Errno>> {
+pub fn delete(sock: &mut Socket, ops: &[Op], deadline: Instant) -> Vec<Result<(), Fault>> {
     sock.grow_buffers(4 << 20);
-    let mut results: Vec<Option<Result<(), Errno>>> = vec![None; ops.len()];
+    let mut results: Vec<Option<Result<(), Fault>>> = vec![None; ops.len()];
     // Each round settles every op that failed in it, so few rounds are ever needed.
     for _round in 0..5 {
         let todo: Vec<usize> = (0..ops.len()).filter(|&i| results[i].is_none()).collect();
@@ -297,18 +297,18 @@ pub fn delete(sock: &mut Socket, ops: &[Op], deadline: Instant) -> Vec<Result<()
     }
     results
         .into_iter()
-        .map(|r| r.unwrap_or(Err(Errno::TIMEDOUT)))
+        .map(|r| r.unwrap_or(Err(Errno::TIMEDOUT.into())))
         .collect()
 }
 
 /// Deletes `ops` in one batch or not at all: the first error, if any, is returned and
 /// the kernel has applied nothing.
-pub fn delete_atomic(sock: &mut Socket, ops: &[Op]) -> Result<(), Errno> {
+pub fn delete_atomic(sock: &mut Socket, ops: &[Op]) -> Result<(), Fault> {
     if ops.is_empty() {
         return Ok(());
     }
     if ops.len() > BATCH_OPS {
-        return Err(Errno::MSGSIZE);
+        return Err(Fault::Encode);
     }
     sock.grow_buffers(4 << 20);
     let chunk: Vec<usize> = (0..ops.len()).collect();
@@ -320,14 +320,14 @@ pub fn delete_atomic(sock: &mut Socket, ops: &[Op]) -> Result<(), Errno> {
         }
     }
     if results.iter().any(Option::is_none) {
-        return Err(Errno::CANCELED);
+        return Err(Errno::CANCELED.into());
     }
     Ok(())
 }
 
 /// One batch. Per op: Some(final result), or None when the batch was aborted by another
 /// op and this one should be sent again.
-fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Result<(), Errno>>> {
+fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Result<(), Fault>>> {
     let n = chunk.len();
     let begin_seq = sock.reserve_seqs(seq_offset(n).saturating_add(2));
     let mut w = Writer::default();
@@ -344,7 +344,7 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
     );
     nfgenmsg(&mut w, 0, NFNL_SUBSYS_NFTABLES);
     w.end();
-    if let Err(e) = w.buf().and_then(|b| sock.send(b)) {
+    if let Err(e) = w.buf().and_then(|b| Ok(sock.send(b)?)) {
         return vec![Some(Err(e)); n];
     }
     // Ops ask for no ACK: the kernel runs the whole batch inside send(), so when send
@@ -361,7 +361,7 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
                 lost = true; // Errors were dropped; the caller's verification dump decides.
                 break;
             }
-            Err(e) => return vec![Some(Err(e)); n],
+            Err(e) => return vec![Some(Err(e.into())); n],
         };
         for m in messages(data).flatten() {
             let Some(code) = m.error_code().filter(|&c| c != 0) else {
@@ -378,13 +378,13 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
         }
     }
     if let Some(e) = batch_err {
-        return vec![Some(Err(Errno::from_raw_os_error(e))); n];
+        return vec![Some(Err(Errno::from_raw_os_error(e).into())); n];
     }
     let aborted = !lost && errors.iter().any(Option::is_some);
     errors
         .into_iter()
         .map(|c| match c {
-            Some(e) => Some(Err(Errno::from_raw_os_error(e))),
+            Some(e) => Some(Err(Errno::from_raw_os_error(e).into())),
             // Rolled back with the rest of an aborted batch: to be sent again.
             None if aborted => None,
             None => Some(Ok(())),
@@ -430,12 +430,15 @@ mod tests {
         ops.insert(1, Op::for_rule(&gone));
         assert_eq!(
             delete(&mut sock, &ops, deadline()),
-            vec![Ok(()), Err(Errno::NOENT), Ok(())]
+            vec![Ok(()), Err(Fault::Kernel(Errno::NOENT)), Ok(())]
         );
         let left: Vec<Option<String>> = rules_of(&mut sock).into_iter().map(|r| r.comment).collect();
         assert_eq!(left, [Some("r2".to_string())]);
         // What is gone comes back as ENOENT, which `error::is_gone` calls done.
-        assert_eq!(delete(&mut sock, &ops[..1], deadline()), vec![Err(Errno::NOENT)]);
+        assert_eq!(
+            delete(&mut sock, &ops[..1], deadline()),
+            vec![Err(Fault::Kernel(Errno::NOENT))]
+        );
     }
 
     #[test]
@@ -450,7 +453,7 @@ mod tests {
                 recursive: false,
             },
         ];
-        assert_eq!(delete_atomic(&mut sock, &ops), Err(Errno::BUSY));
+        assert_eq!(delete_atomic(&mut sock, &ops), Err(Fault::Kernel(Errno::BUSY)));
         assert_eq!(rules_of(&mut sock).len(), 3, "the rule delete was rolled back");
         let chains = dump_chains(&mut sock, NFPROTO_INET, "t").unwrap();
         assert_eq!(chains.len(), 1);
