@@ -12,7 +12,7 @@ use std::fmt;
 
 use crate::error::{Error, Fault, is_gone};
 use crate::files::{Removal, Remover};
-use crate::model::{Chain, Op, Plan, Refusal, RowRef, Rule, Table, is_smolvm_rule_table};
+use crate::model::{NftState, Op, Plan, Refusal, RowRef, is_smolvm_rule_table};
 use crate::netlink::{self, link, nft};
 use crate::process::{self, Stopped, Timing};
 use crate::procfs::Procfs;
@@ -416,14 +416,15 @@ fn nft_run(w: &NftWork, deadline: Instant) -> NftDone {
         .and_then(|mut sock| nft::dump_smolvm(&mut sock, false))
     {
         Ok(now) => {
-            let rules: BTreeSet<Op> = now.rules.iter().map(Op::for_rule).collect();
+            let mut present: BTreeSet<Op> = now.rules.iter().map(Op::for_rule).collect();
+            present.extend(now.elems.iter().map(Op::for_elem));
             let tables: BTreeSet<(u8, &str)> =
                 now.tables.iter().map(|t| (t.family, t.name.as_str())).collect();
             for (op, &i) in w.ops.iter().zip(&w.owner) {
                 let present = match op {
-                    Op::Rule { .. } => rules.contains(op),
+                    Op::Rule { .. } | Op::Elem { .. } => present.contains(op),
                     Op::Table { family, name, .. } => tables.contains(&(*family, name.as_str())),
-                    Op::Chain { .. } => false,
+                    Op::Chain { .. } | Op::Set { .. } => false,
                 };
                 if present {
                     first_err
@@ -488,6 +489,8 @@ fn describe(op: &Op) -> String {
         } => format!("delete nftables rule {table} {chain} handle {handle}"),
         Op::Chain { table, name, .. } => format!("delete nftables chain {table} {name}"),
         Op::Table { name, .. } => format!("delete nftables table {name}"),
+        Op::Elem { table, set, .. } => format!("delete an element of nftables set {table} {set}"),
+        Op::Set { table, name, .. } => format!("delete nftables set {table} {name}"),
     }
 }
 
@@ -589,25 +592,35 @@ fn row_arg(r: &RowRef) -> (&str, Option<&str>) {
 
 /// The shared teardown's decision, from a dump taken after the VMs went: the batch to
 /// run, or why none may run (that is `plan::shared_teardown`).
-pub type Teardown = fn(&[Table], &[Chain], &[Rule]) -> Result<Vec<Op>, String>;
+pub type Teardown = fn(&NftState) -> Result<Vec<Op>, String>;
 
-/// With `--all`, once no VM is left: removes SmolVM's shared nft rules, base chains and
-/// tables in one all-or-nothing batch, as `decide` says from a fresh dump. Ok(false) when
-/// there was nothing to remove.
-pub fn remove_shared(deadline: Instant, decide: Teardown) -> Result<bool, String> {
+/// Why SmolVM's shared tables stay: the decision refused (something not SmolVM's, or a
+/// VM's, is still in them), or the kernel did not do it.
+#[derive(Debug)]
+pub enum Shared {
+    Refused(Error),
+    Failed(Error),
+}
+
+/// With `--all`, once no VM is left: removes SmolVM's shared nft rules, maps and sets,
+/// base chains and tables in one all-or-nothing batch, as `decide` says from a fresh
+/// dump. Ok(false) when there was nothing to remove.
+pub fn remove_shared(deadline: Instant, decide: Teardown) -> Result<bool, Shared> {
     let action = "remove SmolVM's shared nftables tables";
-    let err = |e: Fault| Error::sys(action, e).to_string();
+    let err = |e: Fault| Shared::Failed(Error::sys(action, e));
     let mut sock = netlink::Socket::netfilter(deadline).map_err(|e| err(e.into()))?;
     let now = nft::dump_smolvm(&mut sock, true).map_err(err)?;
-    let ops =
-        decide(&now.tables, &now.chains, &now.rules).map_err(|why| Error::msg(action, why).to_string())?;
+    let ops = decide(&now).map_err(|why| Shared::Refused(Error::msg(action, why)))?;
     if ops.is_empty() {
         return Ok(false);
     }
     nft::delete_atomic(&mut sock, &ops).map_err(err)?;
     let left = nft::dump_tables(&mut sock).map_err(err)?;
     if left.iter().any(|t| is_smolvm_rule_table(t.family, &t.name)) {
-        return Err(Error::msg(action, "they are still present after the delete").to_string());
+        return Err(Shared::Failed(Error::msg(
+            action,
+            "they are still present after the delete",
+        )));
     }
     Ok(true)
 }

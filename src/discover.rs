@@ -132,6 +132,7 @@ fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
         Ok(dump) => {
             d.obs.tables = dump.tables;
             d.obs.rules = dump.rules;
+            d.obs.elems = dump.elems;
         }
         Err(e) => d.nft_error = Some(Error::sys("list nftables rules", e)),
     }

@@ -289,7 +289,9 @@ fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop>
         match apply::remove_shared(s.timing.deadline, plan::shared_teardown) {
             Ok(true) => eprintln!("smolvm-cleanup: no VM is left: removed SmolVM's shared nftables tables"),
             Ok(false) => {}
-            Err(e) => diag.warn(format!("{e}; they are kept")),
+            Err(apply::Shared::Refused(e)) => diag.warn(format!("{e}; they are kept")),
+            // --all asked for them and the kernel did not remove them: the run failed.
+            Err(apply::Shared::Failed(e)) => report.incomplete.push(e.to_string()),
         }
     }
     Ok(report)
@@ -492,7 +494,13 @@ fn describe_step(t: &Target, s: &apply::Step) -> String {
     let list = match s.kind {
         apply::StepKind::Process => r.vmm_pids.iter().map(|p| format!("pid {p}")).collect(),
         apply::StepKind::Tap => r.taps.clone(),
-        apply::StepKind::Nft => vec![format!("{} rules", r.nft_rules + r.nft_tables.len())],
+        apply::StepKind::Nft => {
+            let mut v = vec![format!("{} rules", r.nft_rules + r.nft_tables.len())];
+            if r.nft_elements > 0 {
+                v.push(format!("{} elements", r.nft_elements));
+            }
+            v
+        }
         apply::StepKind::Files => vec![format!("{} files", r.files.len())],
         apply::StepKind::Row => vec![format!("{} row{}", r.rows, if r.rows == 1 { "" } else { "s" })],
     };

@@ -57,6 +57,15 @@ pub const NFPROTO_IPV4: u8 = 2;
 /// SmolVM's two shared nft tables, (family, name): its per-VM rules live only there.
 pub const SMOLVM_TABLES: [(u8, &str); 2] = [(NFPROTO_IPV4, "smolvm_nat"), (NFPROTO_INET, "smolvm_filter")];
 
+/// The maps and sets SmolVM (0.0.8+) keeps in its two shared tables.
+pub const SMOLVM_SETS: [&str; 5] = [
+    "dnat_ext",
+    "dnat_local",
+    "snat_return",
+    "fwd_allow",
+    "allowed_taps",
+];
+
 pub fn is_smolvm_rule_table(family: u8, table: &str) -> bool {
     SMOLVM_TABLES.contains(&(family, table))
 }
@@ -118,6 +127,14 @@ pub struct Row {
     pub taps: Vec<String>,
     /// `config.retain_disk_on_delete`.
     pub retain_disk: bool,
+    /// `network.guest_ip`, when it is an IPv4 address.
+    pub guest_ip: Option<[u8; 4]>,
+    /// The SSH forward's host port (`ssh_forwards.host_port`, else `network.ssh_host_port`).
+    pub host_port: Option<u16>,
+    /// The SSH forward's guest port (`ssh_forwards.guest_port`; SmolVM's default is 22).
+    pub guest_port: Option<u16>,
+    /// `vsock_cids.guest_cid` (0.0.2x+).
+    pub vsock_cid: Option<u32>,
 }
 
 /// What the /proc we read can show of the host's processes.
@@ -195,11 +212,87 @@ pub struct Chain {
     pub name: String,
 }
 
+/// An nf_tables set or map from the dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub family: u8,
+    pub table: String,
+    pub name: String,
+}
+
+/// One element of a set or map, its key and (for a map) its value as the kernel gave
+/// them: a delete replays these bytes, never a re-encoding.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Elem {
+    pub family: u8,
+    pub table: String,
+    pub set: String,
+    pub key: Vec<u8>,
+    pub data: Option<Vec<u8>>,
+}
+
+/// What an element of SmolVM's maps and sets (0.0.8+) says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElemMeaning {
+    /// `dnat_ext`/`dnat_local`: `host port : guest ip . guest port`.
+    Forward { port: u16, ip: [u8; 4], guest_port: u16 },
+    /// `snat_return`/`fwd_allow`: `guest ip . guest port`.
+    Guest { ip: [u8; 4], port: u16 },
+    /// `allowed_taps`: a TAP name.
+    Tap(String),
+    /// Not one of SmolVM's sets, or bytes that do not fit it.
+    Other,
+}
+
+impl Elem {
+    /// Reads the element by the set it is in. Concatenated values are laid out in 4-byte
+    /// registers (`172.16.0.2 . 22` is 4 bytes of address, then the port in the first 2
+    /// bytes of the next 4), and a TAP name is NUL-padded.
+    pub fn meaning(&self) -> ElemMeaning {
+        let port = |b: &[u8], at: usize| b.get(at..at + 2).map(|p| u16::from_be_bytes([p[0], p[1]]));
+        let ip = |b: &[u8], at: usize| b.get(at..at + 4).and_then(|p| <[u8; 4]>::try_from(p).ok());
+        match (self.family, self.table.as_str(), self.set.as_str()) {
+            (NFPROTO_IPV4, "smolvm_nat", "dnat_ext" | "dnat_local") => {
+                let data = self.data.as_deref().unwrap_or_default();
+                match (port(&self.key, 0), ip(data, 0), port(data, 4)) {
+                    (Some(port), Some(ip), Some(guest_port)) => ElemMeaning::Forward { port, ip, guest_port },
+                    _ => ElemMeaning::Other,
+                }
+            }
+            (NFPROTO_IPV4, "smolvm_nat", "snat_return") | (NFPROTO_INET, "smolvm_filter", "fwd_allow") => {
+                match (ip(&self.key, 0), port(&self.key, 4)) {
+                    (Some(ip), Some(port)) => ElemMeaning::Guest { ip, port },
+                    _ => ElemMeaning::Other,
+                }
+            }
+            (NFPROTO_INET, "smolvm_filter", "allowed_taps") => {
+                let end = self.key.iter().position(|&b| b == 0).unwrap_or(self.key.len());
+                match std::str::from_utf8(&self.key[..end]) {
+                    Ok(tap) if valid_tap_name(tap) => ElemMeaning::Tap(tap.to_string()),
+                    _ => ElemMeaning::Other,
+                }
+            }
+            _ => ElemMeaning::Other,
+        }
+    }
+}
+
 /// An nf_tables table from the dump.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     pub family: u8,
     pub name: String,
+}
+
+/// SmolVM's nf_tables objects as one dump shows them: every table, and the chains (when
+/// asked), rules, sets and set elements of SmolVM's two shared tables.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NftState {
+    pub tables: Vec<Table>,
+    pub chains: Vec<Chain>,
+    pub rules: Vec<Rule>,
+    pub sets: Vec<Set>,
+    pub elems: Vec<Elem>,
 }
 
 /// A file cleanup may remove: a path relative to a directory it trusts (the data dir or
@@ -248,9 +341,27 @@ pub enum Op {
         name: String,
         recursive: bool,
     },
+    /// One element of a set or map, by the key bytes the dump gave.
+    Elem {
+        family: u8,
+        table: String,
+        set: String,
+        key: Vec<u8>,
+    },
+    /// A set or map, only if empty (NLM_F_NONREC: EBUSY otherwise).
+    Set { family: u8, table: String, name: String },
 }
 
 impl Op {
+    pub fn for_elem(e: &Elem) -> Op {
+        Op::Elem {
+            family: e.family,
+            table: e.table.clone(),
+            set: e.set.clone(),
+            key: e.key.clone(),
+        }
+    }
+
     pub fn for_rule(r: &Rule) -> Op {
         Op::Rule {
             family: r.family,
@@ -364,6 +475,8 @@ pub struct Observed {
     pub links: Vec<Link>,
     /// Rules of SmolVM's tables.
     pub rules: Vec<Rule>,
+    /// Elements of the maps and sets in SmolVM's tables (0.0.8+).
+    pub elems: Vec<Elem>,
     pub tables: Vec<Table>,
     /// Socket files that a live process still accepts connections on.
     pub served: BTreeSet<PathBuf>,
@@ -413,6 +526,8 @@ pub struct Vm {
     pub rules: Vec<usize>,
     /// Indexes into `Observed::tables` (per-TAP policy tables of newer SmolVM).
     pub tables: Vec<usize>,
+    /// Indexes into `Observed::elems` (its entries in SmolVM's maps and sets).
+    pub elems: Vec<usize>,
     pub files: Vec<FileRef>,
     /// No state row describes it: only the host does.
     pub rowless: bool,

@@ -6,19 +6,21 @@
 use std::collections::BTreeSet;
 
 use crate::model::{
-    Chain, Inventory, Observed, Op, Plan, RowRef, Rule, SMOLVM_TABLES, Table, TapRef, Target, Vm,
+    Chain, Inventory, NftState, Observed, Op, Plan, RowRef, SMOLVM_SETS, SMOLVM_TABLES, TapRef, Target, Vm,
 };
 
 /// The base chains SmolVM creates in each of `SMOLVM_TABLES`, in the same order.
 const BASE_CHAINS: [&[&str]; 2] = [&["prerouting", "output", "postrouting"], &["forward"]];
 
 /// The batch that removes SmolVM's shared nft objects once no VM is left: its shared
-/// rules (`smolvm:global:*`, `smolvm:map:*`), then its base chains, then its two tables,
-/// the chains and tables only if empty (so anything someone else added keeps them all).
-/// Refused when a rule without a SmolVM comment, a VM's own rule, or a chain SmolVM did
-/// not create is still there.
-pub fn shared_teardown(tables: &[Table], chains: &[Chain], rules: &[Rule]) -> Result<Vec<Op>, String> {
+/// rules (`smolvm:global:*`, `smolvm:map:*`), then its maps and sets (0.0.8+), then its
+/// base chains, then its two tables, each only if empty (so anything someone else added
+/// keeps them all). Refused when a rule without a SmolVM comment, a VM's own rule, an
+/// element of a map or set, or a chain or set SmolVM did not create is still there.
+pub fn shared_teardown(now: &NftState) -> Result<Vec<Op>, String> {
+    let (tables, chains, rules) = (&now.tables, &now.chains, &now.rules);
     let mut ops = Vec::new();
+    let mut drop_sets = Vec::new();
     let mut drop_chains = Vec::new();
     let mut drops = Vec::new();
     for ((family, name), base) in SMOLVM_TABLES.into_iter().zip(BASE_CHAINS) {
@@ -41,6 +43,30 @@ pub fn shared_teardown(tables: &[Table], chains: &[Chain], rules: &[Rule]) -> Re
                 }
             }
         }
+        for set in now
+            .sets
+            .iter()
+            .filter(|st| st.family == family && st.table == name)
+        {
+            if !SMOLVM_SETS.contains(&set.name.as_str()) {
+                return Err(format!(
+                    "{name} holds set {} that SmolVM did not create",
+                    set.name
+                ));
+            }
+            if now
+                .elems
+                .iter()
+                .any(|e| e.family == family && e.table == name && e.set == set.name)
+            {
+                return Err(format!("{name} set {} still holds elements", set.name));
+            }
+            drop_sets.push(Op::Set {
+                family,
+                table: name.to_string(),
+                name: set.name.clone(),
+            });
+        }
         for c in chains_in(chains, family, name) {
             if !base.contains(&c.name.as_str()) {
                 return Err(format!(
@@ -60,6 +86,7 @@ pub fn shared_teardown(tables: &[Table], chains: &[Chain], rules: &[Rule]) -> Re
             recursive: false,
         });
     }
+    ops.extend(drop_sets);
     ops.extend(drop_chains);
     ops.extend(drops);
     Ok(ops)
@@ -123,6 +150,7 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
         .collect();
     let kept_rules: BTreeSet<usize> = keep.iter().flat_map(|v| v.rules.iter().copied()).collect();
     let kept_tables: BTreeSet<usize> = keep.iter().flat_map(|v| v.tables.iter().copied()).collect();
+    let kept_elems: BTreeSet<usize> = keep.iter().flat_map(|v| v.elems.iter().copied()).collect();
     let mut groups: Vec<u32> = links.iter().map(|l| l.group).collect();
     groups.sort_unstable();
     groups.dedup();
@@ -152,6 +180,7 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
         }
         vm.rules.retain(|r| !kept_rules.contains(r));
         vm.tables.retain(|t| !kept_tables.contains(t));
+        vm.elems.retain(|e| !kept_elems.contains(e));
         plan.targets.push(resolve(vm, obs));
     }
     plan
@@ -174,6 +203,7 @@ fn resolve(vm: Vm, obs: &Observed) -> Target {
         name: obs.tables[ti].name.clone(),
         recursive: true,
     }));
+    nft.extend(vm.elems.iter().map(|&ei| Op::for_elem(&obs.elems[ei])));
     Target {
         taps: vm
             .taps
@@ -198,7 +228,7 @@ fn resolve(vm: Vm, obs: &Observed) -> Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Link, NFPROTO_INET, NFPROTO_IPV4, Stale};
+    use crate::model::{Elem, Link, NFPROTO_INET, NFPROTO_IPV4, Rule, Set, Stale, Table};
 
     fn vm(id: &str, stale: bool) -> Vm {
         Vm {
@@ -349,19 +379,63 @@ mod tests {
             4,
             Some("smolvm:global:nat:masquerade:uplink0"),
         )];
-        let ops = shared_teardown(&tables, &chains, &rules).unwrap();
+        let state = |tables: &[Table], chains: &[Chain], rules: &[Rule]| NftState {
+            tables: tables.to_vec(),
+            chains: chains.to_vec(),
+            rules: rules.to_vec(),
+            ..NftState::default()
+        };
+        let ops = shared_teardown(&state(&tables, &chains, &rules)).unwrap();
         assert_eq!(ops.len(), 1 + 2 + 2);
         assert!(matches!(ops[0], Op::Rule { handle: 4, .. }));
         assert!(matches!(&ops[1], Op::Chain { name, .. } if name == "postrouting"));
         assert!(matches!(&ops[4], Op::Table { name, recursive: false, .. } if name == "smolvm_filter"));
 
         let foreign = [rules.clone(), vec![r(NFPROTO_INET, "smolvm_filter", 9, None)]].concat();
-        assert!(shared_teardown(&tables, &chains, &foreign).is_err());
+        assert!(shared_teardown(&state(&tables, &chains, &foreign)).is_err());
         let vm_rule = vec![r(NFPROTO_INET, "smolvm_filter", 9, Some("smolvm:vm-1:ssh"))];
-        assert!(shared_teardown(&tables, &chains, &vm_rule).is_err());
+        assert!(shared_teardown(&state(&tables, &chains, &vm_rule)).is_err());
         let extra = [chains.clone(), vec![chain(NFPROTO_INET, "smolvm_filter", "mine")]].concat();
-        assert!(shared_teardown(&tables, &extra, &rules).is_err());
-        assert!(shared_teardown(&tables[2..], &[], &[]).unwrap().is_empty());
+        assert!(shared_teardown(&state(&tables, &extra, &rules)).is_err());
+        assert!(
+            shared_teardown(&state(&tables[2..], &[], &[]))
+                .unwrap()
+                .is_empty()
+        );
+
+        // 0.0.36: its maps and sets go in the same batch, after the rules that use them,
+        // and only when they are empty; a set SmolVM did not make keeps everything.
+        let mut with_sets = state(&tables, &chains, &rules);
+        with_sets.sets = vec![
+            Set {
+                family: NFPROTO_IPV4,
+                table: "smolvm_nat".into(),
+                name: "dnat_ext".into(),
+            },
+            Set {
+                family: NFPROTO_INET,
+                table: "smolvm_filter".into(),
+                name: "allowed_taps".into(),
+            },
+        ];
+        let ops = shared_teardown(&with_sets).unwrap();
+        assert_eq!(ops.len(), 1 + 2 + 2 + 2);
+        assert!(matches!(&ops[1], Op::Set { name, .. } if name == "dnat_ext"));
+        assert!(matches!(&ops[3], Op::Chain { .. }));
+        with_sets.elems = vec![Elem {
+            family: NFPROTO_INET,
+            table: "smolvm_filter".into(),
+            set: "allowed_taps".into(),
+            key: b"tap2\0".to_vec(),
+            data: None,
+        }];
+        assert!(
+            shared_teardown(&with_sets).is_err(),
+            "a live VM's element keeps them"
+        );
+        with_sets.elems.clear();
+        with_sets.sets[1].name = "mine".into();
+        assert!(shared_teardown(&with_sets).is_err());
     }
 
     #[test]

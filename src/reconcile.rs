@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    FileRef, Inventory, Life, NFPROTO_INET, Observed, ProcInfo, Refusal, Row, Stale, Status, Vm, Vmm,
-    is_smolvm_rule_table, is_vmm_argv0, socket_id, valid_tap_name, valid_vm_id,
+    ElemMeaning, FileRef, Inventory, Life, NFPROTO_INET, Observed, ProcInfo, Refusal, Row, Stale, Status, Vm,
+    Vmm, is_smolvm_rule_table, is_vmm_argv0, socket_id, valid_tap_name, valid_vm_id,
 };
 
 /// Slack between a process's start time (from boot time + ticks) and the row's timestamp.
@@ -122,12 +122,24 @@ pub fn tap_for_guest_ip(ip: [u8; 4]) -> Option<String> {
     (ip[0] == 172 && ip[1] == 16 && (2..65535).contains(&index)).then(|| format!("tap{index}"))
 }
 
+/// The guest IP SmolVM gives with `tap<index>` (the inverse of `tap_for_guest_ip`).
+pub fn guest_ip_for_tap(tap: &str) -> Option<[u8; 4]> {
+    let index: u16 = tap.strip_prefix("tap")?.parse().ok()?;
+    let [hi, lo] = index.to_be_bytes();
+    (index >= 2).then_some([172, 16, hi, lo])
+}
+
 /// Lookups built once per run, so that judging N VMs costs O(N), not O(N × rules).
 struct Index<'a> {
     link_by_name: HashMap<&'a str, usize>,
     rules_by_id: BTreeMap<&'a str, Vec<usize>>,
     rules_by_tap: BTreeMap<&'a str, Vec<usize>>,
     table_by_tap: HashMap<&'a str, usize>,
+    /// Elements of SmolVM's maps and sets: `allowed_taps` by TAP name, the others by the
+    /// guest IP they carry, the port forwards also by host port.
+    elems_by_tap: HashMap<String, Vec<usize>>,
+    elems_by_ip: HashMap<[u8; 4], Vec<usize>>,
+    elems_by_port: HashMap<u16, Vec<usize>>,
     /// Live (non-zombie) VMM processes by the one VM id each names.
     vmms_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
     /// The files discovery listed, by the VM id their name carries (retained disks left out).
@@ -149,6 +161,9 @@ impl<'a> Index<'a> {
             rules_by_id: BTreeMap::new(),
             rules_by_tap: BTreeMap::new(),
             table_by_tap: HashMap::new(),
+            elems_by_tap: HashMap::new(),
+            elems_by_ip: HashMap::new(),
+            elems_by_port: HashMap::new(),
             vmms_by_id: BTreeMap::new(),
             files_by_id: HashMap::new(),
             named_by_file: BTreeSet::new(),
@@ -206,6 +221,17 @@ impl<'a> Index<'a> {
                 .filter(|_| t.family == NFPROTO_INET)
             {
                 ix.table_by_tap.insert(tap, i);
+            }
+        }
+        for (i, e) in obs.elems.iter().enumerate() {
+            match e.meaning() {
+                ElemMeaning::Tap(tap) => ix.elems_by_tap.entry(tap).or_default().push(i),
+                ElemMeaning::Guest { ip, .. } => ix.elems_by_ip.entry(ip).or_default().push(i),
+                ElemMeaning::Forward { port, ip, .. } => {
+                    ix.elems_by_ip.entry(ip).or_default().push(i);
+                    ix.elems_by_port.entry(port).or_default().push(i);
+                }
+                ElemMeaning::Other => {}
             }
         }
         for p in obs.vmms.iter().filter(|p| !p.is_zombie()) {
@@ -312,6 +338,7 @@ fn add_rowless(
     for (tap, id) in &ties {
         tied.entry(id).or_default().push(tap.clone());
     }
+    let row_ips: BTreeSet<[u8; 4]> = obs.rows.iter().filter_map(|r| r.guest_ip).collect();
 
     for (id, vmms) in evidence {
         let mut vm = Vm {
@@ -328,6 +355,16 @@ fn add_rowless(
             ..Vm::default()
         };
         attach_network(&mut vm, obs, ix, &mut inv.warnings);
+        let mut ips: BTreeSet<[u8; 4]> = vm.tap_names.iter().filter_map(|t| guest_ip_for_tap(t)).collect();
+        for &ri in ix.rules_by_id.get(id.as_str()).into_iter().flatten() {
+            ips.extend(
+                obs.rules[ri]
+                    .ipv4
+                    .iter()
+                    .filter(|ip| tap_for_guest_ip(**ip).is_some()),
+            );
+        }
+        attach_elems_by_ip(&mut vm, &ips, &row_ips, ix);
         vm.files = ix.files_by_id.get(id.as_str()).cloned().unwrap_or_default();
         judge_rowless(&mut vm, obs);
         if vm.stale.is_none() {
@@ -340,11 +377,20 @@ fn add_rowless(
         inv.vms.push(vm);
     }
 
-    // TAPs that only a SmolVM rule names, tied to no VM.
-    let orphan_taps = ix
-        .rules_by_tap
-        .keys()
-        .filter(|tap| !claimed.contains(**tap) && !ties.contains_key(**tap));
+    // TAPs that only SmolVM's rules, policy tables or elements name, tied to no VM (an
+    // element's guest IP names the TAP SmolVM gave that IP).
+    let mut named: BTreeSet<String> = ix.rules_by_tap.keys().map(|t| t.to_string()).collect();
+    named.extend(ix.table_by_tap.keys().map(|t| t.to_string()));
+    named.extend(ix.elems_by_tap.keys().cloned());
+    named.extend(
+        ix.elems_by_ip
+            .keys()
+            .filter(|ip| !row_ips.contains(*ip))
+            .filter_map(|ip| tap_for_guest_ip(*ip)),
+    );
+    let orphan_taps = named
+        .iter()
+        .filter(|tap| !claimed.contains(tap.as_str()) && !ties.contains_key(tap.as_str()));
     for tap in orphan_taps {
         let mut vm = Vm {
             id: format!("orphan-{tap}"),
@@ -353,6 +399,8 @@ fn add_rowless(
             ..Vm::default()
         };
         attach_network(&mut vm, obs, ix, &mut inv.warnings);
+        let ips = guest_ip_for_tap(tap).into_iter().collect();
+        attach_elems_by_ip(&mut vm, &ips, &row_ips, ix);
         if vm.taps.iter().any(|&li| obs.links[li].carrier) {
             inv.warnings.push(format!(
                 "{tap}: a live process holds this TAP though no state row names it; left alone"
@@ -468,6 +516,61 @@ fn attach_network(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Ve
     rules.dedup();
     vm.rules = rules;
     vm.tables = tables;
+    for tap in &vm.tap_names {
+        vm.elems
+            .extend(ix.elems_by_tap.get(tap.as_str()).into_iter().flatten());
+    }
+}
+
+/// The elements that carry one of `ips` as a guest IP (a VM with no row: the IPs its TAPs
+/// and rules name), unless a row has that IP: then they are that row's VM's.
+fn attach_elems_by_ip(vm: &mut Vm, ips: &BTreeSet<[u8; 4]>, row_ips: &BTreeSet<[u8; 4]>, ix: &Index<'_>) {
+    for ip in ips.iter().filter(|ip| !row_ips.contains(*ip)) {
+        vm.elems.extend(ix.elems_by_ip.get(ip).into_iter().flatten());
+    }
+    vm.elems.sort_unstable();
+    vm.elems.dedup();
+}
+
+/// A VM with rows: the port forwards of its host port that lead to its guest IP, and the
+/// `snat_return`/`fwd_allow` entries of its guest IP and port. A forward of its port to
+/// another IP is someone else's: left, with a warning.
+fn attach_row_elems(vm: &mut Vm, rows: &[&Row], obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<String>) {
+    for row in rows {
+        let ours_port = |p: u16| row.guest_port.is_none_or(|g| g == p);
+        for &ei in row
+            .host_port
+            .and_then(|p| ix.elems_by_port.get(&p))
+            .into_iter()
+            .flatten()
+        {
+            let e = &obs.elems[ei];
+            if let ElemMeaning::Forward { port, ip, guest_port } = e.meaning() {
+                if Some(ip) == row.guest_ip && ours_port(guest_port) {
+                    vm.elems.push(ei);
+                } else {
+                    warnings.push(format!(
+                        "{}: {} maps its port {port} to {}.{}.{}.{}, not to its guest; left alone",
+                        vm.id, e.set, ip[0], ip[1], ip[2], ip[3]
+                    ));
+                }
+            }
+        }
+        for &ei in row
+            .guest_ip
+            .and_then(|ip| ix.elems_by_ip.get(&ip))
+            .into_iter()
+            .flatten()
+        {
+            if let ElemMeaning::Guest { port, .. } = obs.elems[ei].meaning()
+                && ours_port(port)
+            {
+                vm.elems.push(ei);
+            }
+        }
+    }
+    vm.elems.sort_unstable();
+    vm.elems.dedup();
 }
 
 /// Judges a VM that has rows: its VMM, staleness, and its resources.
@@ -595,6 +698,7 @@ fn attach_row_resources(
         }
     }
     attach_network(vm, obs, ix, warnings);
+    attach_row_elems(vm, rows, obs, ix, warnings);
 
     // What discovery listed for this id in the socket dir and in its DBs' data dirs: a
     // missing file is already gone.
@@ -642,6 +746,10 @@ mod tests {
             created_unix: Some(900.0),
             taps: vec![],
             retain_disk: false,
+            guest_ip: None,
+            host_port: None,
+            guest_port: None,
+            vsock_cid: None,
         }
     }
 

@@ -34,6 +34,8 @@ pub struct Resources {
     pub taps: Vec<String>,
     pub nft_rules: usize,
     pub nft_tables: Vec<String>,
+    /// Its entries in SmolVM's maps and sets.
+    pub nft_elements: usize,
     pub files: Vec<String>,
     pub rows: usize,
 }
@@ -44,6 +46,7 @@ impl Resources {
             vmm_pids: t.vmms.iter().map(|v| v.pid).collect(),
             taps: t.taps.iter().map(|l| l.name.clone()).collect(),
             nft_rules: t.nft.iter().filter(|op| matches!(op, Op::Rule { .. })).count(),
+            nft_elements: t.nft.iter().filter(|op| matches!(op, Op::Elem { .. })).count(),
             nft_tables: t
                 .nft
                 .iter()
@@ -72,6 +75,9 @@ impl Resources {
             parts.push(plural(self.nft_rules, "nft rule"));
         }
         parts.extend(self.nft_tables.iter().map(|t| format!("nft table {t}")));
+        if self.nft_elements > 0 {
+            parts.push(plural(self.nft_elements, "nft element"));
+        }
         if !self.files.is_empty() {
             parts.push(plural(self.files.len(), "file"));
         }
@@ -361,6 +367,7 @@ fn write_resources(j: &mut Json, r: &Resources) {
     j.end_arr();
     j.key("taps").str_arr(r.taps.iter().map(String::as_str));
     j.key("nft_rules").num(r.nft_rules);
+    j.key("nft_elements").num(r.nft_elements);
     j.key("nft_tables")
         .str_arr(r.nft_tables.iter().map(String::as_str));
     j.key("files").str_arr(r.files.iter().map(String::as_str));

@@ -104,8 +104,8 @@ impl Db {
             }
         };
         let sql = format!(
-            "SELECT id, status, {pid}, {sock}, {cat}, {uat}, {uunix}, {cunix}, {tap}, {retain} \
-             FROM vms ORDER BY {order}, rowid",
+            "SELECT id, status, {pid}, {sock}, {cat}, {uat}, {uunix}, {cunix}, {tap}, {retain}, \
+             {ip}, {port} FROM vms ORDER BY {order}, rowid",
             pid = col("pid"),
             sock = col("socket_path"),
             cat = col("created_at"),
@@ -114,6 +114,8 @@ impl Db {
             cunix = time("created_at"),
             tap = json("network", "$.tap_device"),
             retain = json("config", "$.retain_disk_on_delete"),
+            ip = json("network", "$.guest_ip"),
+            port = json("network", "$.ssh_host_port"),
             order = col("created_at"),
         );
         // One read transaction: rows and leases from the same snapshot.
@@ -143,11 +145,44 @@ impl Db {
                     created_unix: real(v(7)?),
                     taps: tap.into_iter().collect(),
                     retain_disk: matches!(v(9)?, Value::Integer(1)),
+                    guest_ip: text(v(10)?).and_then(|s| parse_ipv4(&s)),
+                    host_port: int(v(11)?).and_then(|p| u16::try_from(p).ok()),
+                    guest_port: None,
+                    vsock_cid: None,
                 })
             })?
             .collect::<rusqlite::Result<Vec<Row>>>()?;
         let by_id: std::collections::HashMap<String, usize> =
             rows.iter().enumerate().map(|(i, r)| (r.id.clone(), i)).collect();
+        // The SSH forward (its host port wins over the JSON copy) and the vsock CID.
+        if self.has_table("ssh_forwards") {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT vm_id, host_port, guest_port FROM ssh_forwards")?;
+            let forwards = stmt
+                .query_map([], |r| {
+                    Ok((text(lossy(r, 0)?), int(lossy(r, 1)?), int(lossy(r, 2)?)))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (vm, host, guest) in forwards {
+                if let Some(&k) = vm.and_then(|v| by_id.get(&v)) {
+                    let port = |p: Option<i64>| p.and_then(|p| u16::try_from(p).ok());
+                    rows[k].host_port = port(host).or(rows[k].host_port);
+                    rows[k].guest_port = port(guest);
+                }
+            }
+        }
+        if self.has_table("vsock_cids") {
+            let mut stmt = self.conn.prepare("SELECT vm_id, guest_cid FROM vsock_cids")?;
+            let cids = stmt
+                .query_map([], |r| Ok((text(lossy(r, 0)?), int(lossy(r, 1)?))))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (vm, cid) in cids {
+                if let Some(&k) = vm.and_then(|v| by_id.get(&v)) {
+                    rows[k].vsock_cid = cid.and_then(|c| u32::try_from(c).ok());
+                }
+            }
+        }
         for table in ["ip_leases", "tap_allocations"] {
             if !self.has_table(table) {
                 continue;
@@ -286,6 +321,11 @@ fn lossy(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Value> {
         ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
         other => Value::try_from(other).unwrap_or(Value::Null),
     })
+}
+
+/// `172.16.0.2` as four bytes; anything else is None.
+pub fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    s.parse::<std::net::Ipv4Addr>().ok().map(|ip| ip.octets())
 }
 
 fn text(v: Value) -> Option<String> {

@@ -297,6 +297,20 @@ impl Writer {
         self.buf.resize(align4(self.buf.len()), 0);
     }
 
+    /// One attribute as bytes, to nest inside another (empty when it outgrows its length
+    /// field, which the outer `attr` then reports).
+    pub fn nested(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let Ok(len) = u16::try_from(4 + payload.len()) else {
+            return vec![0; usize::from(u16::MAX) + 1];
+        };
+        let mut v = Vec::with_capacity(align4(payload.len() + 4));
+        v.extend_from_slice(&len.to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(payload);
+        v.resize(align4(v.len()), 0);
+        v
+    }
+
     pub fn attr_str(&mut self, ty: u16, s: &str) {
         let mut v = Vec::with_capacity(s.len() + 1);
         v.extend_from_slice(s.as_bytes());

@@ -18,7 +18,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 
 use super::{Fault, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages, seq_offset};
-use crate::model::{Chain, Op, Rule, Table, is_smolvm_rule_table};
+use crate::model::{Chain, Elem, NftState, Op, Rule, Set, Table, is_smolvm_rule_table};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -32,6 +32,12 @@ const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_DELSET: u16 = 11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_DELSETELEM: u16 = 14;
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -43,6 +49,15 @@ const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+/// Set on every attribute that holds attributes, as libnftnl does.
+const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
@@ -98,8 +113,106 @@ impl Op {
                 nfgenmsg(w, *family, 0);
                 w.attr_str(NFTA_TABLE_NAME, name);
             }
+            Op::Elem {
+                family,
+                table,
+                set,
+                key,
+            } => {
+                // LIST_ELEMENTS { LIST_ELEM { ELEM_KEY { DATA_VALUE key } } }
+                w.begin(msg_type(NFT_MSG_DELSETELEM), NLM_F_REQUEST, seq);
+                nfgenmsg(w, *family, 0);
+                w.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+                w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+                let value = Writer::nested(NFTA_DATA_VALUE, key);
+                let elem_key = Writer::nested(NFTA_SET_ELEM_KEY | NLA_F_NESTED, &value);
+                let elem = Writer::nested(NFTA_LIST_ELEM | NLA_F_NESTED, &elem_key);
+                w.attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &elem);
+            }
+            Op::Set { family, table, name } => {
+                w.begin(msg_type(NFT_MSG_DELSET), NLM_F_REQUEST | NLM_F_NONREC, seq);
+                nfgenmsg(w, *family, 0);
+                w.attr_str(NFTA_SET_TABLE, table);
+                w.attr_str(NFTA_SET_NAME, name);
+            }
         }
         w.end();
+    }
+}
+
+/// Every set and map of one table. A table that does not exist has none.
+pub fn dump_sets(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Set>, Fault> {
+    let seq = sock.next_seq();
+    let mut w = Writer::default();
+    w.begin(msg_type(NFT_MSG_GETSET), NLM_F_REQUEST | NLM_F_DUMP, seq);
+    nfgenmsg(&mut w, family, 0);
+    w.attr_str(NFTA_SET_TABLE, table);
+    w.end();
+    let mut out = Vec::new();
+    let result = sock.dump(w.buf()?, seq, |m| {
+        if m.ty != msg_type(NFT_MSG_NEWSET) || m.payload.len() < 4 {
+            return;
+        }
+        let mut set = Set {
+            family: m.payload[0],
+            table: String::new(),
+            name: String::new(),
+        };
+        for (t, p) in attrs(&m.payload[4..]) {
+            match t {
+                NFTA_SET_TABLE => set.table = attr_str(p),
+                NFTA_SET_NAME => set.name = attr_str(p),
+                _ => {}
+            }
+        }
+        if set.table == table {
+            out.push(set);
+        }
+    });
+    match result {
+        Ok(()) | Err(Errno::NOENT) => Ok(out),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every element of one set, with its key and value bytes as the kernel has them.
+pub fn dump_elems(sock: &mut Socket, set: &Set) -> Result<Vec<Elem>, Fault> {
+    let seq = sock.next_seq();
+    let mut w = Writer::default();
+    w.begin(msg_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, seq);
+    nfgenmsg(&mut w, set.family, 0);
+    w.attr_str(NFTA_SET_ELEM_LIST_TABLE, &set.table);
+    w.attr_str(NFTA_SET_ELEM_LIST_SET, &set.name);
+    w.end();
+    let mut out = Vec::new();
+    let result = sock.dump(w.buf()?, seq, |m| {
+        if m.ty != msg_type(NFT_MSG_NEWSETELEM) || m.payload.len() < 4 {
+            return;
+        }
+        let list = attrs(&m.payload[4..]).filter(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS);
+        for (_, elems) in list {
+            for (_, elem) in attrs(elems).filter(|(t, _)| *t == NFTA_LIST_ELEM) {
+                let value = |ty: u16| {
+                    attrs(elem)
+                        .find(|(t, _)| *t == ty)
+                        .and_then(|(_, v)| attrs(v).find(|(t, _)| *t == NFTA_DATA_VALUE))
+                        .map(|(_, b)| b.to_vec())
+                };
+                if let Some(key) = value(NFTA_SET_ELEM_KEY) {
+                    out.push(Elem {
+                        family: set.family,
+                        table: set.table.clone(),
+                        set: set.name.clone(),
+                        key,
+                        data: value(NFTA_SET_ELEM_DATA),
+                    });
+                }
+            }
+        }
+    });
+    match result {
+        Ok(()) | Err(Errno::NOENT) => Ok(out),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -159,29 +272,23 @@ pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Cha
     }
 }
 
-/// SmolVM's view of the ruleset: every table, and the chains (when asked) and rules of
-/// SmolVM's two shared tables, from one socket.
-pub struct Smolvm {
-    pub tables: Vec<Table>,
-    pub chains: Vec<Chain>,
-    pub rules: Vec<Rule>,
-}
-
-pub fn dump_smolvm(sock: &mut Socket, with_chains: bool) -> Result<Smolvm, Fault> {
+/// SmolVM's view of the ruleset: every table, and the chains (when asked), rules, sets
+/// and set elements of SmolVM's two shared tables, from one socket.
+pub fn dump_smolvm(sock: &mut Socket, with_chains: bool) -> Result<NftState, Fault> {
     let tables = dump_tables(sock)?;
-    let mut chains = Vec::new();
-    let mut rules = Vec::new();
+    let mut state = NftState::default();
     for t in tables.iter().filter(|t| is_smolvm_rule_table(t.family, &t.name)) {
         if with_chains {
-            chains.extend(dump_chains(sock, t.family, &t.name)?);
+            state.chains.extend(dump_chains(sock, t.family, &t.name)?);
         }
-        rules.extend(dump_rules(sock, t.family, &t.name)?);
+        state.rules.extend(dump_rules(sock, t.family, &t.name)?);
+        for set in dump_sets(sock, t.family, &t.name)? {
+            state.elems.extend(dump_elems(sock, &set)?);
+            state.sets.push(set);
+        }
     }
-    Ok(Smolvm {
-        tables,
-        chains,
-        rules,
-    })
+    state.tables = tables;
+    Ok(state)
 }
 
 /// Every rule of one table. A table that does not exist has no rules.
