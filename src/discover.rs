@@ -157,8 +157,16 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
             .into_iter()
             .filter(|n| n.ends_with(".create.lock"))
             .collect();
-        for name in &locks {
-            let path = dd.dir.join("locks").join(name);
+        let resource_locks: Vec<String> = list(&dd.dir.join("locks/resources"))
+            .into_iter()
+            .filter(|n| n.ends_with(".lock"))
+            .collect();
+        let held = locks.iter().map(|n| dd.dir.join("locks").join(n)).chain(
+            resource_locks
+                .iter()
+                .map(|n| dd.dir.join("locks/resources").join(n)),
+        );
+        for path in held {
             if files::lock_is_held(&path) {
                 d.obs.held_locks.insert(path);
             }
@@ -171,6 +179,8 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
                 .collect(),
             disks: list(&dd.dir.join("disks")),
             locks,
+            resource_locks,
+            firmware: list(&dd.dir.join("firmware")),
         });
     }
 }

@@ -99,6 +99,23 @@ impl Remover {
             Err(e) if is_gone(e) => return Ok(Removal::AlreadyGone),
             Err(e) => return Err(Error::sys(action(), e)),
         };
+        if f.tree {
+            return match kind {
+                FileType::Directory => {
+                    remove_tree(dir, name, 0)
+                        .map(|()| Removal::Deleted)
+                        .or_else(|e| match e {
+                            Errno::LOOP | Errno::NOTDIR => {
+                                Ok(Removal::Refused("it holds a symlink to a directory".into()))
+                            }
+                            e if is_gone(e) => Ok(Removal::AlreadyGone),
+                            e => Err(Error::sys(action(), e)),
+                        })
+                }
+                FileType::Symlink => Ok(Removal::Refused("it is a symlink".into())),
+                _ => Ok(Removal::Refused("it is not a directory".into())),
+            };
+        }
         match kind {
             FileType::RegularFile | FileType::Socket => {}
             FileType::Symlink => return Ok(Removal::Refused("it is a symlink".into())),
@@ -112,6 +129,40 @@ impl Remover {
             Err(e) if is_gone(e) => Ok(Removal::AlreadyGone),
             Err(e) => Err(Error::sys(action(), e)),
         }
+    }
+}
+
+/// Removes directory `name` under `parent` with everything in it, never following a
+/// symlink: each level is opened with O_NOFOLLOW beneath the last, a symlink inside is
+/// unlinked as a link, and a tree deeper than SmolVM makes (8 levels) is refused.
+fn remove_tree(parent: &OwnedFd, name: &str, depth: u32) -> Result<(), Errno> {
+    if depth > 8 {
+        return Err(Errno::LOOP);
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = openat(parent, name, flags, Mode::empty())?;
+    let mut entries = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        let n = entry.file_name().to_string_lossy().into_owned();
+        if n != "." && n != ".." {
+            entries.push(n);
+        }
+    }
+    for n in entries {
+        let st = statat(&fd, n.as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            remove_tree(&fd, &n, depth + 1)?;
+        } else {
+            match unlinkat(&fd, n.as_str(), AtFlags::empty()) {
+                Err(e) if !is_gone(e) => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    match unlinkat(parent, name, AtFlags::REMOVEDIR) {
+        Err(e) if !is_gone(e) => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -150,10 +201,34 @@ mod tests {
     }
 
     fn fref(root: &Path, rel: &str) -> FileRef {
-        FileRef {
-            root: root.to_path_buf(),
-            rel: rel.to_string(),
-        }
+        FileRef::new(root, rel)
+    }
+
+    #[test]
+    fn a_vm_directory_goes_with_what_it_holds_and_no_symlink_is_followed() {
+        let d = scratch("tree");
+        let fw = d.join("firmware/vm-1/swtpm");
+        std::fs::create_dir_all(&fw).unwrap();
+        std::fs::write(d.join("firmware/vm-1/OVMF_VARS.fd"), b"vars").unwrap();
+        std::fs::write(fw.join("swtpm.pid"), b"1").unwrap();
+        let outside = d.join("precious");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"keep").unwrap();
+        std::os::unix::fs::symlink(&outside, fw.join("link")).unwrap();
+        let f = FileRef::tree(&d, "firmware/vm-1");
+        assert_eq!(Remover::default().remove(&f).unwrap(), Removal::Deleted);
+        assert!(!d.join("firmware/vm-1").exists());
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
+        assert_eq!(Remover::default().remove(&f).unwrap(), Removal::AlreadyGone);
+        // The directory itself a symlink: refused, and its target untouched.
+        std::os::unix::fs::symlink(&outside, d.join("firmware/vm-2")).unwrap();
+        let g = FileRef::tree(&d, "firmware/vm-2");
+        assert!(matches!(
+            Remover::default().remove(&g).unwrap(),
+            Removal::Refused(_)
+        ));
+        assert!(outside.join("keep").exists());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -301,6 +301,8 @@ pub struct NftState {
 pub struct FileRef {
     pub root: PathBuf,
     pub rel: String,
+    /// A directory SmolVM made for the VM, removed with what it holds.
+    pub tree: bool,
 }
 
 impl FileRef {
@@ -308,6 +310,14 @@ impl FileRef {
         FileRef {
             root: root.to_path_buf(),
             rel: rel.into(),
+            tree: false,
+        }
+    }
+
+    pub fn tree(root: &std::path::Path, rel: impl Into<String>) -> FileRef {
+        FileRef {
+            tree: true,
+            ..FileRef::new(root, rel)
         }
     }
 
@@ -502,6 +512,10 @@ pub struct DirListing {
     pub disks: Vec<String>,
     /// `locks/<id>.create.lock` names (SmolVM 0.0.19+).
     pub locks: Vec<String>,
+    /// `locks/resources/{ip,ssh,vsock,tap}-<value>.lock` names (the SDK's claims, 0.0.30+).
+    pub resource_locks: Vec<String>,
+    /// `firmware/<id>` directory names (QEMU UEFI variables).
+    pub firmware: Vec<String>,
 }
 
 /// One VM id with every resource that is provably its own.

@@ -122,6 +122,37 @@ pub fn tap_for_guest_ip(ip: [u8; 4]) -> Option<String> {
     (ip[0] == 172 && ip[1] == 16 && (2..65535).contains(&index)).then(|| format!("tap{index}"))
 }
 
+/// The SDK's claim files (`locks/resources/{ip,ssh,vsock,tap}-<value>.lock`, 0.0.30+) for
+/// a VM's guest IPs, SSH ports, vsock CIDs and TAPs, in `dirs`.
+fn attach_claims(vm: &mut Vm, values: &Claims, dirs: &[PathBuf], ix: &Index<'_>) {
+    let mut names: Vec<String> = values
+        .ips
+        .iter()
+        .map(|ip| format!("ip-{}.{}.{}.{}.lock", ip[0], ip[1], ip[2], ip[3]))
+        .collect();
+    names.extend(values.ports.iter().map(|p| format!("ssh-{p}.lock")));
+    names.extend(values.cids.iter().map(|c| format!("vsock-{c}.lock")));
+    names.extend(vm.tap_names.iter().map(|t| format!("tap-{t}.lock")));
+    for name in names {
+        for dir in ix.resource_locks.get(name.as_str()).into_iter().flatten() {
+            if dirs.contains(dir) {
+                let f = FileRef::new(dir, format!("locks/resources/{name}"));
+                if !vm.files.contains(&f) {
+                    vm.files.push(f);
+                }
+            }
+        }
+    }
+}
+
+/// The values a VM's SDK claim files are named by.
+#[derive(Default)]
+struct Claims {
+    ips: BTreeSet<[u8; 4]>,
+    ports: BTreeSet<u16>,
+    cids: BTreeSet<u32>,
+}
+
 /// The guest IP SmolVM gives with `tap<index>` (the inverse of `tap_for_guest_ip`).
 pub fn guest_ip_for_tap(tap: &str) -> Option<[u8; 4]> {
     let index: u16 = tap.strip_prefix("tap")?.parse().ok()?;
@@ -147,6 +178,8 @@ struct Index<'a> {
     /// Ids named by a file only SmolVM makes (an `fc-/qmp-/vsock-<id>.sock` socket, a
     /// `locks/<id>.create.lock`): unlike a log or disk name, these corroborate a VM.
     named_by_file: BTreeSet<&'a str>,
+    /// The data dirs that hold each `locks/resources/<name>` claim file.
+    resource_locks: HashMap<&'a str, Vec<&'a PathBuf>>,
 }
 
 impl<'a> Index<'a> {
@@ -167,6 +200,7 @@ impl<'a> Index<'a> {
             vmms_by_id: BTreeMap::new(),
             files_by_id: HashMap::new(),
             named_by_file: BTreeSet::new(),
+            resource_locks: HashMap::new(),
         };
         for n in &obs.socket_names {
             if let Some(id) = socket_id(n) {
@@ -176,6 +210,13 @@ impl<'a> Index<'a> {
             }
         }
         for d in &obs.data_listing {
+            for n in &d.resource_locks {
+                ix.resource_locks.entry(n.as_str()).or_default().push(&d.dir);
+            }
+            for n in d.firmware.iter().filter(|n| valid_vm_id(n)) {
+                let f = FileRef::tree(&d.dir, format!("firmware/{n}"));
+                ix.files_by_id.entry(n.as_str()).or_default().push(f);
+            }
             for n in &d.locks {
                 if let Some(id) = n.strip_suffix(".create.lock").filter(|id| valid_vm_id(id)) {
                     let f = FileRef::new(&d.dir, format!("locks/{n}"));
@@ -366,6 +407,11 @@ fn add_rowless(
         }
         attach_elems_by_ip(&mut vm, &ips, &row_ips, ix);
         vm.files = ix.files_by_id.get(id.as_str()).cloned().unwrap_or_default();
+        let claims = Claims {
+            ips: ips.difference(&row_ips).copied().collect(),
+            ..Claims::default()
+        };
+        attach_claims(&mut vm, &claims, &obs.data_dirs, ix);
         judge_rowless(&mut vm, obs);
         if vm.stale.is_none() {
             inv.warnings.push(format!(
@@ -399,9 +445,16 @@ fn add_rowless(
             ..Vm::default()
         };
         attach_network(&mut vm, obs, ix, &mut inv.warnings);
-        let ips = guest_ip_for_tap(tap).into_iter().collect();
+        let ips: BTreeSet<[u8; 4]> = guest_ip_for_tap(tap).into_iter().collect();
         attach_elems_by_ip(&mut vm, &ips, &row_ips, ix);
-        if vm.taps.iter().any(|&li| obs.links[li].carrier) {
+        let claims = Claims {
+            ips: ips.difference(&row_ips).copied().collect(),
+            ..Claims::default()
+        };
+        attach_claims(&mut vm, &claims, &obs.data_dirs, ix);
+        // A claim file a live SDK process holds: its VM lives, though no row names it.
+        let held_claim = vm.files.iter().any(|f| obs.held_locks.contains(&f.path()));
+        if vm.taps.iter().any(|&li| obs.links[li].carrier) || held_claim {
             inv.warnings.push(format!(
                 "{tap}: a live process holds this TAP though no state row names it; left alone"
             ));
@@ -714,9 +767,17 @@ fn attach_row_resources(
         .filter(ours)
         .cloned()
         .collect();
+    let claims = Claims {
+        ips: rows.iter().filter_map(|r| r.guest_ip).collect(),
+        ports: rows.iter().filter_map(|r| r.host_port).collect(),
+        cids: rows.iter().filter_map(|r| r.vsock_cid).collect(),
+    };
+    attach_claims(vm, &claims, dirs, ix);
     for row in rows {
+        // SmolVM's own paths: the Firecracker API socket, QEMU's QMP socket.
+        let known = ["fc", "qmp"].map(|p| obs.socket_dir.join(format!("{p}-{}.sock", vm.id)));
         if let Some(sp) = &row.socket_path
-            && Path::new(sp) != obs.socket_dir.join(format!("fc-{}.sock", vm.id))
+            && !known.iter().any(|k| Path::new(sp) == k)
         {
             warnings.push(format!(
                 "{}: socket path {sp:?} is not {}/fc-{}.sock; it is not removed",
@@ -731,7 +792,7 @@ fn attach_row_resources(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DirListing, Link, NFPROTO_IPV4, PidView, Rule, Table};
+    use crate::model::{DirListing, Elem, Link, NFPROTO_IPV4, PidView, Rule, Table};
 
     pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
         Row {
@@ -1038,6 +1099,7 @@ mod tests {
                 "golden-image.ext4".into(),
             ],
             locks: vec!["vm-4.create.lock".into(), "vm-6.create.lock".into()],
+            ..DirListing::default()
         }];
         o.held_locks
             .insert("/var/lib/smolvm/locks/vm-6.create.lock".into());
@@ -1156,6 +1218,124 @@ mod tests {
         assert!(inventory(&o).vms.iter().all(|v| !v.out_of_view));
     }
 
+    fn elem(family: u8, table: &str, set: &str, key: &[u8], data: Option<&[u8]>) -> Elem {
+        Elem {
+            family,
+            table: table.into(),
+            set: set.into(),
+            key: key.to_vec(),
+            data: data.map(<[u8]>::to_vec),
+        }
+    }
+
+    /// `port : 172.16.0.<o> . 22` in `dnat_ext`, as the kernel lays it out.
+    fn forward(port: u16, octet: u8) -> Elem {
+        let p = port.to_be_bytes();
+        elem(
+            NFPROTO_IPV4,
+            "smolvm_nat",
+            "dnat_ext",
+            &p,
+            Some(&[172, 16, 0, octet, 0, 22, 0, 0]),
+        )
+    }
+
+    fn guest(set: &str, octet: u8) -> Elem {
+        let (family, table) = if set == "fwd_allow" {
+            (NFPROTO_INET, "smolvm_filter")
+        } else {
+            (NFPROTO_IPV4, "smolvm_nat")
+        };
+        elem(family, table, set, &[172, 16, 0, octet, 0, 22, 0, 0], None)
+    }
+
+    fn allowed(tap: &str) -> Elem {
+        let mut key = tap.as_bytes().to_vec();
+        key.resize(16, 0);
+        elem(NFPROTO_INET, "smolvm_filter", "allowed_taps", &key, None)
+    }
+
+    #[test]
+    fn elements_go_with_the_vm_whose_port_ip_or_tap_they_carry() {
+        let with_net = |id: &str, status: &str, octet: u8, port: u16| {
+            let mut r = row(id, status, None);
+            r.taps = vec![format!("tap{octet}")];
+            r.guest_ip = Some([172, 16, 0, octet]);
+            r.host_port = Some(port);
+            r.guest_port = Some(22);
+            r
+        };
+        let mut o = obs(vec![
+            with_net("vm-a", "stopped", 2, 2200),
+            with_net("vm-b", "stopped", 3, 2201),
+        ]);
+        o.links = vec![tap(2, "tap2"), tap(3, "tap3"), tap(6, "tap6"), tap(7, "tap7")];
+        o.links[3].carrier = true;
+        o.elems = vec![
+            forward(2200, 2),        // 0: vm-a's
+            guest("snat_return", 2), // 1: vm-a's
+            guest("fwd_allow", 2),   // 2: vm-a's
+            allowed("tap2"),         // 3: vm-a's
+            forward(2201, 9),        // 4: vm-b's port, another IP: nobody's to take
+            allowed("tap6"),         // 5: no row: orphan-tap6
+            guest("fwd_allow", 6),   // 6: 172.16.0.6 is tap6's IP
+            allowed("tap7"),         // 7: tap7 is held open: alive
+        ];
+        o.tables = vec![Table {
+            family: NFPROTO_INET,
+            name: "smolvm_policy_tap6".into(),
+        }];
+        let inv = inventory(&o);
+        let vm = |id: &str| inv.vms.iter().find(|v| v.id == id).unwrap();
+        assert_eq!(vm("vm-a").elems, [0, 1, 2, 3]);
+        assert!(vm("vm-b").elems.is_empty());
+        assert!(
+            inv.warnings
+                .iter()
+                .any(|w| w.contains("vm-b: dnat_ext maps its port 2201 to 172.16.0.9")),
+            "{:?}",
+            inv.warnings
+        );
+        // The SDK VM's TAP, named only by its policy table and its allowed_taps element.
+        let orphan = vm("orphan-tap6");
+        assert_eq!(
+            (orphan.taps.as_slice(), orphan.tables.as_slice()),
+            (&[2][..], &[0][..])
+        );
+        assert_eq!(orphan.elems, [5, 6]);
+        assert!(orphan.stale.is_some());
+        assert!(
+            inv.vms
+                .iter()
+                .all(|v| v.id != "orphan-tap7" && !v.elems.contains(&7))
+        );
+        assert_eq!(inv.kept, 1);
+    }
+
+    #[test]
+    fn a_claim_file_a_live_sdk_process_holds_keeps_its_tap() {
+        let mut o = obs(vec![]);
+        o.links = vec![tap(6, "tap6")];
+        o.elems = vec![allowed("tap6")];
+        o.data_listing = vec![DirListing {
+            dir: "/var/lib/smolvm".into(),
+            resource_locks: vec!["ip-172.16.0.6.lock".into(), "vsock-3.lock".into()],
+            ..DirListing::default()
+        }];
+        let inv = inventory(&o);
+        let rels: Vec<&str> = inv.vms[0].files.iter().map(|f| f.rel.as_str()).collect();
+        assert_eq!(
+            rels,
+            ["locks/resources/ip-172.16.0.6.lock"],
+            "vsock-3 names no VM here"
+        );
+        o.held_locks
+            .insert("/var/lib/smolvm/locks/resources/ip-172.16.0.6.lock".into());
+        let inv = inventory(&o);
+        assert!(inv.vms.is_empty());
+        assert_eq!(inv.kept, 1);
+    }
+
     #[test]
     fn a_tap_claimed_by_a_row_is_never_an_orphan_or_tied_elsewhere() {
         let mut r = row("keepme", "created", None);
@@ -1225,7 +1405,7 @@ mod tests {
             dir: "/var/lib/smolvm".into(),
             top: top.iter().map(|s| s.to_string()).collect(),
             disks: disks.iter().map(|s| s.to_string()).collect(),
-            locks: vec![],
+            ..DirListing::default()
         }];
     }
 

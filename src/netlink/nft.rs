@@ -502,7 +502,7 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NFPROTO_INET, NFPROTO_IPV4};
+    use crate::model::{ElemMeaning, NFPROTO_INET, NFPROTO_IPV4};
 
     fn deadline() -> Instant {
         Instant::now() + std::time::Duration::from_secs(5)
@@ -521,6 +521,84 @@ mod tests {
              add rule inet t c accept comment \"r2\"; add rule inet t c accept comment \"r3\"'",
         );
         Socket::netfilter(deadline()).ok()
+    }
+
+    /// SmolVM 0.0.36's maps and sets, made with the nft CLI as SmolVM makes them.
+    #[test]
+    fn real_elements_are_dumped_and_deleted_by_their_own_key_bytes() {
+        if !crate::netlink::test_netns() {
+            return;
+        }
+        crate::netlink::test_sh(
+            "nft 'add table ip smolvm_nat
+             add map ip smolvm_nat dnat_ext { type inet_service : ipv4_addr . inet_service; }
+             add element ip smolvm_nat dnat_ext { 2200 : 172.16.0.2 . 22, 2201 : 172.16.0.3 . 22 }
+             add table inet smolvm_filter
+             add set inet smolvm_filter fwd_allow { type ipv4_addr . inet_service; }
+             add element inet smolvm_filter fwd_allow { 172.16.0.2 . 22 }
+             add set inet smolvm_filter allowed_taps { type ifname; }
+             add element inet smolvm_filter allowed_taps { \"tap2\", \"tap3\" }'",
+        );
+        let mut sock = Socket::netfilter(deadline()).unwrap();
+        let now = dump_smolvm(&mut sock, false).unwrap();
+        assert_eq!(now.sets.len(), 3);
+        let meanings: Vec<ElemMeaning> = now.elems.iter().map(Elem::meaning).collect();
+        assert!(meanings.contains(&ElemMeaning::Forward {
+            port: 2200,
+            ip: [172, 16, 0, 2],
+            guest_port: 22
+        }));
+        assert!(meanings.contains(&ElemMeaning::Guest {
+            ip: [172, 16, 0, 2],
+            port: 22
+        }));
+        assert!(meanings.contains(&ElemMeaning::Tap("tap3".into())));
+        assert_eq!(now.elems.len(), 5);
+        // Delete vm 172.16.0.2's three elements, one of them twice (already gone).
+        let mine: Vec<Op> = now
+            .elems
+            .iter()
+            .filter(|e| match e.meaning() {
+                ElemMeaning::Forward { ip, .. } | ElemMeaning::Guest { ip, .. } => ip == [172, 16, 0, 2],
+                ElemMeaning::Tap(t) => t == "tap2",
+                ElemMeaning::Other => false,
+            })
+            .map(Op::for_elem)
+            .collect();
+        assert_eq!(mine.len(), 3);
+        let mut ops = mine.clone();
+        ops.push(mine[0].clone());
+        let r = delete(&mut sock, &ops, deadline());
+        assert_eq!(r[..3], [Ok(()), Ok(()), Ok(())]);
+        assert_eq!(r[3], Err(Fault::Kernel(Errno::NOENT)));
+        let left: Vec<ElemMeaning> = dump_smolvm(&mut sock, false)
+            .unwrap()
+            .elems
+            .iter()
+            .map(Elem::meaning)
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ElemMeaning::Forward {
+                    port: 2201,
+                    ip: [172, 16, 0, 3],
+                    guest_port: 22
+                },
+                ElemMeaning::Tap("tap3".into())
+            ]
+        );
+        // A set is deleted only when empty.
+        let set = |name: &str| Op::Set {
+            family: NFPROTO_INET,
+            table: "smolvm_filter".into(),
+            name: name.into(),
+        };
+        assert_eq!(
+            delete_atomic(&mut sock, &[set("allowed_taps")]),
+            Err(Fault::Kernel(Errno::BUSY))
+        );
+        assert_eq!(delete_atomic(&mut sock, &[set("fwd_allow")]), Ok(()));
     }
 
     #[test]
