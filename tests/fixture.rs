@@ -1,56 +1,159 @@
-//! The state a real SmolVM 0.0.5 wrote (`tests/fixtures/smolvm-0.0.5`, from the shared fixtures): its DB as is,
-//! its TAPs and its nft ruleset rebuilt from the dumps, its files from the listing.
+//! The state real SmolVM releases wrote (`tests/fixtures/smolvm-<version>`, from the shared
+//! fixtures): each DB as is, its links and nft ruleset rebuilt from the dumps, its files
+//! from the listing (`/var/lib/smolvm` becomes the data dir, `/tmp` the socket dir).
 
-use crate::util::{FIXTURES, Scratch, comments, enter_netns, links, nft, sh};
+use std::path::{Path, PathBuf};
+
+use crate::util::{Run, Scratch, bin, comments, enter_netns, fake_vmm, links, nft, ruleset, sh};
+
+/// A SmolVM host rebuilt from a fixture inside this test's network namespace.
+struct Host {
+    scratch: Scratch,
+    data: PathBuf,
+    sock: PathBuf,
+}
+
+impl Host {
+    fn load(version: &str) -> Option<Host> {
+        if !enter_netns() {
+            return None;
+        }
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(version);
+        let scratch = Scratch::new(version);
+        let data = scratch.0.join("data");
+        let sock = scratch.0.join("sock");
+        std::fs::create_dir_all(data.join("disks")).unwrap();
+        std::fs::create_dir_all(&sock).unwrap();
+        std::fs::write(
+            data.join("smolvm.db"),
+            std::fs::read(fx.join("smolvm.db")).unwrap(),
+        )
+        .unwrap();
+        for line in std::fs::read_to_string(fx.join("files.txt")).unwrap().lines() {
+            let path = if let Some(rel) = line.strip_prefix("/var/lib/smolvm/") {
+                data.join(rel)
+            } else if let Some(rel) = line.strip_prefix("/tmp/") {
+                sock.join(rel)
+            } else {
+                continue;
+            };
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            if path.extension().is_some_and(|e| e == "sock") {
+                // What a VMM that is gone leaves: a socket nobody serves.
+                drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+            } else if path.extension().is_some() && !path.ends_with("smolvm.db") {
+                std::fs::write(&path, line).unwrap();
+            } else if !path.ends_with("smolvm.db") {
+                std::fs::create_dir_all(&path).unwrap();
+            }
+        }
+        // Links from `ip -d link show`: TAPs ("tun type tap", with their alias), the uplink,
+        // and for bridge mode the bridge and its port.
+        sh("ip link add uplink0 type veth peer name uplink0p && ip link set uplink0 up");
+        let dump = std::fs::read_to_string(fx.join("ip-link.txt")).unwrap();
+        if dump.contains(": br0:") {
+            sh(
+                "ip link add br0 type bridge && ip link add eth1 type veth peer name eth1p && ip link set eth1 master br0",
+            );
+        }
+        let mut name = String::new();
+        for line in dump.lines() {
+            if let Some(rest) = line.split(": ").nth(1).filter(|_| !line.starts_with(' ')) {
+                name = rest.split('@').next().unwrap().to_string();
+            } else if line.trim_start().starts_with("tun type tap") {
+                sh(&format!("ip tuntap add {name} mode tap && ip link set {name} up"));
+            } else if let Some(alias) = line.trim_start().strip_prefix("alias ") {
+                sh(&format!("ip link set {name} alias {alias}"));
+            }
+        }
+        nft(&std::fs::read_to_string(fx.join("nft-ruleset.txt")).unwrap());
+        Some(Host { scratch, data, sock })
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        Run::from(
+            bin()
+                .arg("--state-dir")
+                .arg(&self.data)
+                .arg("--socket-dir")
+                .arg(&self.sock)
+                .args(args)
+                .env("HOME", &self.scratch.0)
+                .output()
+                .unwrap(),
+        )
+    }
+
+    fn rows(&self, sql: &str) -> Vec<String> {
+        let c = rusqlite::Connection::open(self.data.join("smolvm.db")).unwrap();
+        let mut s = c.prepare(sql).unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    /// Files under the data and socket dirs, relative to the scratch dir, sorted.
+    fn files(&self) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+                if e.file_type().unwrap().is_dir() {
+                    walk(root, &p, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.scratch.0, &self.scratch.0, &mut out);
+        out.retain(|f| !f.ends_with("smolvm-cleanup.lock"));
+        out.sort();
+        out
+    }
+}
+
+/// The elements left in SmolVM's maps and sets, as `nft list ruleset` prints them.
+fn elements() -> Vec<String> {
+    let rs = ruleset();
+    let mut out = Vec::new();
+    let mut set = String::new();
+    let mut text = String::new();
+    for line in rs.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("map ").or_else(|| t.strip_prefix("set ")) {
+            set = rest.split_whitespace().next().unwrap().to_string();
+            text.clear();
+        } else if let Some(rest) = t.strip_prefix("elements = { ") {
+            text = rest.to_string();
+        } else if !text.is_empty() {
+            text.push(' ');
+            text.push_str(t);
+        }
+        if !text.is_empty() && text.ends_with('}') {
+            for e in text.trim_end_matches('}').split(',') {
+                out.push(format!("{set}: {}", e.trim()));
+            }
+            text.clear();
+        }
+    }
+    out.sort();
+    out
+}
 
 #[test]
 fn cleans_what_smolvm_005_made() {
-    if !enter_netns() {
+    let Some(host) = Host::load("smolvm-0.0.5") else {
         return;
-    }
-    let fx = std::path::Path::new(FIXTURES);
-    let scratch = Scratch::new("fixture");
-    let data = scratch.0.join("data");
-    std::fs::create_dir_all(data.join("disks")).unwrap();
-    std::fs::copy(fx.join("smolvm.db"), data.join("smolvm.db")).unwrap();
-    let mut perms = std::fs::metadata(data.join("smolvm.db")).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    std::fs::set_permissions(data.join("smolvm.db"), perms).unwrap();
-    // Files SmolVM left under /var/lib/smolvm, moved under our data dir.
-    for line in std::fs::read_to_string(fx.join("files.txt")).unwrap().lines() {
-        let rel = line.strip_prefix("/var/lib/smolvm/").unwrap();
-        if rel.ends_with(".log") || rel.starts_with("disks/") {
-            std::fs::write(data.join(rel), rel).unwrap();
-        }
-    }
+    };
     // A user's own files beside SmolVM's: named like a VM's log and disk, named by nothing else.
-    std::fs::write(data.join("backup.log"), "mine").unwrap();
-    std::fs::write(data.join("disks/golden-image.ext4"), "mine").unwrap();
-    // TAPs from `ip -d link show`: every "tun type tap" link.
-    let dump = std::fs::read_to_string(fx.join("ip-link.txt")).unwrap();
-    let mut name = "";
-    for line in dump.lines() {
-        if let Some(rest) = line.split(": ").nth(1).filter(|_| !line.starts_with(' ')) {
-            name = rest.split('@').next().unwrap();
-        } else if line.trim_start().starts_with("tun type tap") {
-            sh(&format!("ip tuntap add {name} mode tap && ip link set {name} up"));
-        }
-    }
-    sh("ip link add uplink0 type veth peer name uplink0p");
-    nft(&std::fs::read_to_string(fx.join("nft-ruleset.txt")).unwrap());
+    std::fs::write(host.data.join("backup.log"), "mine").unwrap();
+    std::fs::write(host.data.join("disks/golden-image.ext4"), "mine").unwrap();
     assert_eq!(comments().len(), 23);
-
-    let sock = scratch.0.join("sock");
-    std::fs::create_dir_all(&sock).unwrap();
-    let out = crate::util::bin()
-        .arg("--state-dir")
-        .arg(&data)
-        .arg("--socket-dir")
-        .arg(&sock)
-        .output()
-        .unwrap();
-    let r = crate::util::Run::from(out);
+    let r = host.run(&[]);
     // vm-0a1b2c3d is running with pid 328, which is not its VMM here (gone or reused);
     // vm-9c8d7e6f is already error. vm-5e6f7a8b matches the prefix; web-server is protected.
     r.expect(
@@ -69,32 +172,155 @@ fn cleans_what_smolvm_005_made() {
     want.extend(std::iter::repeat_n("smolvm:web-server:ssh".to_string(), 4));
     want.sort();
     assert_eq!(comments(), want);
-    let c = rusqlite::Connection::open(data.join("smolvm.db")).unwrap();
-    let ids: Vec<String> = c
-        .prepare("SELECT id FROM vms UNION ALL SELECT vm_id FROM ip_leases UNION ALL SELECT vm_id FROM ssh_forwards")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    assert_eq!(ids, ["web-server"; 3]);
-    let mut left: Vec<String> = std::fs::read_dir(&data)
-        .unwrap()
-        .chain(std::fs::read_dir(data.join("disks")).unwrap())
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    left.sort();
     assert_eq!(
-        left,
+        host.rows("SELECT id FROM vms UNION ALL SELECT vm_id FROM ip_leases UNION ALL SELECT vm_id FROM ssh_forwards"),
+        ["web-server"; 3]
+    );
+    assert_eq!(
+        host.files(),
         [
-            "backup.log",
-            "disks",
-            "golden-image.ext4",
-            "smolvm-cleanup.lock",
-            "smolvm.db",
-            "web-server.ext4",
-            "web-server.log"
+            "data",
+            "data/assets",
+            "data/assets/rootfs.ext4",
+            "data/assets/vmlinux.bin",
+            "data/backup.log",
+            "data/disks",
+            "data/disks/golden-image.ext4",
+            "data/disks/web-server.ext4",
+            "data/smolvm.db",
+            "data/web-server.log",
+            "sock"
         ]
     );
-    assert_eq!(std::fs::read(data.join("backup.log")).unwrap(), b"mine");
+    assert_eq!(std::fs::read(host.data.join("backup.log")).unwrap(), b"mine");
+}
+
+/// SmolVM 0.0.36: elements of shared maps and sets instead of per-VM rules, a policy table
+/// per TAP, a bridge TAP, lock and claim files, and an SDK VM (`sbx-hopper`) with no row.
+#[test]
+fn cleans_what_smolvm_036_made() {
+    let Some(host) = Host::load("smolvm-0.0.36") else {
+        return;
+    };
+    assert_eq!(elements().len(), 3 * 4 + 5);
+    let before = ruleset();
+    let dry = host.run(&["--dry-run"]);
+    let targets = "Reconciled stale VMs: orphan-tap6, sbx-bohr, sbx-hopper, sbx-lovelace, sbx-noether, vm-a1b2c3d4\n\
+         Targets (6):\n  - orphan-tap6\n  - sbx-bohr\n  - sbx-hopper\n  - sbx-lovelace\n  - sbx-noether\n  - vm-a1b2c3d4\n";
+    dry.expect(0, &format!("{targets}Dry run complete. No changes made.\n"));
+    assert_eq!(ruleset(), before, "a dry run changes no byte of the ruleset");
+    let check = host.run(&["--check"]);
+    assert_eq!(check.code, 1);
+    assert!(
+        check
+            .stdout
+            .contains("  - vm-a1b2c3d4: TAP tap2, nft table smolvm_policy_tap2, 5 nft elements,"),
+        "{}",
+        check.stdout
+    );
+    let doc: serde_json::Value = serde_json::from_str(&host.run(&["--dry-run", "--json"]).stdout).unwrap();
+    let vm = doc["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "vm-a1b2c3d4")
+        .unwrap();
+    assert_eq!(vm["resources"]["nft_elements"], 5);
+
+    // The default run: every stale VM and the prefix's; sbx-curie (stopped) is protected.
+    host.run(&[]).expect(
+        0,
+        &format!(
+            "{targets}Deleted: orphan-tap6\nDeleted: sbx-bohr\nDeleted: sbx-hopper\nDeleted: sbx-lovelace\n\
+             Deleted: sbx-noether\nDeleted: vm-a1b2c3d4\nCleanup complete.\n"
+        ),
+    );
+    assert_eq!(
+        links(),
+        ["br0", "eth1", "eth1p", "lo", "tap3", "uplink0", "uplink0p"]
+    );
+    assert_eq!(
+        elements(),
+        [
+            "allowed_taps: \"tap3\"",
+            "dnat_ext: 2201 : 172.16.0.3 . 22",
+            "dnat_local: 2201 : 172.16.0.3 . 22",
+            "fwd_allow: 172.16.0.3 . 22",
+            "snat_return: 172.16.0.3 . 22",
+        ]
+    );
+    let rs = ruleset();
+    for tap in ["tap2", "tap4", "tap5", "tap6"] {
+        assert!(!rs.contains(&format!("smolvm_policy_{tap}")), "{rs}");
+    }
+    assert!(rs.contains("table inet smolvm_policy_tap3"));
+    assert_eq!(host.rows("SELECT id FROM vms"), ["sbx-curie"]);
+    for table in ["ip_leases", "ssh_forwards", "vsock_cids", "tap_allocations"] {
+        let left = host.rows(&format!("SELECT vm_id FROM {table}"));
+        assert!(left.iter().all(|id| id == "sbx-curie"), "{table}: {left:?}");
+    }
+    assert_eq!(
+        host.files(),
+        [
+            "data",
+            "data/disks",
+            "data/disks/sbx-curie.ext4",
+            "data/locks",
+            "data/locks/resources",
+            "data/locks/sbx-curie.create.lock",
+            "data/sbx-curie.log",
+            "data/smolvm.db",
+            "data/snapshots",
+            "sock"
+        ]
+    );
+
+    // --all: the protected VM too, and then SmolVM's shared tables with their maps and sets.
+    host.run(&["--all"]).expect(
+        0,
+        "Targets (1):\n  - sbx-curie\nDeleted: sbx-curie\nCleanup complete.\n",
+    );
+    assert_eq!(links(), ["br0", "eth1", "eth1p", "lo", "uplink0", "uplink0p"]);
+    assert_eq!(ruleset().trim(), "", "no SmolVM table is left");
+    assert!(host.rows("SELECT id FROM vms").is_empty());
+    assert!(
+        host.data.join("snapshots").is_dir(),
+        "snapshots are the user's data"
+    );
+}
+
+/// An SDK VM alive (its VMM serving its socket and holding its TAP, its claim held): no
+/// row names it, and a default run touches none of it while the stale VMs go.
+#[test]
+fn a_live_sdk_vm_of_smolvm_036_is_left_alone() {
+    let Some(host) = Host::load("smolvm-0.0.36") else {
+        return;
+    };
+    let sock = host.sock.join("fc-sbx-hopper.sock");
+    std::fs::remove_file(&sock).unwrap();
+    // The stand-in holds tap6 the way Firecracker does and serves the API socket.
+    let tap = crate::util::hold_tap("tap6");
+    let mut vmm = crate::util::Reaped(fake_vmm::spawn_at(&host.scratch.0, &sock));
+    let claim = std::fs::File::open(host.data.join("locks/resources/ip-172.16.0.6.lock")).unwrap();
+    rustix::fs::flock(&claim, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let r = host.run(&[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Deleted: vm-a1b2c3d4\n"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("hopper") && !r.stdout.contains("orphan-tap6"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("sbx-hopper: has no state row but is alive"),
+        "{}",
+        r.stderr
+    );
+    assert!(vmm.try_wait().unwrap().is_none(), "its VMM lives");
+    assert!(links().contains(&"tap6".to_string()));
+    assert!(ruleset().contains("table inet smolvm_policy_tap6"));
+    assert!(elements().contains(&"allowed_taps: \"tap6\"".to_string()));
+    assert!(sock.exists() && host.data.join("locks/resources/ip-172.16.0.6.lock").exists());
+    assert!(host.data.join("disks/sbx-hopper.ext4").exists() && host.data.join("sbx-hopper.log").exists());
+    drop((tap, claim));
 }

@@ -4,7 +4,7 @@
 //! binds the API socket like Firecracker and then sleeps until signalled.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -61,7 +61,11 @@ fn run() -> ! {
 
 /// A symlink named `name` to this test binary, so /proc/PID/comm reads like a VMM's.
 fn exe_as(world: &World, name: &str) -> PathBuf {
-    let dir = world.scratch.0.join("bin");
+    exe_in(&world.scratch.0, name)
+}
+
+fn exe_in(scratch: &Path, name: &str) -> PathBuf {
+    let dir = scratch.join("bin");
     std::fs::create_dir_all(&dir).unwrap();
     let link = dir.join(name);
     if !link.exists() {
@@ -111,6 +115,24 @@ pub fn spawn(world: &World, id: &str, kind: Proc) -> Child {
         cmd.uid(uid).gid(uid);
     }
     let child = cmd.spawn().expect("spawn stand-in VMM");
+    wait_until("the stand-in VMM's socket", Duration::from_secs(10), || {
+        sock.exists()
+    });
+    child
+}
+
+/// Starts a stand-in Firecracker serving `sock` (for state made outside a `World`).
+pub fn spawn_at(scratch: &Path, sock: &Path) -> Child {
+    let child = Command::new(exe_in(scratch, "firecracker"))
+        .arg0("firecracker")
+        .arg("--api-sock")
+        .arg(sock)
+        .env(ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn stand-in VMM");
     wait_until("the stand-in VMM's socket", Duration::from_secs(10), || {
         sock.exists()
     });
