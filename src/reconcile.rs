@@ -178,6 +178,8 @@ struct Index<'a> {
     /// Ids named by a file only SmolVM makes (an `fc-/qmp-/vsock-<id>.sock` socket, a
     /// `locks/<id>.create.lock`): unlike a log or disk name, these corroborate a VM.
     named_by_file: BTreeSet<&'a str>,
+    /// Bridge TAPs by the VM id their alias (`smolvm-bridge:<id>`) names.
+    taps_by_alias: BTreeMap<&'a str, Vec<&'a str>>,
     /// The data dirs that hold each `locks/resources/<name>` claim file.
     resource_locks: HashMap<&'a str, Vec<&'a PathBuf>>,
 }
@@ -201,7 +203,18 @@ impl<'a> Index<'a> {
             files_by_id: HashMap::new(),
             named_by_file: BTreeSet::new(),
             resource_locks: HashMap::new(),
+            taps_by_alias: BTreeMap::new(),
         };
+        for l in obs.links.iter().filter(|l| l.is_tap() && valid_tap_name(&l.name)) {
+            if let Some(id) = l
+                .alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix("smolvm-bridge:"))
+                .filter(|id| valid_vm_id(id))
+            {
+                ix.taps_by_alias.entry(id).or_default().push(&l.name);
+            }
+        }
         for n in &obs.socket_names {
             if let Some(id) = socket_id(n) {
                 let f = FileRef::new(&obs.socket_dir, n.as_str());
@@ -301,7 +314,12 @@ pub fn inventory(obs: &Observed) -> Inventory {
     // VM ids that something only SmolVM makes names (a VMM command line, a rule comment,
     // a socket, a create lock), with their VMMs. A log or disk name alone names no VM.
     let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = ix.vmms_by_id.clone();
-    for &id in ix.rules_by_id.keys().chain(&ix.named_by_file) {
+    for &id in ix
+        .rules_by_id
+        .keys()
+        .chain(&ix.named_by_file)
+        .chain(ix.taps_by_alias.keys())
+    {
         evidence.entry(id.to_string()).or_default();
     }
     evidence.retain(|id, _| !by_id.contains_key(id));
@@ -373,6 +391,16 @@ fn add_rowless(
             if !claimed.contains(tap.as_str()) {
                 ties.entry(tap).or_insert(id);
             }
+        }
+    }
+    // A bridge TAP's alias names its VM.
+    for (&id, taps) in ix
+        .taps_by_alias
+        .iter()
+        .filter(|(id, _)| !by_id.contains_key(**id))
+    {
+        for tap in taps.iter().filter(|t| !claimed.contains(**t)) {
+            ties.entry(tap.to_string()).or_insert(id);
         }
     }
     let mut tied: BTreeMap<&str, Vec<String>> = BTreeMap::new();

@@ -324,3 +324,48 @@ fn a_live_sdk_vm_of_smolvm_036_is_left_alone() {
     assert!(host.data.join("disks/sbx-hopper.ext4").exists() && host.data.join("sbx-hopper.log").exists());
     drop((tap, claim));
 }
+
+/// SmolVM 0.0.36's state with its DB gone: sockets, create locks, policy tables, elements
+/// and a bridge TAP's alias name the VMs, and cleanup reclaims them all from the host.
+#[test]
+fn smolvm_036_state_without_its_db_is_reclaimed_from_the_host() {
+    let Some(host) = Host::load("smolvm-0.0.36") else {
+        return;
+    };
+    // --prefix adds a protected VM by its id; the stale ones come whatever the prefix.
+    let r = host.run(&["--dry-run", "--prefix", "sbx-cu"]);
+    assert!(
+        r.stdout
+            .contains("Targets (7):\n  - orphan-tap6\n  - sbx-bohr\n  - sbx-curie\n"),
+        "{}",
+        r.stdout
+    );
+    std::fs::remove_file(host.data.join("smolvm.db")).unwrap();
+    let r = host.run(&[]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: orphan-tap2, orphan-tap3, orphan-tap4, orphan-tap5, orphan-tap6, sbx-bohr, \
+         sbx-curie, sbx-hopper, sbx-lovelace, sbx-noether, vm-a1b2c3d4\n\
+         Targets (11):\n  - orphan-tap2\n  - orphan-tap3\n  - orphan-tap4\n  - orphan-tap5\n  - orphan-tap6\n\
+         \x20 - sbx-bohr\n  - sbx-curie\n  - sbx-hopper\n  - sbx-lovelace\n  - sbx-noether\n  - vm-a1b2c3d4\n\
+         Deleted: orphan-tap2\nDeleted: orphan-tap3\nDeleted: orphan-tap4\nDeleted: orphan-tap5\n\
+         Deleted: orphan-tap6\nDeleted: sbx-bohr\nDeleted: sbx-curie\nDeleted: sbx-hopper\nDeleted: sbx-lovelace\n\
+         Deleted: sbx-noether\nDeleted: vm-a1b2c3d4\nCleanup complete.\n",
+    );
+    assert_eq!(links(), ["br0", "eth1", "eth1p", "lo", "uplink0", "uplink0p"]);
+    assert!(elements().is_empty(), "{:?}", elements());
+    assert!(!ruleset().contains("smolvm_policy_"));
+    // What no VM can be told from is left: a vsock claim names a CID only a row could own.
+    assert_eq!(
+        host.files(),
+        [
+            "data",
+            "data/disks",
+            "data/locks",
+            "data/locks/resources",
+            "data/locks/resources/vsock-3.lock",
+            "data/snapshots",
+            "sock"
+        ]
+    );
+}
