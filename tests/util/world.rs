@@ -13,10 +13,6 @@ use rusqlite::{Connection, params};
 use super::fake_vmm;
 use super::netns::{enter_netns, nft, pid_alive, sh};
 
-/// State the real SmolVM 0.0.5 wrote (its DB, and `nft -a list ruleset`, `ip -d link show`
-/// and the file listing taken right after), kept in the repo so a clean clone tests alone.
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smolvm-0.0.5");
-
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A scratch directory removed on drop.

@@ -1,0 +1,250 @@
+//! Pure: turns what was observed (rows, processes, links, rules, files) into one entry
+//! per VM id with the resources that are provably that VM's, and decides which VMs are
+//! stale. No I/O here, so every rule is unit-tested without root.
+//!
+//! A process is a VM's VMM only when its command line names the VM (API socket, disk or
+//! `--id`) and it started no later than the row was last written; anything else at a
+//! recorded pid is someone else's process that reused the pid.
+
+mod network;
+mod rowless;
+mod rows;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+
+use crate::model::{
+    ElemMeaning, FileRef, Inventory, NFPROTO_INET, Observed, ProcInfo, Vm, is_smolvm_rule_table, socket_id,
+    valid_tap_name, valid_vm_id,
+};
+
+use network::{rule_tap, rule_vm_id};
+use rowless::add_rowless;
+use rows::{judge_row_vm, named_ids, out_of_view};
+
+/// Slack between a process's start time (from boot time + ticks) and the row's timestamp.
+const START_SLACK_SECS: f64 = 1.0;
+
+fn disk_id(name: &str) -> Option<&str> {
+    let id = name
+        .strip_suffix(".ext4")
+        .or_else(|| name.strip_suffix(".qcow2"))?;
+    valid_vm_id(id).then_some(id)
+}
+
+/// Lookups built once per run, so that judging N VMs costs O(N), not O(N × rules).
+#[derive(Default)]
+struct Index<'a> {
+    link_by_name: HashMap<&'a str, usize>,
+    rules_by_id: BTreeMap<&'a str, Vec<usize>>,
+    rules_by_tap: BTreeMap<&'a str, Vec<usize>>,
+    table_by_tap: HashMap<&'a str, usize>,
+    /// Elements of SmolVM's maps and sets: `allowed_taps` by TAP name, the others by the
+    /// guest IP they carry, the port forwards also by host port.
+    elems_by_tap: HashMap<String, Vec<usize>>,
+    elems_by_ip: HashMap<[u8; 4], Vec<usize>>,
+    elems_by_port: HashMap<u16, Vec<usize>>,
+    /// Live (non-zombie) VMM processes by the one VM id each names.
+    vmms_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
+    /// The files discovery listed, by the VM id their name carries (retained disks left out).
+    files_by_id: HashMap<&'a str, Vec<FileRef>>,
+    /// Ids named by a file only SmolVM makes (an `fc-/qmp-/vsock-<id>.sock` socket, a
+    /// `locks/<id>.create.lock`): unlike a log or disk name, these corroborate a VM.
+    named_by_file: BTreeSet<&'a str>,
+    /// Bridge TAPs by the VM id their alias (`smolvm-bridge:<id>`) names.
+    taps_by_alias: BTreeMap<&'a str, Vec<&'a str>>,
+    /// The data dirs that hold each `locks/resources/<name>` claim file.
+    resource_locks: HashMap<&'a str, Vec<&'a PathBuf>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(obs: &'a Observed) -> Index<'a> {
+        let mut ix = Index {
+            link_by_name: obs
+                .links
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.name.as_str(), i))
+                .collect(),
+            ..Index::default()
+        };
+        ix.add_files(obs);
+        ix.add_network(obs);
+        for p in obs.vmms.iter().filter(|p| !p.is_zombie()) {
+            let ids = named_ids(&p.cmdline, &obs.socket_dir, &obs.data_dirs);
+            if ids.len() == 1
+                && let Some(id) = ids.into_iter().next()
+            {
+                ix.vmms_by_id.entry(id).or_default().push(p);
+            }
+        }
+        ix
+    }
+
+    /// Sockets, logs, disks, locks, firmware directories and claim files, by VM id.
+    fn add_files(&mut self, obs: &'a Observed) {
+        let ix = self;
+        for n in &obs.socket_names {
+            if let Some(id) = socket_id(n) {
+                let f = FileRef::new(&obs.socket_dir, n.as_str());
+                ix.files_by_id.entry(id).or_default().push(f);
+                ix.named_by_file.insert(id);
+            }
+        }
+        for d in &obs.data_listing {
+            for n in &d.resource_locks {
+                ix.resource_locks.entry(n.as_str()).or_default().push(&d.dir);
+            }
+            for n in d.firmware.iter().filter(|n| valid_vm_id(n)) {
+                let f = FileRef::tree(&d.dir, format!("firmware/{n}"));
+                ix.files_by_id.entry(n.as_str()).or_default().push(f);
+            }
+            for n in &d.locks {
+                if let Some(id) = n.strip_suffix(".create.lock").filter(|id| valid_vm_id(id)) {
+                    let f = FileRef::new(&d.dir, format!("locks/{n}"));
+                    ix.files_by_id.entry(id).or_default().push(f);
+                    ix.named_by_file.insert(id);
+                }
+            }
+            for n in &d.top {
+                if let Some(id) = n.strip_suffix(".log").filter(|id| valid_vm_id(id)) {
+                    ix.files_by_id
+                        .entry(id)
+                        .or_default()
+                        .push(FileRef::new(&d.dir, n.as_str()));
+                }
+            }
+            let names: HashSet<&str> = d.disks.iter().map(String::as_str).collect();
+            for n in &d.disks {
+                // A disk SmolVM marked to keep (`<disk>.retained`, newer releases) stays.
+                if let Some(id) = disk_id(n).filter(|_| !names.contains(format!("{n}.retained").as_str())) {
+                    let f = FileRef::new(&d.dir, format!("disks/{n}"));
+                    ix.files_by_id.entry(id).or_default().push(f);
+                }
+            }
+        }
+    }
+
+    /// Rules, policy tables, elements and bridge aliases, by the VM, TAP, IP or port they
+    /// name.
+    fn add_network(&mut self, obs: &'a Observed) {
+        let ix = self;
+        for l in obs.links.iter().filter(|l| l.is_tap() && valid_tap_name(&l.name)) {
+            if let Some(id) = l
+                .alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix("smolvm-bridge:"))
+                .filter(|id| valid_vm_id(id))
+            {
+                ix.taps_by_alias.entry(id).or_default().push(&l.name);
+            }
+        }
+        for (i, r) in obs.rules.iter().enumerate() {
+            let Some(c) = r
+                .comment
+                .as_deref()
+                .filter(|_| is_smolvm_rule_table(r.family, &r.table))
+            else {
+                continue;
+            };
+            if let Some(id) = rule_vm_id(c) {
+                ix.rules_by_id.entry(id).or_default().push(i);
+            } else if let Some(tap) = rule_tap(c) {
+                ix.rules_by_tap.entry(tap).or_default().push(i);
+            }
+        }
+        for (i, t) in obs.tables.iter().enumerate() {
+            if let Some(tap) = t
+                .name
+                .strip_prefix("smolvm_policy_")
+                .filter(|_| t.family == NFPROTO_INET)
+            {
+                ix.table_by_tap.insert(tap, i);
+            }
+        }
+        for (i, e) in obs.elems.iter().enumerate() {
+            match e.meaning() {
+                ElemMeaning::Tap(tap) => ix.elems_by_tap.entry(tap).or_default().push(i),
+                ElemMeaning::Guest { ip, .. } => ix.elems_by_ip.entry(ip).or_default().push(i),
+                ElemMeaning::Forward { port, ip, .. } => {
+                    ix.elems_by_ip.entry(ip).or_default().push(i);
+                    ix.elems_by_port.entry(port).or_default().push(i);
+                }
+                ElemMeaning::Other => {}
+            }
+        }
+    }
+}
+
+/// Builds the inventory: rows first (DB order), then VM ids that only the host shows
+/// (sorted), then TAPs that only a SmolVM rule names (`orphan-<tap>`, sorted).
+pub fn inventory(obs: &Observed) -> Inventory {
+    let ix = Index::new(obs);
+    let mut inv = Inventory::default();
+    let by_id = add_rows(&mut inv, obs);
+    for vm in &mut inv.vms {
+        judge_row_vm(vm, obs, &ix, &mut inv.warnings);
+    }
+    out_of_view(&mut inv, obs);
+
+    // VM ids that something only SmolVM makes names (a VMM command line, a rule comment,
+    // a socket, a create lock), with their VMMs. A log or disk name alone names no VM.
+    let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = ix.vmms_by_id.clone();
+    // A bridge TAP's alias names a VM only when no row claims the TAP.
+    let claimed = rowless::claimed_taps(obs);
+    let aliased = ix
+        .taps_by_alias
+        .iter()
+        .filter(|(_, taps)| taps.iter().any(|t| !claimed.contains(t)))
+        .map(|(id, _)| id);
+    for &id in ix.rules_by_id.keys().chain(&ix.named_by_file).chain(aliased) {
+        evidence.entry(id.to_string()).or_default();
+    }
+    evidence.retain(|id, _| !by_id.contains_key(id));
+    let mut unattributed: Vec<FileRef> = ix
+        .files_by_id
+        .iter()
+        .filter(|(id, _)| !by_id.contains_key(**id) && !evidence.contains_key(**id))
+        .flat_map(|(_, files)| files.iter().cloned())
+        .collect();
+    unattributed.sort();
+    inv.unattributed = unattributed;
+    if obs.rows_incomplete {
+        if !evidence.is_empty() {
+            inv.warnings.push(
+                "a state DB could not be read: leftovers that no readable row names are left alone this run"
+                    .into(),
+            );
+        }
+        return inv;
+    }
+    add_rowless(&mut inv, obs, &ix, &by_id, &evidence);
+    inv
+}
+
+/// One VM per valid row id, in DB order; a row with a hostile id is refused and kept.
+fn add_rows(inv: &mut Inventory, obs: &Observed) -> BTreeMap<String, usize> {
+    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, row) in obs.rows.iter().enumerate() {
+        if !valid_vm_id(&row.id) {
+            inv.warnings.push(format!(
+                "refusing a state row whose id {:?} is not a SmolVM VM id; it is left as it is",
+                row.id
+            ));
+            inv.kept += 1;
+            continue;
+        }
+        let k = *by_id.entry(row.id.clone()).or_insert_with(|| {
+            inv.vms.push(Vm {
+                id: row.id.clone(),
+                status: Some(row.status),
+                ..Vm::default()
+            });
+            inv.vms.len() - 1
+        });
+        inv.vms[k].rows.push(i);
+    }
+    by_id
+}

@@ -1,0 +1,302 @@
+//! Rows and liveness: a VM with rows, its VMM (proven by command line and start time),
+//! whether it is stale, and what shows it alive when no VMM of its own can be seen.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::network::{Claims, attach_claims, attach_network, attach_row_elems};
+use super::{Index, START_SLACK_SECS, disk_id};
+use crate::model::{
+    FileRef, Inventory, Life, Observed, ProcInfo, Refusal, Row, Stale, Status, Vm, Vmm, is_vmm_argv0,
+    socket_id, valid_tap_name, valid_vm_id,
+};
+
+/// The VM ids a VMM command line names: an API/QMP/vsock socket in the socket dir, a disk
+/// in a data dir's `disks/`, or `--id <id>`.
+pub fn named_ids(cmdline: &[String], socket_dir: &Path, data_dirs: &[PathBuf]) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut prev = "";
+    for arg in cmdline.iter().skip(1) {
+        if prev == "--id" && valid_vm_id(arg) {
+            ids.insert(arg.clone());
+        }
+        prev = arg;
+        // `--api-sock=/p`, QEMU's `file=/p,format=raw` and `unix:/p,server`.
+        for token in arg.split(',') {
+            let token = token.rsplit('=').next().unwrap_or(token);
+            let token = token.strip_prefix("unix:").unwrap_or(token);
+            let path = Path::new(token);
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+            else {
+                continue;
+            };
+            if parent == socket_dir
+                && let Some(id) = socket_id(name)
+            {
+                ids.insert(id.to_string());
+            }
+            if data_dirs.iter().any(|d| parent == d.join("disks"))
+                && let Some(id) = disk_id(name)
+            {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    ids
+}
+
+/// Is `p` this VM's VMM: a VMM binary whose command line names exactly this VM?
+pub(super) fn names_only(p: &ProcInfo, id: &str, obs: &Observed, dirs: &[PathBuf]) -> bool {
+    if !p.cmdline.first().is_some_and(|a| is_vmm_argv0(a)) {
+        return false;
+    }
+    let ids = named_ids(&p.cmdline, &obs.socket_dir, dirs);
+    ids.len() == 1 && ids.contains(id)
+}
+
+/// Judges the pid a row records. Ok: the VMM is alive and proven. Err: why it is stale.
+pub(super) fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<Vmm, Stale> {
+    let Some(raw) = row.pid else {
+        return Err(Stale::NoPid);
+    };
+    let pid = match i32::try_from(raw) {
+        Ok(p) if p > 1 && p != obs.own_pid => p,
+        _ => return Err(Stale::AbsurdPid(raw)),
+    };
+    let Some(p) = obs.procs.get(&pid) else {
+        return Err(Stale::Gone(pid));
+    };
+    if p.is_zombie() {
+        return Err(Stale::Zombie(pid));
+    }
+    if !names_only(p, &row.id, obs, dirs) {
+        let what = p.cmdline.first().map(String::as_str).unwrap_or("?");
+        return Err(Stale::OtherProcess(pid, what.to_string()));
+    }
+    if let Some(updated) = row.updated_unix
+        && p.start_unix > updated + START_SLACK_SECS
+    {
+        return Err(Stale::PidReused(pid));
+    }
+    Ok(Vmm {
+        pid,
+        start_ticks: p.start_ticks,
+    })
+}
+
+/// Judges a VM that has rows: its VMM, staleness, and its resources.
+pub(super) fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<String>) {
+    let rows: Vec<&Row> = vm.rows.iter().map(|&i| &obs.rows[i]).collect();
+    let dirs: Vec<PathBuf> = {
+        let mut d: Vec<PathBuf> = rows
+            .iter()
+            .filter_map(|r| obs.db_dirs.get(r.db).cloned())
+            .collect();
+        d.dedup();
+        d
+    };
+    vm.created_unix = rows
+        .iter()
+        .filter_map(|r| r.created_unix.or(r.updated_unix))
+        .reduce(f64::min);
+    let expects = judge_vmm(vm, &rows, &dirs, obs, ix, warnings);
+    attach_row_resources(vm, &rows, &dirs, obs, ix, warnings);
+    vm.expects_vmm = expects;
+    if vm.vmms.is_empty()
+        && let Some(life) = signs_of_life(vm, obs)
+    {
+        // Something we cannot identify uses the VM's socket, TAP or lock: it lives, so
+        // the row is not stale whatever its pid says.
+        vm.refuse.get_or_insert(Refusal::Unidentified(life.clone()));
+        vm.live = Some(life);
+        vm.stale = None;
+    }
+    vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
+    if vm.refuse.is_some() {
+        // Not ours to judge while something we cannot account for runs: write nothing.
+        vm.mark.clear();
+    }
+}
+
+/// The VMM of a VM with rows: what its rows record, then what the scan found naming
+/// it. Sets its VMMs, whether it is stale, and which rows to mark; true when a row says a
+/// VMM should run.
+pub(super) fn judge_vmm(
+    vm: &mut Vm,
+    rows: &[&Row],
+    dirs: &[PathBuf],
+    obs: &Observed,
+    ix: &Index<'_>,
+    warnings: &mut Vec<String>,
+) -> bool {
+    let newest_write = rows
+        .iter()
+        .filter_map(|r| r.updated_unix)
+        .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+    let mut stale_reason = None;
+    let mut expects = false;
+    for (&ri, row) in vm.rows.iter().zip(rows) {
+        if !row.status.expects_process() {
+            continue;
+        }
+        expects = true;
+        match judge_pid(row, obs, dirs) {
+            Ok(v) => {
+                if !vm.vmms.contains(&v) {
+                    vm.vmms.push(v);
+                }
+            }
+            Err(why) => {
+                if let Some(raw) = row.pid
+                    && (raw <= 1 || raw > i64::from(i32::MAX) || raw == i64::from(obs.own_pid))
+                {
+                    warnings.push(format!("{}: {why}; refusing to signal it", row.id));
+                }
+                stale_reason.get_or_insert(why);
+                if row.status != Status::Error || row.pid.is_some() {
+                    vm.mark.push(ri);
+                }
+            }
+        }
+    }
+    for p in ix.vmms_by_id.get(vm.id.as_str()).into_iter().flatten() {
+        if vm.vmms.iter().any(|v| v.pid == p.pid) {
+            continue;
+        }
+        if let Some(t) = newest_write
+            && p.start_unix > t + START_SLACK_SECS
+        {
+            vm.refuse.get_or_insert(Refusal::StartedLate(p.pid));
+            continue;
+        }
+        vm.vmms.push(Vmm {
+            pid: p.pid,
+            start_ticks: p.start_ticks,
+        });
+    }
+    if expects && vm.vmms.is_empty() {
+        vm.stale = stale_reason.or(Some(Stale::NoVmm));
+    } else {
+        // A VMM lives: the row is not stale, whatever its pid column says.
+        vm.mark.clear();
+    }
+    expects
+}
+
+/// The TAPs, rules, tables and files of a VM with rows; warns of what its rows name that
+/// SmolVM could not have made.
+pub(super) fn attach_row_resources(
+    vm: &mut Vm,
+    rows: &[&Row],
+    dirs: &[PathBuf],
+    obs: &Observed,
+    ix: &Index<'_>,
+    warnings: &mut Vec<String>,
+) {
+    // TAPs: valid names only, and only links that really are TAPs.
+    for row in rows {
+        for tap in &row.taps {
+            if tap == "usernet" {
+                continue; // QEMU user-mode networking: no host device.
+            }
+            if !valid_tap_name(tap) {
+                warnings.push(format!("{}: refusing TAP name {tap:?} from the state DB", vm.id));
+                continue;
+            }
+            if !vm.tap_names.contains(tap) {
+                vm.tap_names.push(tap.clone());
+            }
+        }
+    }
+    attach_network(vm, obs, ix, warnings);
+    attach_row_elems(vm, rows, obs, ix, warnings);
+
+    // What discovery listed for this id in the socket dir and in its DBs' data dirs: a
+    // missing file is already gone.
+    let retain = rows.iter().any(|r| r.retain_disk);
+    let ours = |f: &&FileRef| {
+        (f.root == obs.socket_dir || dirs.contains(&f.root)) && !(retain && f.rel.starts_with("disks/"))
+    };
+    vm.files = ix
+        .files_by_id
+        .get(vm.id.as_str())
+        .into_iter()
+        .flatten()
+        .filter(ours)
+        .cloned()
+        .collect();
+    let claims = Claims {
+        ips: rows.iter().filter_map(|r| r.guest_ip).collect(),
+        ports: rows.iter().filter_map(|r| r.host_port).collect(),
+        cids: rows.iter().filter_map(|r| r.vsock_cid).collect(),
+    };
+    attach_claims(vm, &claims, dirs, ix);
+    for row in rows {
+        // SmolVM's own paths: the Firecracker API socket, QEMU's QMP socket.
+        let known = ["fc", "qmp"].map(|p| obs.socket_dir.join(format!("{p}-{}.sock", vm.id)));
+        if let Some(sp) = &row.socket_path
+            && !known.iter().any(|k| Path::new(sp) == k)
+        {
+            warnings.push(format!(
+                "{}: socket path {sp:?} is not {}/fc-{}.sock; it is not removed",
+                vm.id,
+                obs.socket_dir.display(),
+                vm.id
+            ));
+        }
+    }
+}
+
+/// What shows a VM alive when no VMM of its own can be seen: its socket still served, its
+/// TAP held open, its create lock held.
+pub(super) fn signs_of_life(vm: &Vm, obs: &Observed) -> Option<Life> {
+    if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
+        return Some(Life::Served(f.path()));
+    }
+    if let Some(&li) = vm.taps.iter().find(|&&li| obs.links[li].carrier) {
+        return Some(Life::TapHeld(obs.links[li].name.clone()));
+    }
+    let lock = vm.files.iter().find(|f| obs.held_locks.contains(&f.path()))?;
+    Some(Life::LockHeld(lock.path()))
+}
+
+/// Seen from a pid namespace other than the host's (a container without `--pid=host`),
+/// a VMM outside it is invisible, not gone. When a VM whose VMM cannot be seen still
+/// shows life, or its row was written before this namespace began, the rows' pids cannot
+/// be judged here: every VM whose VMM is unseen is then left alone, and stderr says once
+/// why and what to change.
+pub(super) fn out_of_view(inv: &mut Inventory, obs: &Observed) {
+    if !obs.pid_view.foreign {
+        return;
+    }
+    let unseen = |v: &Vm| v.expects_vmm && v.vmms.is_empty() && !v.rowless;
+    let predates = |v: &Vm| {
+        let newest = v
+            .rows
+            .iter()
+            .filter_map(|&i| obs.rows[i].updated_unix)
+            .reduce(f64::max);
+        matches!((newest, obs.pid_view.since_unix), (Some(w), Some(ns)) if w + START_SLACK_SECS < ns)
+    };
+    let witnesses: Vec<&str> = inv
+        .vms
+        .iter()
+        .filter(|v| unseen(v) && (v.live.is_some() || predates(v)))
+        .map(|v| v.id.as_str())
+        .collect();
+    if witnesses.is_empty() {
+        return;
+    }
+    inv.warnings.push(format!(
+        "the VMMs are not visible from this pid namespace ({} cannot be judged from it): run \
+         cleanup in the host's pid namespace (docker run --pid=host; hostPID: true in Kubernetes); \
+         VMs whose VMM cannot be seen are left alone",
+        witnesses.join(", ")
+    ));
+    for vm in inv.vms.iter_mut().filter(|v| unseen(v)) {
+        vm.out_of_view = true;
+        vm.stale = None;
+        vm.mark.clear();
+        vm.refuse = Some(Refusal::OutOfView);
+    }
+}

@@ -1,0 +1,650 @@
+//! Unit tests of the pure reconcile rules, on hand-made observations.
+
+use std::path::{Path, PathBuf};
+
+use super::network::{guest_ip_for_tap, rule_tap, rule_vm_id, tap_for_guest_ip};
+use super::*;
+use crate::model::{
+    DirListing, Elem, Life, Link, NFPROTO_IPV4, PidView, ProcInfo, Refusal, Row, Rule, Stale, Status, Table,
+    Vmm,
+};
+
+pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
+    Row {
+        db: 0,
+        id: id.into(),
+        status: Status::parse(status),
+        pid,
+        socket_path: None,
+        created_at: None,
+        updated_at: Some("t".into()),
+        updated_unix: Some(1000.0),
+        created_unix: Some(900.0),
+        taps: vec![],
+        retain_disk: false,
+        guest_ip: None,
+        host_port: None,
+        guest_port: None,
+        vsock_cid: None,
+    }
+}
+
+fn proc(pid: i32, start: f64, cmd: &[&str]) -> ProcInfo {
+    ProcInfo {
+        pid,
+        state: 'S',
+        start_ticks: pid as u64 * 10,
+        start_unix: start,
+        cmdline: cmd.iter().map(|s| s.to_string()).collect(),
+        uid: 0,
+    }
+}
+
+fn fc(pid: i32, start: f64, id: &str) -> ProcInfo {
+    proc(
+        pid,
+        start,
+        &["firecracker", "--api-sock", &format!("/tmp/fc-{id}.sock")],
+    )
+}
+
+fn obs(rows: Vec<Row>) -> Observed {
+    Observed {
+        rows,
+        db_dirs: vec!["/var/lib/smolvm".into()],
+        data_dirs: vec!["/var/lib/smolvm".into()],
+        socket_dir: "/tmp".into(),
+        own_pid: 99,
+        ..Observed::default()
+    }
+}
+
+fn tap(index: i32, name: &str) -> Link {
+    Link {
+        index,
+        name: name.into(),
+        kind: Some("tun".into()),
+        tun_type: Some(2),
+        group: 0,
+        alias: None,
+        carrier: false,
+    }
+}
+
+fn rule(family: u8, table: &str, handle: u64, comment: &str) -> Rule {
+    Rule {
+        family,
+        table: table.into(),
+        chain: "c".into(),
+        handle,
+        comment: Some(comment.into()),
+        ipv4: vec![],
+    }
+}
+
+#[test]
+fn live_vmm_is_not_stale() {
+    let mut o = obs(vec![row("vm-1", "running", Some(500))]);
+    o.procs.insert(500, fc(500, 990.0, "vm-1"));
+    let inv = inventory(&o);
+    assert_eq!(inv.vms[0].stale, None);
+    assert_eq!(
+        inv.vms[0].vmms,
+        vec![Vmm {
+            pid: 500,
+            start_ticks: 5000
+        }]
+    );
+    assert!(inv.vms[0].mark.is_empty());
+}
+
+#[test]
+fn gone_zombie_reused_and_late_pids_are_stale() {
+    let cases: Vec<(Option<ProcInfo>, Stale)> = vec![
+        (None, Stale::Gone(500)),
+        (
+            Some(ProcInfo {
+                state: 'Z',
+                ..fc(500, 990.0, "vm-1")
+            }),
+            Stale::Zombie(500),
+        ),
+        (
+            Some(proc(500, 990.0, &["sleep", "1000"])),
+            Stale::OtherProcess(500, "sleep".into()),
+        ),
+        (
+            Some(fc(500, 990.0, "vm-2")),
+            Stale::OtherProcess(500, "firecracker".into()),
+        ),
+        (Some(fc(500, 1002.0, "vm-1")), Stale::PidReused(500)),
+    ];
+    for (p, why) in cases {
+        let mut o = obs(vec![row("vm-1", "running", Some(500))]);
+        if let Some(p) = p {
+            o.procs.insert(500, p);
+        }
+        let inv = inventory(&o);
+        let vm = &inv.vms[0];
+        assert_eq!(vm.stale.as_ref(), Some(&why));
+        assert!(vm.vmms.is_empty(), "{why}: never signal it");
+        assert_eq!(vm.mark, vec![0]);
+    }
+}
+
+#[test]
+fn absurd_pids_are_refused_and_stale() {
+    for pid in [0, 1, -5, 99, i64::from(i32::MAX) + 1] {
+        let mut o = obs(vec![row("vm-1", "running", Some(pid))]);
+        o.procs.insert(1, proc(1, 0.0, &["/sbin/init"]));
+        o.procs.insert(99, fc(99, 0.0, "vm-1"));
+        let inv = inventory(&o);
+        assert!(inv.vms[0].vmms.is_empty(), "pid {pid}");
+        assert!(inv.vms[0].stale.is_some());
+        assert_eq!(inv.warnings.len(), 1, "pid {pid}");
+    }
+}
+
+#[test]
+fn created_and_stopped_are_never_stale_and_error_is_marked_once() {
+    let mut o = obs(vec![
+        row("keepme", "created", None),
+        row("web", "stopped", None),
+        row("vm-9", "error", None),
+    ]);
+    o.rows[2].pid = None;
+    let inv = inventory(&o);
+    assert_eq!(inv.vms[0].stale, None);
+    assert_eq!(inv.vms[1].stale, None);
+    assert!(inv.vms[2].stale.is_some());
+    assert!(
+        inv.vms[2].mark.is_empty(),
+        "already error with no pid: nothing to write"
+    );
+}
+
+#[test]
+fn scanned_vmm_keeps_a_row_alive_unless_it_started_later() {
+    let mut o = obs(vec![row("vm-1", "running", Some(500))]);
+    o.vmms.push(fc(700, 950.0, "vm-1"));
+    let inv = inventory(&o);
+    assert_eq!(inv.vms[0].stale, None);
+    assert_eq!(inv.vms[0].vmms[0].pid, 700);
+
+    let mut o = obs(vec![row("vm-1", "created", None)]);
+    o.vmms.push(fc(700, 1005.0, "vm-1"));
+    let inv = inventory(&o);
+    assert!(inv.vms[0].vmms.is_empty());
+    assert!(inv.vms[0].refuse.is_some());
+
+    // Its recorded pid is that late VMM: stale, refused, and the row is not rewritten.
+    let mut o = obs(vec![row("vm-1", "running", Some(700))]);
+    o.procs.insert(700, fc(700, 1005.0, "vm-1"));
+    o.vmms.push(fc(700, 1005.0, "vm-1"));
+    let inv = inventory(&o);
+    assert!(inv.vms[0].stale.is_some());
+    assert!(inv.vms[0].vmms.is_empty());
+    assert!(inv.vms[0].refuse.is_some());
+    assert!(inv.vms[0].mark.is_empty());
+}
+
+#[test]
+fn invalid_ids_and_tap_names_are_refused() {
+    let mut r = row("vm-1", "stopped", None);
+    r.taps = vec!["eth0".into(), "../x".into(), "tap3".into(), "usernet".into()];
+    let o = Observed {
+        links: vec![tap(2, "eth0"), tap(3, "tap3")],
+        ..obs(vec![row("../../etc", "running", Some(5)), r])
+    };
+    let inv = inventory(&o);
+    assert_eq!(inv.vms.len(), 1);
+    assert_eq!(inv.vms[0].tap_names, ["tap3"]);
+    assert_eq!(inv.vms[0].taps, [1]);
+    assert_eq!(inv.warnings.len(), 3);
+}
+
+#[test]
+fn a_link_that_is_not_a_tap_is_left_alone() {
+    let mut r = row("vm-1", "stopped", None);
+    r.taps = vec!["tap3".into()];
+    let mut veth = tap(3, "tap3");
+    veth.kind = Some("veth".into());
+    veth.tun_type = None;
+    let o = Observed {
+        links: vec![veth],
+        ..obs(vec![r])
+    };
+    let inv = inventory(&o);
+    assert!(inv.vms[0].taps.is_empty());
+    assert_eq!(inv.warnings.len(), 1);
+}
+
+#[test]
+fn rules_only_from_smolvm_tables() {
+    let mut r = row("vm-1", "stopped", None);
+    r.taps = vec!["tap2".into()];
+    let o = Observed {
+        rules: vec![
+            rule(NFPROTO_IPV4, "smolvm_nat", 5, "smolvm:vm-1:ssh"),
+            rule(NFPROTO_INET, "smolvm_filter", 3, "smolvm:nat:tap:tap2:to:uplink0"),
+            rule(NFPROTO_INET, "smolvm_nat", 9, "smolvm:vm-1:ssh"),
+            rule(NFPROTO_IPV4, "other", 7, "smolvm:vm-1:ssh"),
+            filter_rule(4, "smolvm:global:forward:tap-isolation"),
+        ],
+        tables: vec![
+            Table {
+                family: NFPROTO_INET,
+                name: "smolvm_policy_tap2".into(),
+            },
+            Table {
+                family: NFPROTO_INET,
+                name: "smolvm_policy_tap3".into(),
+            },
+        ],
+        ..obs(vec![r])
+    };
+    let inv = inventory(&o);
+    assert_eq!(inv.vms[0].rules, [0, 1]);
+    assert_eq!(inv.vms[0].tables, [0]);
+}
+
+#[test]
+fn comments_name_vms_and_taps() {
+    assert_eq!(rule_vm_id("smolvm:vm-1:ssh"), Some("vm-1"));
+    assert_eq!(rule_vm_id("smolvm:web:local:8080:80"), Some("web"));
+    assert_eq!(rule_vm_id("smolvm:nat:ssh"), Some("nat"));
+    for none in [
+        "smolvm:vm-1:ssh:x",
+        "smolvm:vm-1:local",
+        "smolvm:nat:tap:tap2:to:uplink0",
+        "smolvm:global:forward:established",
+        "smolvm:egress:tap2:allow",
+        "smolvm:Bad:ssh",
+        "other:vm-1:ssh",
+    ] {
+        assert_eq!(rule_vm_id(none), None, "{none}");
+    }
+    assert_eq!(rule_tap("smolvm:nat:tap:tap2:to:uplink0"), Some("tap2"));
+    assert_eq!(rule_tap("smolvm:egress:tap2:drop6"), Some("tap2"));
+    assert_eq!(rule_tap("smolvm:nat:tap:eth0:to:uplink0"), None);
+    assert_eq!(rule_tap("smolvm:nat:tap:tap2"), None);
+    assert_eq!(rule_tap("smolvm:vm-1:ssh"), None);
+}
+
+#[test]
+fn guest_ip_to_tap() {
+    assert_eq!(tap_for_guest_ip([172, 16, 0, 5]).as_deref(), Some("tap5"));
+    assert_eq!(tap_for_guest_ip([172, 16, 1, 2]).as_deref(), Some("tap258"));
+    assert_eq!(tap_for_guest_ip([172, 16, 0, 1]), None, "the gateway");
+    assert_eq!(tap_for_guest_ip([127, 0, 0, 1]), None);
+    assert_eq!(guest_ip_for_tap("tap258"), Some([172, 16, 1, 2]));
+    assert_eq!(guest_ip_for_tap("tap5"), Some([172, 16, 0, 5]));
+    assert_eq!(guest_ip_for_tap("tap1"), None, "the gateway");
+    assert_eq!(guest_ip_for_tap("svmb0a1b2c3d"), None);
+}
+
+fn filter_rule(handle: u64, comment: &str) -> Rule {
+    rule(NFPROTO_INET, "smolvm_filter", handle, comment)
+}
+
+fn ssh_rule(id: &str, octet: u8, handle: u64) -> Rule {
+    Rule {
+        ipv4: vec![[172, 16, 0, octet]],
+        ..rule(NFPROTO_IPV4, "smolvm_nat", handle, &format!("smolvm:{id}:ssh"))
+    }
+}
+
+#[test]
+fn with_no_rows_the_host_names_the_vms() {
+    let mut o = obs(vec![]);
+    o.links = vec![tap(2, "tap2"), tap(3, "tap3"), tap(4, "tap4")];
+    o.links[2].carrier = true;
+    o.rules = vec![
+        ssh_rule("vm-1", 2, 10),
+        filter_rule(11, "smolvm:nat:tap:tap2:to:uplink0"),
+        filter_rule(12, "smolvm:nat:tap:tap3:to:uplink0"),
+        filter_rule(13, "smolvm:nat:tap:tap4:to:uplink0"),
+        filter_rule(14, "smolvm:global:forward:established"),
+    ];
+    o.socket_names = vec!["fc-vm-2.sock".into(), "fc-vm-3.sock".into(), "other.sock".into()];
+    o.served.insert("/tmp/fc-vm-3.sock".into());
+    o.data_listing = vec![DirListing {
+        dir: "/var/lib/smolvm".into(),
+        top: vec!["vm-4.log".into(), "smolvm.log".into(), "backup.log".into()],
+        disks: vec![
+            "kept.ext4".into(),
+            "kept.ext4.retained".into(),
+            "vm-4.ext4".into(),
+            "golden-image.ext4".into(),
+        ],
+        locks: vec!["vm-4.create.lock".into(), "vm-6.create.lock".into()],
+        ..DirListing::default()
+    }];
+    o.held_locks
+        .insert("/var/lib/smolvm/locks/vm-6.create.lock".into());
+    o.vmms = vec![fc(70, 1.0, "vm-5")];
+    let inv = inventory(&o);
+    let ids: Vec<&str> = inv.vms.iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["vm-1", "vm-2", "vm-3", "vm-4", "vm-5", "vm-6", "orphan-tap3"]
+    );
+    // A log or disk that nothing only SmolVM makes names is no VM: never touched.
+    let lone: Vec<String> = inv.unattributed.iter().map(|f| f.rel.clone()).collect();
+    assert_eq!(lone, ["backup.log", "disks/golden-image.ext4", "smolvm.log"]);
+    let vm = |id: &str| inv.vms.iter().find(|v| v.id == id).unwrap();
+    // The SSH rule's guest IP ties tap2 and its rule to vm-1.
+    assert_eq!(vm("vm-1").tap_names, ["tap2"]);
+    assert_eq!(vm("vm-1").rules, [0, 1]);
+    assert!(vm("vm-1").stale.is_some());
+    // A served socket or a live VMM: alive, not stale; only the unidentified one is refused.
+    assert!(vm("vm-3").stale.is_none() && vm("vm-3").refuse.is_some());
+    assert!(vm("vm-5").stale.is_none() && vm("vm-5").refuse.is_none());
+    assert_eq!(vm("vm-5").vmms[0].pid, 70);
+    // Its create lock corroborates vm-4's log and disk; a held lock is a create in progress.
+    assert!(vm("vm-4").stale.is_some());
+    let rels: Vec<&str> = vm("vm-4").files.iter().map(|f| f.rel.as_str()).collect();
+    assert_eq!(rels, ["locks/vm-4.create.lock", "vm-4.log", "disks/vm-4.ext4"]);
+    let lock = PathBuf::from("/var/lib/smolvm/locks/vm-6.create.lock");
+    assert!(vm("vm-6").stale.is_none());
+    assert_eq!(
+        vm("vm-6").refuse,
+        Some(Refusal::Unidentified(Life::LockHeld(lock)))
+    );
+    assert!(vm("vm-6").files.is_empty(), "a held lock is never removed");
+    assert_eq!(vm("orphan-tap3").taps, [1]);
+    assert_eq!(vm("orphan-tap3").rules, [2]);
+    // tap4 has carrier: never an orphan. "kept" is retained: not a leftover.
+    assert_eq!(inv.kept, 1);
+    assert!(!ids.contains(&"kept"));
+
+    // A DB that could not be read: nothing rowless is taken.
+    o.rows_incomplete = true;
+    assert!(inventory(&o).vms.is_empty());
+}
+
+#[test]
+fn a_running_row_whose_socket_or_tap_lives_is_not_stale() {
+    let mut r = row("sbx-a", "running", Some(500));
+    r.taps = vec!["tap3".into()];
+    let mut o = obs(vec![r, row("sbx-b", "running", Some(501))]);
+    o.links = vec![tap(3, "tap3")];
+    o.links[0].carrier = true;
+    o.socket_names = vec!["fc-sbx-b.sock".into()];
+    o.served.insert("/tmp/fc-sbx-b.sock".into());
+    let inv = inventory(&o);
+    assert_eq!(inv.vms[0].live, Some(Life::TapHeld("tap3".into())));
+    assert_eq!(
+        inv.vms[1].refuse,
+        Some(Refusal::Unidentified(Life::Served("/tmp/fc-sbx-b.sock".into())))
+    );
+    assert_eq!(
+        inv.vms[1].refuse.as_ref().map(ToString::to_string).as_deref(),
+        Some(
+            "/tmp/fc-sbx-b.sock is still served by a process that is not a VMM we can identify; not touched"
+        )
+    );
+    for vm in &inv.vms {
+        assert_eq!(vm.stale, None, "{}", vm.id);
+        assert!(
+            vm.mark.is_empty() && vm.refuse.is_some() && vm.live.is_some(),
+            "{}",
+            vm.id
+        );
+        assert!(!vm.out_of_view, "/proc is the host's: nothing is out of view");
+    }
+}
+
+#[test]
+fn from_another_pid_namespace_unseen_vmms_are_left_alone() {
+    let mut served = row("sbx-live1", "running", Some(500));
+    served.updated_unix = Some(5000.0);
+    let mut quiet = row("vm-quiet", "running", Some(502));
+    quiet.updated_unix = Some(5000.0);
+    let mut o = obs(vec![served, quiet, row("keep", "stopped", None)]);
+    o.socket_names = vec!["fc-sbx-live1.sock".into()];
+    o.served.insert("/tmp/fc-sbx-live1.sock".into());
+    o.pid_view = PidView {
+        foreign: true,
+        since_unix: Some(6000.0),
+    };
+    let inv = inventory(&o);
+    let vm = |id: &str| inv.vms.iter().find(|v| v.id == id).unwrap();
+    // One served socket is enough to know the VMMs live out of view: the quiet one,
+    // whose VMM shows nothing at all, is left alone too.
+    for id in ["sbx-live1", "vm-quiet"] {
+        assert!(
+            vm(id).out_of_view && vm(id).stale.is_none() && vm(id).mark.is_empty(),
+            "{id}"
+        );
+        assert_eq!(vm(id).refuse, Some(Refusal::OutOfView), "{id}");
+    }
+    assert!(!vm("keep").out_of_view);
+    assert_eq!(inv.warnings.len(), 1, "said once: {:?}", inv.warnings);
+    assert!(inv.warnings[0].contains("--pid=host"));
+
+    // A row written before this namespace began names no process of it, even alone.
+    let mut o2 = obs(vec![o.rows[1].clone()]);
+    o2.pid_view = o.pid_view;
+    assert!(inventory(&o2).vms[0].out_of_view);
+    // Written after it began and showing no life: judged as usual (stale).
+    o2.pid_view.since_unix = Some(4000.0);
+    let inv2 = inventory(&o2);
+    assert!(!inv2.vms[0].out_of_view && inv2.vms[0].stale.is_some());
+    assert!(inv2.warnings.is_empty());
+    // The host's /proc: a served socket with no VMM is refused, never "out of view".
+    o.pid_view = PidView::default();
+    assert!(inventory(&o).vms.iter().all(|v| !v.out_of_view));
+}
+
+fn elem(family: u8, table: &str, set: &str, key: &[u8], data: Option<&[u8]>) -> Elem {
+    Elem {
+        family,
+        table: table.into(),
+        set: set.into(),
+        key: key.to_vec(),
+        data: data.map(<[u8]>::to_vec),
+    }
+}
+
+/// `port : 172.16.0.<o> . 22` in `dnat_ext`, as the kernel lays it out.
+fn forward(port: u16, octet: u8) -> Elem {
+    let p = port.to_be_bytes();
+    elem(
+        NFPROTO_IPV4,
+        "smolvm_nat",
+        "dnat_ext",
+        &p,
+        Some(&[172, 16, 0, octet, 0, 22, 0, 0]),
+    )
+}
+
+fn guest(set: &str, octet: u8) -> Elem {
+    let (family, table) = if set == "fwd_allow" {
+        (NFPROTO_INET, "smolvm_filter")
+    } else {
+        (NFPROTO_IPV4, "smolvm_nat")
+    };
+    elem(family, table, set, &[172, 16, 0, octet, 0, 22, 0, 0], None)
+}
+
+fn allowed(tap: &str) -> Elem {
+    let mut key = tap.as_bytes().to_vec();
+    key.resize(16, 0);
+    elem(NFPROTO_INET, "smolvm_filter", "allowed_taps", &key, None)
+}
+
+#[test]
+fn elements_go_with_the_vm_whose_port_ip_or_tap_they_carry() {
+    let with_net = |id: &str, status: &str, octet: u8, port: u16| {
+        let mut r = row(id, status, None);
+        r.taps = vec![format!("tap{octet}")];
+        r.guest_ip = Some([172, 16, 0, octet]);
+        r.host_port = Some(port);
+        r.guest_port = Some(22);
+        r
+    };
+    let mut o = obs(vec![
+        with_net("vm-a", "stopped", 2, 2200),
+        with_net("vm-b", "stopped", 3, 2201),
+    ]);
+    o.links = vec![tap(2, "tap2"), tap(3, "tap3"), tap(6, "tap6"), tap(7, "tap7")];
+    o.links[3].carrier = true;
+    o.elems = vec![
+        forward(2200, 2),        // 0: vm-a's
+        guest("snat_return", 2), // 1: vm-a's
+        guest("fwd_allow", 2),   // 2: vm-a's
+        allowed("tap2"),         // 3: vm-a's
+        forward(2201, 9),        // 4: vm-b's port, another IP: nobody's to take
+        allowed("tap6"),         // 5: no row: orphan-tap6
+        guest("fwd_allow", 6),   // 6: 172.16.0.6 is tap6's IP
+        allowed("tap7"),         // 7: tap7 is held open: alive
+    ];
+    o.tables = vec![Table {
+        family: NFPROTO_INET,
+        name: "smolvm_policy_tap6".into(),
+    }];
+    let inv = inventory(&o);
+    let vm = |id: &str| inv.vms.iter().find(|v| v.id == id).unwrap();
+    assert_eq!(vm("vm-a").elems, [0, 1, 2, 3]);
+    assert!(vm("vm-b").elems.is_empty());
+    assert!(
+        inv.warnings
+            .iter()
+            .any(|w| w.contains("vm-b: dnat_ext maps its port 2201 to 172.16.0.9")),
+        "{:?}",
+        inv.warnings
+    );
+    // The SDK VM's TAP, named only by its policy table and its allowed_taps element.
+    let orphan = vm("orphan-tap6");
+    assert_eq!(
+        (orphan.taps.as_slice(), orphan.tables.as_slice()),
+        (&[2][..], &[0][..])
+    );
+    assert_eq!(orphan.elems, [5, 6]);
+    assert!(orphan.stale.is_some());
+    assert!(
+        inv.vms
+            .iter()
+            .all(|v| v.id != "orphan-tap7" && !v.elems.contains(&7))
+    );
+    assert_eq!(inv.kept, 1);
+}
+
+#[test]
+fn a_claim_file_a_live_sdk_process_holds_keeps_its_tap() {
+    let mut o = obs(vec![]);
+    o.links = vec![tap(6, "tap6")];
+    o.elems = vec![allowed("tap6")];
+    o.data_listing = vec![DirListing {
+        dir: "/var/lib/smolvm".into(),
+        resource_locks: vec!["ip-172.16.0.6.lock".into(), "vsock-3.lock".into()],
+        ..DirListing::default()
+    }];
+    let inv = inventory(&o);
+    let rels: Vec<&str> = inv.vms[0].files.iter().map(|f| f.rel.as_str()).collect();
+    assert_eq!(
+        rels,
+        ["locks/resources/ip-172.16.0.6.lock"],
+        "vsock-3 names no VM here"
+    );
+    o.held_locks
+        .insert("/var/lib/smolvm/locks/resources/ip-172.16.0.6.lock".into());
+    let inv = inventory(&o);
+    assert!(inv.vms.is_empty());
+    assert_eq!(inv.kept, 1);
+}
+
+#[test]
+fn a_tap_claimed_by_a_row_is_never_an_orphan_or_tied_elsewhere() {
+    let mut r = row("keepme", "created", None);
+    r.taps = vec!["tap2".into()];
+    let mut o = obs(vec![r]);
+    o.links = vec![tap(2, "tap2")];
+    o.rules = vec![
+        ssh_rule("ghost", 2, 10),
+        filter_rule(11, "smolvm:nat:tap:tap2:to:uplink0"),
+    ];
+    let inv = inventory(&o);
+    assert_eq!(inv.vms.len(), 2);
+    assert_eq!(inv.vms[0].taps, [0]);
+    assert_eq!(inv.vms[0].rules, [1]);
+    assert_eq!(inv.vms[1].id, "ghost");
+    assert!(inv.vms[1].tap_names.is_empty());
+    assert_eq!(inv.vms[1].rules, [0]);
+}
+
+#[test]
+fn named_ids_forms() {
+    let dirs = [PathBuf::from("/var/lib/smolvm")];
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let ids = |v: &[&str]| named_ids(&s(v), Path::new("/tmp"), &dirs);
+    assert_eq!(
+        ids(&["firecracker", "--api-sock", "/tmp/fc-vm-1.sock"]),
+        ["vm-1".to_string()].into()
+    );
+    assert_eq!(
+        ids(&["firecracker", "--api-sock=/tmp/fc-vm-1.sock"]),
+        ["vm-1".to_string()].into()
+    );
+    assert!(ids(&["firecracker", "--api-sock", "/var/tmp/fc-vm-1.sock"]).is_empty());
+    assert_eq!(
+        ids(&[
+            "qemu-system-x86_64",
+            "-drive",
+            "file=/var/lib/smolvm/disks/web.ext4,format=raw"
+        ]),
+        ["web".to_string()].into()
+    );
+    assert_eq!(
+        ids(&[
+            "qemu-system-x86_64",
+            "-qmp",
+            "unix:/tmp/qmp-web.sock,server,nowait"
+        ])
+        .len(),
+        1
+    );
+    assert_eq!(ids(&["firecracker", "--id", "vm-7"]), ["vm-7".to_string()].into());
+    assert!(ids(&["firecracker", "--api-sock", "/tmp/fc-../x.sock"]).is_empty());
+}
+
+#[test]
+fn served_socket_without_a_known_vmm_is_refused() {
+    let mut o = obs(vec![row("vm-1", "stopped", None)]);
+    o.socket_names = vec!["fc-vm-1.sock".into()];
+    o.served.insert("/tmp/fc-vm-1.sock".into());
+    let inv = inventory(&o);
+    assert!(inv.vms[0].refuse.is_some());
+}
+
+fn listed(o: &mut Observed, sockets: &[&str], top: &[&str], disks: &[&str]) {
+    o.socket_names = sockets.iter().map(|s| s.to_string()).collect();
+    o.data_listing = vec![DirListing {
+        dir: "/var/lib/smolvm".into(),
+        top: top.iter().map(|s| s.to_string()).collect(),
+        disks: disks.iter().map(|s| s.to_string()).collect(),
+        ..DirListing::default()
+    }];
+}
+
+#[test]
+fn files_are_what_was_listed_minus_kept_disks() {
+    let rels =
+        |o: &Observed| -> Vec<String> { inventory(o).vms[0].files.iter().map(|f| f.rel.clone()).collect() };
+    let mut o = obs(vec![row("vm-1", "stopped", None), row("vm-2", "stopped", None)]);
+    listed(
+        &mut o,
+        &["fc-vm-1.sock", "vsock-vm-1.sock"],
+        &["vm-1.log"],
+        &["vm-1.ext4", "vm-2.ext4", "vm-2.ext4.retained"],
+    );
+    assert_eq!(
+        rels(&o),
+        ["fc-vm-1.sock", "vsock-vm-1.sock", "vm-1.log", "disks/vm-1.ext4"]
+    );
+    o.rows[0].retain_disk = true;
+    assert_eq!(rels(&o), ["fc-vm-1.sock", "vsock-vm-1.sock", "vm-1.log"]);
+    // A disk with a .retained marker is kept.
+    assert!(inventory(&o).vms[1].files.is_empty());
+}
