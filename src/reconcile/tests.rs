@@ -318,6 +318,7 @@ fn with_no_rows_the_host_names_the_vms() {
             "golden-image.ext4".into(),
         ],
         locks: vec!["vm-4.create.lock".into(), "vm-6.create.lock".into()],
+        firmware: vec!["vm-4".into(), "lonely".into()],
         ..DirListing::default()
     }];
     o.held_locks
@@ -331,7 +332,15 @@ fn with_no_rows_the_host_names_the_vms() {
     );
     // A log or disk that nothing only SmolVM makes names is no VM: never touched.
     let lone: Vec<String> = inv.unattributed.iter().map(|f| f.rel.clone()).collect();
-    assert_eq!(lone, ["backup.log", "disks/golden-image.ext4", "smolvm.log"]);
+    assert_eq!(
+        lone,
+        [
+            "backup.log",
+            "disks/golden-image.ext4",
+            "firmware/lonely",
+            "smolvm.log"
+        ]
+    );
     let vm = |id: &str| inv.vms.iter().find(|v| v.id == id).unwrap();
     // The SSH rule's guest IP ties tap2 and its rule to vm-1.
     assert_eq!(vm("vm-1").tap_names, ["tap2"]);
@@ -344,7 +353,16 @@ fn with_no_rows_the_host_names_the_vms() {
     // Its create lock corroborates vm-4's log and disk; a held lock is a create in progress.
     assert!(vm("vm-4").stale.is_some());
     let rels: Vec<&str> = vm("vm-4").files.iter().map(|f| f.rel.as_str()).collect();
-    assert_eq!(rels, ["locks/vm-4.create.lock", "vm-4.log", "disks/vm-4.ext4"]);
+    assert_eq!(
+        rels,
+        [
+            "firmware/vm-4",
+            "locks/vm-4.create.lock",
+            "vm-4.log",
+            "disks/vm-4.ext4"
+        ]
+    );
+    assert!(vm("vm-4").files[0].tree, "a firmware directory goes whole");
     let lock = PathBuf::from("/var/lib/smolvm/locks/vm-6.create.lock");
     assert!(vm("vm-6").stale.is_none());
     assert_eq!(
@@ -647,4 +665,17 @@ fn files_are_what_was_listed_minus_kept_disks() {
     assert_eq!(rels(&o), ["fc-vm-1.sock", "vsock-vm-1.sock", "vm-1.log"]);
     // A disk with a .retained marker is kept.
     assert!(inventory(&o).vms[1].files.is_empty());
+}
+
+#[test]
+fn smolvm_socket_paths_are_not_warned_about() {
+    let mut fc = row("vm-1", "stopped", None);
+    fc.socket_path = Some("/tmp/fc-vm-1.sock".into());
+    let mut qmp = row("vm-2", "stopped", None);
+    qmp.socket_path = Some("/tmp/qmp-vm-2.sock".into());
+    let mut odd = row("vm-3", "stopped", None);
+    odd.socket_path = Some("/run/other.sock".into());
+    let inv = inventory(&obs(vec![fc, qmp, odd]));
+    assert_eq!(inv.warnings.len(), 1, "{:?}", inv.warnings);
+    assert!(inv.warnings[0].starts_with("vm-3: socket path"));
 }
