@@ -168,10 +168,26 @@ fn remove_tree(parent: &OwnedFd, name: &str, depth: u32) -> Result<(), Errno> {
 
 /// Is a process accepting connections on this Unix socket? A VMM's API socket whose owner
 /// died refuses connections (ECONNREFUSED); one still served belongs to a live VMM. Only
-/// a socket itself is tried, never what a symlink points to.
+/// a socket itself is tried, never what a symlink points to. The connect never blocks: a
+/// listener whose backlog is full (a frozen VMM, or anyone's `listen(0)` that never
+/// accepts) answers EAGAIN at once, and a probe that cannot tell counts as served, never
+/// as dead.
 pub fn socket_has_listener(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
-        && std::os::unix::net::UnixStream::connect(path).is_ok()
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, connect, socket_with};
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        return false;
+    }
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let probe = SocketAddrUnix::new(path).and_then(|addr| {
+        let fd = socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
+        connect(&fd, &addr)
+    });
+    match probe {
+        Ok(()) => true,
+        Err(Errno::CONNREFUSED | Errno::NOENT) => false,
+        // EAGAIN (backlog full), EINPROGRESS, EACCES, …: something may be there.
+        Err(_) => true,
+    }
 }
 
 /// Does a live process hold a `flock` on this lock file (SmolVM's create lock, taken with
@@ -281,6 +297,7 @@ mod tests {
         assert!(socket_has_listener(&f.path()));
         drop(listener);
         assert!(!socket_has_listener(&f.path()));
+        assert!(!socket_has_listener(&d.join("missing.sock")));
         assert_eq!(Remover::default().remove(&f).unwrap(), Removal::Deleted);
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -426,3 +426,66 @@ fn resources_already_gone_are_done() {
     assert_eq!(comments().len(), 3, "only the global rules are left");
     assert!(w.ids().is_empty());
 }
+
+/// A listener whose backlog is full never accepts: probing it must not block the run (any
+/// local user can bind `fc-x.sock` with `listen(0)`), and it counts as alive.
+#[test]
+fn a_socket_whose_backlog_is_full_neither_hangs_the_run_nor_reads_as_dead() {
+    use rustix::net::{
+        AddressFamily, SocketAddrUnix, SocketFlags, SocketType, bind, connect, listen, socket_with,
+    };
+    let Some(mut w) = World::new("backlog") else {
+        return;
+    };
+    w.add(VmSpec::stale("vm-dead0001", 2));
+    let path = w.sock.join("fc-vm-wedged01.sock");
+    let addr = SocketAddrUnix::new(&path).unwrap();
+    let listener = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(&listener, &addr).unwrap();
+    listen(&listener, 0).unwrap();
+    // Fill the backlog: connects go through until the kernel says EAGAIN.
+    let mut clients = Vec::new();
+    loop {
+        let c = socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        match connect(&c, &addr) {
+            Ok(()) => clients.push(c),
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+        assert!(clients.len() < 16, "the backlog never filled");
+    }
+    for args in [&["--dry-run"][..], &["--check"][..], &[][..]] {
+        let mut args = args.to_vec();
+        args.extend(["--timeout", "2s"]);
+        let mut child = crate::util::Reaped(
+            w.cmd(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        wait_until("the run to end", Duration::from_secs(20), || {
+            child.try_wait().unwrap().is_some()
+        });
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+        // Served (alive): never a target; the crashed VM still is.
+        assert!(!stdout.contains("wedged"), "{args:?}: {stdout}");
+        assert!(stdout.contains("vm-dead0001"), "{args:?}: {stdout}");
+    }
+    assert!(path.exists(), "the wedged socket is not removed");
+    assert!(w.ids().is_empty());
+    drop((clients, listener));
+}
