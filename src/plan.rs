@@ -112,9 +112,12 @@ pub struct Selection {
 pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
     let links = &obs.links;
     // --older-than: a VM whose row is younger is left alone entirely, stale or not.
+    // A row whose creation time cannot be read has an unknown age, and unknown is never
+    // old. (A VM with no row has no creation time at all: it is not filtered.)
     let young = |v: &Vm| match (sel.min_age, v.created_unix) {
         (Some(age), Some(created)) => sel.now - created < age,
-        _ => false,
+        (Some(_), None) => !v.rowless,
+        (None, _) => false,
     };
     let mut stale: Vec<String> = inv
         .vms
@@ -257,9 +260,12 @@ mod tests {
         old.created_unix = Some(100.0);
         let mut young = vm("vm-young", true);
         young.created_unix = Some(950.0);
-        let rowless = vm("orphan-tap3", true);
+        let mut rowless = vm("orphan-tap3", true);
+        rowless.rowless = true;
+        // A row whose created_at could not be read: its age is unknown, so never old.
+        let unknown = vm("vm-unknown", true);
         let inv = Inventory {
-            vms: vec![old, young, rowless],
+            vms: vec![old, young, rowless, unknown],
             ..Inventory::default()
         };
         let s = Selection {
@@ -269,7 +275,7 @@ mod tests {
         };
         let p = build(&inv, &Observed::default(), &s);
         assert_eq!(ids(&p), ["vm-old", "orphan-tap3"]);
-        assert_eq!(p.remaining, 1);
+        assert_eq!(p.remaining, 2);
         // A VM left alone is not reported as reconciled either.
         assert_eq!(p.stale, ["orphan-tap3", "vm-old"]);
     }
