@@ -69,6 +69,8 @@ pub enum Failure {
     Interrupted,
     /// SmolVM rewrote the row after we read it.
     RowChanged,
+    /// A row of this table still refers to the VM's row.
+    RowPinned(String),
 }
 
 impl fmt::Display for Failure {
@@ -81,6 +83,9 @@ impl fmt::Display for Failure {
                 f,
                 "its state row changed during cleanup (VM restarted?); row kept"
             ),
+            Failure::RowPinned(table) => {
+                write!(f, "its state row is still referred to by table {table}; row kept")
+            }
         }
     }
 }
@@ -575,6 +580,11 @@ fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>) {
     for (i, rs) in states {
         if let Some(e) = rs.iter().find_map(|r| r.as_ref().err()) {
             run.fail(i, StepKind::Row, e.clone());
+        } else if let Some(table) = rs.iter().find_map(|r| match r {
+            Ok(RowOutcome::Pinned(t)) => Some(t.clone()),
+            _ => None,
+        }) {
+            run.fail(i, StepKind::Row, Failure::RowPinned(table));
         } else if rs.iter().any(|r| matches!(r, Ok(RowOutcome::Changed))) {
             run.fail(i, StepKind::Row, Failure::RowChanged);
         } else if rs.iter().any(|r| matches!(r, Ok(RowOutcome::Deleted))) {

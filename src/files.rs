@@ -170,8 +170,8 @@ fn remove_tree(parent: &OwnedFd, name: &str, depth: u32) -> Result<(), Errno> {
 /// died refuses connections (ECONNREFUSED); one still served belongs to a live VMM. Only
 /// a socket itself is tried, never what a symlink points to. The connect never blocks: a
 /// listener whose backlog is full (a frozen VMM, or anyone's `listen(0)` that never
-/// accepts) answers EAGAIN at once, and a probe that cannot tell counts as served, never
-/// as dead.
+/// accepts) answers EAGAIN at once, and a probe that cannot finish counts as served,
+/// never as dead.
 pub fn socket_has_listener(path: &Path) -> bool {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, connect, socket_with};
     if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
@@ -184,8 +184,10 @@ pub fn socket_has_listener(path: &Path) -> bool {
     });
     match probe {
         Ok(()) => true,
-        Err(Errno::CONNREFUSED | Errno::NOENT) => false,
-        // EAGAIN (backlog full), EINPROGRESS, EACCES, …: something may be there.
+        // Nobody listens; or we may not even try (another user's socket): the probe tells
+        // nothing, and the other evidence (the VMM's pid) decides.
+        Err(Errno::CONNREFUSED | Errno::NOENT | Errno::ACCESS | Errno::PERM) => false,
+        // EAGAIN (a listener whose backlog is full), EINPROGRESS, …: something is there.
         Err(_) => true,
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Cause, Error, Result};
 use crate::model::{Row, Status};
@@ -39,6 +39,9 @@ pub enum RowOutcome {
     AlreadyGone,
     /// SmolVM changed the row after we read it (restarted the VM?): keep it.
     Changed,
+    /// A row of this table still refers to it (a foreign key without ON DELETE CASCADE,
+    /// from a newer SmolVM): it stays, and the other rows go on.
+    Pinned(String),
 }
 
 impl Db {
@@ -232,30 +235,47 @@ impl Db {
             for (id, old) in marks {
                 mark.execute(params![now, id, old])?;
             }
-            let mut del = conn.prepare("DELETE FROM vms WHERE id = ?1 AND updated_at IS ?2")?;
-            let mut exists = conn.prepare("SELECT 1 FROM vms WHERE id = ?1")?;
-            let mut child_deletes = children
-                .iter()
-                .map(|t| conn.prepare(&format!("DELETE FROM {t} WHERE vm_id = ?1")))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut out = Vec::with_capacity(deletes.len());
             for (id, updated) in deletes {
-                let outcome = if del.execute(params![id, updated])? == 1 {
-                    RowOutcome::Deleted
-                } else if exists.exists(params![id])? {
-                    out.push(RowOutcome::Changed);
-                    continue;
-                } else {
-                    RowOutcome::AlreadyGone
-                };
-                for stmt in &mut child_deletes {
-                    stmt.execute(params![id])?;
+                // One savepoint per VM: a row that cannot go leaves the others to finish.
+                conn.execute_batch("SAVEPOINT vm")?;
+                match delete_vm(conn, &children, id, *updated) {
+                    Ok(outcome) => {
+                        conn.execute_batch("RELEASE vm")?;
+                        out.push(outcome);
+                    }
+                    Err(e) if is_foreign_key(&e) => {
+                        conn.execute_batch("ROLLBACK TO vm; RELEASE vm")?;
+                        out.push(RowOutcome::Pinned(self.pinned_by(conn, id)?));
+                    }
+                    Err(e) => return Err(e),
                 }
-                out.push(outcome);
             }
             Ok(out)
         })
         .map_err(|e| Error::db(action(), e))
+    }
+
+    /// The table whose rows still refer to VM `id` through a foreign key.
+    fn pinned_by(&self, conn: &Connection, id: &str) -> rusqlite::Result<String> {
+        // A table we empty first, or whose key cascades, does not pin a row.
+        let pins = |t: &&String| t.as_str() != "vms" && !CHILD_TABLES.contains(&t.as_str());
+        for table in self.tables.iter().filter(pins) {
+            let mut fks = conn.prepare(
+                "SELECT \"table\", \"from\" FROM pragma_foreign_key_list(?1) \
+                 WHERE on_delete IN ('NO ACTION', 'RESTRICT')",
+            )?;
+            let refs = fks
+                .query_map([table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (_, column) in refs.iter().filter(|(to, _)| to == "vms") {
+                let q = format!("SELECT 1 FROM \"{table}\" WHERE \"{column}\" = ?1");
+                if conn.prepare(&q)?.exists([id])? {
+                    return Ok(table.clone());
+                }
+            }
+        }
+        Ok("an unknown table".into())
     }
 
     /// Runs `f` inside `BEGIN IMMEDIATE … COMMIT`: the write lock is taken up front (waiting
@@ -271,6 +291,37 @@ impl Db {
             }
         }
     }
+}
+
+/// Deletes one VM's row and child rows if the row is unchanged since it was read.
+fn delete_vm(
+    conn: &Connection,
+    children: &[&str],
+    id: &str,
+    updated: Option<&str>,
+) -> rusqlite::Result<RowOutcome> {
+    let unchanged: Option<bool> = conn
+        .prepare_cached("SELECT updated_at IS ?2 FROM vms WHERE id = ?1")?
+        .query_row(params![id, updated], |r| r.get(0))
+        .optional()?;
+    if unchanged == Some(false) {
+        return Ok(RowOutcome::Changed);
+    }
+    // Children first, so a child table whose foreign key has no cascade does not pin it.
+    for t in children {
+        conn.prepare_cached(&format!("DELETE FROM {t} WHERE vm_id = ?1"))?
+            .execute(params![id])?;
+    }
+    if unchanged.is_none() {
+        return Ok(RowOutcome::AlreadyGone);
+    }
+    conn.prepare_cached("DELETE FROM vms WHERE id = ?1")?
+        .execute(params![id])?;
+    Ok(RowOutcome::Deleted)
+}
+
+fn is_foreign_key(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == 787)
 }
 
 /// The DB is damaged or not a DB at all (as opposed to locked or unreadable for now):
@@ -502,6 +553,44 @@ mod tests {
             1
         );
         assert_eq!(count(&p, "SELECT count(*) FROM snapshots"), 1);
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_row_a_foreign_key_pins_stays_and_the_others_go() {
+        let p = scratch_db("pinned");
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(
+            "CREATE TABLE browser_sessions (session_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL REFERENCES vms(id));
+             INSERT INTO browser_sessions VALUES ('s1', 'sbx-b');",
+        )
+        .unwrap();
+        drop(c);
+        let db = Db::open(&p, false, far()).unwrap();
+        let rows = db.load(0).unwrap();
+        let stamp = |i: usize| rows[i].updated_at.as_deref();
+        let out = db
+            .finish(
+                &[("sbx-a", stamp(0)), ("sbx-b", stamp(1)), ("sbx-c", stamp(2))],
+                &[],
+                "2026-11-28T12:00:00.000000+00:00",
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            [
+                RowOutcome::Deleted,
+                RowOutcome::Pinned("browser_sessions".into()),
+                RowOutcome::Deleted
+            ]
+        );
+        assert_eq!(count(&p, "SELECT count(*) FROM vms"), 1);
+        assert_eq!(count(&p, "SELECT count(*) FROM vms WHERE id = 'sbx-b'"), 1);
+        // Its child rows went back with the savepoint: the row is whole for a later run.
+        assert_eq!(
+            count(&p, "SELECT count(*) FROM tap_allocations WHERE vm_id = 'sbx-b'"),
+            1
+        );
         std::fs::remove_file(&p).unwrap();
     }
 

@@ -489,3 +489,41 @@ fn a_socket_whose_backlog_is_full_neither_hangs_the_run_nor_reads_as_dead() {
     assert!(w.ids().is_empty());
     drop((clients, listener));
 }
+
+/// A newer SmolVM's table with a foreign key to `vms` and no cascade pins one row: that
+/// VM fails with the table named, and every other VM is deleted all the same.
+#[test]
+fn a_row_pinned_by_a_foreign_key_fails_alone() {
+    let Some(mut w) = World::new("pinned") else { return };
+    for (i, id) in ["vm-pin00001", "vm-pin00002", "vm-pin00003"].iter().enumerate() {
+        w.add(VmSpec::stale(id, 2 + u32::try_from(i).unwrap()));
+    }
+    w.conn()
+        .execute_batch(
+            "CREATE TABLE browser_sessions (session_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL REFERENCES vms(id));
+             INSERT INTO browser_sessions VALUES ('s1', 'vm-pin00002');",
+        )
+        .unwrap();
+    let failed =
+        "Failed:  vm-pin00002 (its state row is still referred to by table browser_sessions; row kept)\n";
+    w.run(&[]).expect(
+        1,
+        &format!(
+            "Reconciled stale VMs: vm-pin00001, vm-pin00002, vm-pin00003\n\
+             Targets (3):\n  - vm-pin00001\n  - vm-pin00002\n  - vm-pin00003\n\
+             Deleted: vm-pin00001\n{failed}Deleted: vm-pin00003\nCleanup completed with 1 failure(s).\n"
+        ),
+    );
+    assert_eq!(w.ids(), ["vm-pin00002"]);
+    assert_eq!(
+        w.child_rows("ip_leases"),
+        ["vm-pin00002"],
+        "its lease is kept with it"
+    );
+    assert!(!has_link("tap2") && !has_link("tap4"));
+    // Once the session row is gone, the next run finishes it.
+    w.conn().execute("DELETE FROM browser_sessions", []).unwrap();
+    let r = w.run(&[]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(w.ids().is_empty());
+}
