@@ -71,6 +71,8 @@ pub enum Failure {
     RowChanged,
     /// A row of this table still refers to the VM's row.
     RowPinned(String),
+    /// Something SmolVM does not leave is at one of its paths (a symlink, a directory, …).
+    FileRefused(std::path::PathBuf, &'static str),
 }
 
 impl fmt::Display for Failure {
@@ -83,6 +85,7 @@ impl fmt::Display for Failure {
                 f,
                 "its state row changed during cleanup (VM restarted?); row kept"
             ),
+            Failure::FileRefused(path, what) => write!(f, "{} {what}; not removed", path.display()),
             Failure::RowPinned(table) => {
                 write!(f, "its state row is still referred to by table {table}; row kept")
             }
@@ -499,21 +502,23 @@ fn describe(op: &Op) -> String {
     }
 }
 
-fn remove_files(run: &mut Run<'_>, env: &mut Env<'_>) {
+fn remove_files(run: &mut Run<'_>, _env: &mut Env<'_>) {
     let mut remover = Remover::default();
     for i in run.live() {
         let t = &run.plan.targets[i];
         let mut removed = false;
-        let mut err = None;
+        let mut err: Option<Failure> = None;
         for f in &t.files {
             match remover.remove(f) {
                 Ok(Removal::Deleted) => removed = true,
                 Ok(Removal::AlreadyGone) => {}
-                Ok(Removal::Refused(why)) => {
-                    (env.warn)(format!("{}: not removing {}: {why}", t.id, f.path().display()));
+                // Not what SmolVM leaves: left alone, and the VM is not done (its row stays,
+                // so --check and the next run see the same).
+                Ok(Removal::Refused(what)) => {
+                    err.get_or_insert(Failure::FileRefused(f.path(), what));
                 }
                 Err(e) => {
-                    err = Some(e);
+                    err = Some(e.into());
                     break;
                 }
             }

@@ -20,7 +20,8 @@ pub enum Removal {
     Deleted,
     AlreadyGone,
     /// Something is there that is not ours to delete (a symlink, a directory, ...).
-    Refused(String),
+    /// What is there: `is a symlink`, `is a directory`, …
+    Refused(&'static str),
 }
 
 fn open_dir(at: Option<&OwnedFd>, path: &Path, nofollow: bool) -> Result<OwnedFd, Errno> {
@@ -91,7 +92,7 @@ impl Remover {
         let (dir, name) = match self.parent(f) {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(Removal::AlreadyGone),
-            Err(Errno::LOOP) => return Ok(Removal::Refused("a directory on its path is a symlink".into())),
+            Err(Errno::LOOP) => return Ok(Removal::Refused("has a symlink on its path")),
             Err(e) => return Err(Error::sys(action(), e)),
         };
         let kind = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -106,21 +107,21 @@ impl Remover {
                         .map(|()| Removal::Deleted)
                         .or_else(|e| match e {
                             Errno::LOOP | Errno::NOTDIR => {
-                                Ok(Removal::Refused("it holds a symlink to a directory".into()))
+                                Ok(Removal::Refused("holds a symlink to a directory"))
                             }
                             e if is_gone(e) => Ok(Removal::AlreadyGone),
                             e => Err(Error::sys(action(), e)),
                         })
                 }
-                FileType::Symlink => Ok(Removal::Refused("it is a symlink".into())),
-                _ => Ok(Removal::Refused("it is not a directory".into())),
+                FileType::Symlink => Ok(Removal::Refused("is a symlink")),
+                _ => Ok(Removal::Refused("is not a directory")),
             };
         }
         match kind {
             FileType::RegularFile | FileType::Socket => {}
-            FileType::Symlink => return Ok(Removal::Refused("it is a symlink".into())),
-            FileType::Directory => return Ok(Removal::Refused("it is a directory".into())),
-            _ => return Ok(Removal::Refused("it is not a file or socket".into())),
+            FileType::Symlink => return Ok(Removal::Refused("is a symlink")),
+            FileType::Directory => return Ok(Removal::Refused("is a directory")),
+            _ => return Ok(Removal::Refused("is not a file or socket")),
         }
         // The name is unlinked, never resolved: were it swapped for a symlink since statat,
         // only that link would go, never what it points to.

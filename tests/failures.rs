@@ -170,12 +170,17 @@ fn hostile_db_values_are_refused_and_never_acted_on() {
     .unwrap();
     drop(c);
     let r = w.run(&[]);
+    // The symlink at vm-hostile03's socket path is left alone, so that VM is not done.
     r.expect(
-        0,
-        "Reconciled stale VMs: vm-hostile01, vm-hostile02, vm-hostile03, vm-hostile04, vm-hostile05\n\
-         Targets (5):\n  - vm-hostile01\n  - vm-hostile02\n  - vm-hostile03\n  - vm-hostile04\n  - vm-hostile05\n\
-         Deleted: vm-hostile01\nDeleted: vm-hostile02\nDeleted: vm-hostile03\nDeleted: vm-hostile04\n\
-         Deleted: vm-hostile05\nCleanup complete.\n",
+        1,
+        &format!(
+            "Reconciled stale VMs: vm-hostile01, vm-hostile02, vm-hostile03, vm-hostile04, vm-hostile05\n\
+             Targets (5):\n  - vm-hostile01\n  - vm-hostile02\n  - vm-hostile03\n  - vm-hostile04\n  - vm-hostile05\n\
+             Deleted: vm-hostile01\nDeleted: vm-hostile02\n\
+             Failed:  vm-hostile03 ({} is a symlink; not removed)\nDeleted: vm-hostile04\n\
+             Deleted: vm-hostile05\nCleanup completed with 1 failure(s).\n",
+            w.socket_path("vm-hostile03").display()
+        ),
     );
     for expected in [
         "refusing a state row whose id \"../../etc\"",
@@ -187,7 +192,6 @@ fn hostile_db_values_are_refused_and_never_acted_on() {
         "recorded pid -1 cannot be a VMM",
         "recorded pid 0 cannot be a VMM",
         "socket path \"/etc/passwd\" is not",
-        "fc-vm-hostile03.sock: it is a symlink",
     ] {
         assert!(
             r.stderr.contains(expected),
@@ -213,8 +217,20 @@ fn hostile_db_values_are_refused_and_never_acted_on() {
         .collect();
     assert_eq!(
         ids,
-        [b"../../etc".to_vec(), b"vm\xff".to_vec()],
-        "hostile ids are reported, not acted on"
+        [
+            b"../../etc".to_vec(),
+            b"vm-hostile03".to_vec(),
+            b"vm\xff".to_vec()
+        ],
+        "hostile ids are reported, not acted on; the VM with a refused file keeps its row"
+    );
+    // --check agrees with what cleanup left: that VM still leaks its refused path.
+    let check = w.run(&["--check"]);
+    assert_eq!(check.code, 1);
+    assert!(
+        check.stdout.contains("  - vm-hostile03: 1 file, state row\n"),
+        "{}",
+        check.stdout
     );
 }
 
