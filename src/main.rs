@@ -250,10 +250,13 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
 fn check(opts: &Options, diag: &mut Diag) -> Result<Report, Stop> {
     let s = survey(opts, report::Mode::Check, diag)?;
     let mut report = s.report;
+    // A check vouches for nothing it could not list, whoever runs it.
     let failed = [s.found.link_error.as_ref(), s.found.nft_error.as_ref()];
-    report
-        .incomplete
-        .extend(failed.into_iter().flatten().map(|e| e.to_string()));
+    for e in failed.into_iter().flatten() {
+        if !report.incomplete.contains(&e.to_string()) {
+            report.incomplete.push(e.to_string());
+        }
+    }
     Ok(report)
 }
 
@@ -378,9 +381,10 @@ fn assemble(
     let obs = &found.obs;
     // Only JSON, --check and --verbose show a target's resources.
     let detail = opts.json || opts.check || opts.verbose;
+    let privilege = privilege(stops_others_vmm(plan, obs));
     Report {
         mode,
-        privilege: privilege(stops_others_vmm(plan, obs)),
+        privilege: privilege.clone(),
         all: opts.all,
         prefix: opts.prefix.clone(),
         older_than_secs: opts.older_than.map(|d| d.as_secs_f64()),
@@ -404,7 +408,7 @@ fn assemble(
                 },
             })
             .collect(),
-        incomplete: found.unread.clone(),
+        incomplete: incomplete(found, &privilege),
         unattributed: inv
             .unattributed
             .iter()
@@ -412,6 +416,18 @@ fn assemble(
             .collect(),
         ..Report::default()
     }
+}
+
+/// What the run could not see: state DBs not read and, for a run with the privileges it
+/// needs, links or nft objects it could not list (no nf_tables, a sandbox that refuses
+/// the netlink family). Without them, the first line already said cleanup may fail.
+fn incomplete(found: &discover::Discovery, privilege: &report::Privilege) -> Vec<String> {
+    let mut out = found.unread.clone();
+    if *privilege == report::Privilege::Full {
+        let failed = [found.link_error.as_ref(), found.nft_error.as_ref()];
+        out.extend(failed.into_iter().flatten().map(ToString::to_string));
+    }
+    out
 }
 
 /// Without procfs every VMM would look gone and every running VM stale: nothing is judged

@@ -302,3 +302,33 @@ fn root_without_cap_kill_is_told_and_another_users_vmm_is_a_failure() {
         .unwrap();
     Run::from(out).expect(0, "No matching VMs to clean.\n");
 }
+
+/// Root with every capability, in a sandbox that refuses nf_tables (a user namespace: the
+/// network namespace's owner does not grant it): rules that cannot be listed make every
+/// mode incomplete, never "No matching VMs to clean." with exit 0.
+#[test]
+fn nft_rules_that_cannot_be_listed_make_the_run_incomplete() {
+    let Some(mut w) = World::new("nonft") else {
+        return;
+    };
+    w.add(VmSpec::new("keepme", "created", 2));
+    let before = w.snapshot();
+    let why = "Permission denied: cannot list nftables rules";
+    for (args, want) in [
+        (&[][..], format!("Cleanup incomplete: {why}\n")),
+        (
+            &["--dry-run"][..],
+            format!("Dry run incomplete: {why}\nNo changes made.\n"),
+        ),
+        (&["--check"][..], format!("Check incomplete: {why}\n")),
+    ] {
+        let r = Run::from(
+            w.cmd_via(&["unshare", "--user", "--map-root-user"], args)
+                .output()
+                .unwrap(),
+        );
+        r.expect(1, &want);
+    }
+    w.snapshot().without_lock().assert_same(&before.without_lock());
+    assert_eq!(w.ids(), ["keepme"]);
+}
