@@ -24,11 +24,13 @@ pub struct Db {
 }
 
 /// How long SQLite may wait for SmolVM's writers (they hold `BEGIN EXCLUSIVE` briefly):
-/// at most 10 s, and never past the run's deadline.
+/// at most 10 s, and never past the run's deadline less a reserve (a quarter of what is
+/// left, at most 2 s), so that a DB held too long still leaves time to list the host and
+/// the run names the DB as the cause, not a listing that timed out after it.
 fn busy_timeout(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .min(Duration::from_secs(10))
+    let left = deadline.saturating_duration_since(Instant::now());
+    let reserve = (left / 4).min(Duration::from_secs(2));
+    left.saturating_sub(reserve).min(Duration::from_secs(10))
 }
 
 /// What happened to one row we were asked to delete.
