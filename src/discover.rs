@@ -33,6 +33,8 @@ pub struct Discovery {
 
 pub struct Config<'a> {
     pub data_dirs: &'a [DataDir],
+    /// Other SmolVM data dirs, read only to know which VMs they own.
+    pub other_dirs: &'a [PathBuf],
     pub socket_dir: PathBuf,
     pub read_only: bool,
     pub deadline: Instant,
@@ -64,6 +66,7 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         procfs,
     };
     read_dbs(&mut d, cfg);
+    read_other_dbs(&mut d, cfg);
     for row in &d.obs.rows {
         if let Some(pid) = row.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
             && let Some(info) = d.procfs.read(pid)
@@ -110,6 +113,23 @@ fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
                     d.obs.rows_incomplete = true;
                 }
                 d.dbs.push(None);
+            }
+        }
+    }
+}
+
+/// The rows of the other data dirs' DBs (read-only): their VMs are someone else's. One
+/// that cannot be read hides VMs that may be anyone's: no rowless leftover is taken.
+fn read_other_dbs(d: &mut Discovery, cfg: &Config<'_>) {
+    for dir in cfg.other_dirs {
+        let path = dir.join("smolvm.db");
+        match Db::open(&path, true, cfg.deadline).and_then(|db| db.load(usize::MAX)) {
+            Ok(rows) => d.obs.other_rows.extend(rows),
+            Err(e) => {
+                d.warnings.push(format!(
+                    "{e}; the VMs of that data dir cannot be told apart from leftovers, so none is taken"
+                ));
+                d.obs.rows_incomplete = true;
             }
         }
     }

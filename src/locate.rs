@@ -79,6 +79,26 @@ pub fn candidates(env: &Env) -> Vec<PathBuf> {
     out
 }
 
+/// When the run is limited to data dirs named explicitly: the other SmolVM data dirs on
+/// the host that hold a DB (SmolVM's candidates). Their rows are read, never written, so
+/// that a VM another data dir owns (a parallel CI job's) is never taken for a leftover.
+pub fn others(env: &Env, chosen: &[DataDir]) -> Vec<PathBuf> {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let taken: Vec<PathBuf> = chosen.iter().map(|d| canon(&d.dir)).collect();
+    let env = Env {
+        smolvm_data_dir: None,
+        ..env.clone()
+    };
+    let mut out: Vec<PathBuf> = Vec::new();
+    for dir in candidates(&env) {
+        let key = canon(&dir);
+        if dir.join("smolvm.db").is_file() && !taken.contains(&key) && !out.iter().any(|o| canon(o) == key) {
+            out.push(dir);
+        }
+    }
+    out
+}
+
 /// A data directory and its DB file, if it has one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataDir {

@@ -190,11 +190,21 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     if let Some(why) = procfs::unusable(&proc_root) {
         return Err(Stop::Blind(Box::new(without_proc(opts, mode, why))));
     }
-    let dirs = locate::resolve(
-        opts.db.as_deref(),
-        opts.state_dir.as_deref(),
-        &locate::Env::from_process(),
-    );
+    let env = locate::Env::from_process();
+    let dirs = locate::resolve(opts.db.as_deref(), opts.state_dir.as_deref(), &env);
+    let limited = opts.db.is_some() || opts.state_dir.is_some() || env.smolvm_data_dir.is_some();
+    let other_dirs = if limited {
+        locate::others(&env, &dirs)
+    } else {
+        Vec::new()
+    };
+    if !other_dirs.is_empty() {
+        let list: Vec<String> = other_dirs.iter().map(|d| d.display().to_string()).collect();
+        eprintln!(
+            "smolvm-cleanup: the VMs of the other SmolVM data dirs ({}) are theirs: their resources are not leftovers here",
+            list.join(", ")
+        );
+    }
     let stop = signals::install().unwrap_or_else(|e| {
         diag.warn(format!(
             "cannot handle SIGINT/SIGTERM ({e}): a signal would end the run mid-step"
@@ -217,6 +227,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     .map_err(|e| Stop::Fatal(e.to_string()))?;
     let found = discover::discover(&discover::Config {
         data_dirs: &dirs,
+        other_dirs: &other_dirs,
         socket_dir: opts.socket_dir.clone(),
         read_only,
         deadline: timing.deadline,

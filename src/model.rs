@@ -473,6 +473,9 @@ impl fmt::Display for Refusal {
 #[derive(Debug, Default, Clone)]
 pub struct Observed {
     pub rows: Vec<Row>,
+    /// Rows of other SmolVM data dirs (read only): their VMs are not this run's to judge,
+    /// and their resources are never leftovers.
+    pub other_rows: Vec<Row>,
     /// The data dir of each state DB, indexed by `Row::db`.
     pub db_dirs: Vec<PathBuf>,
     /// Every data dir in use.

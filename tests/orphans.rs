@@ -330,3 +330,46 @@ fn every_data_dir_with_a_db_is_read_and_rows_go_from_their_own_db() {
         assert_eq!((n, m), (0, 0), "{}", dir.display());
     }
 }
+
+/// Parallel CI jobs, each with its own data dir on one host: a run limited to one data
+/// dir never takes another data dir's VM for a leftover (its TAP, rules and socket stay).
+#[test]
+fn a_vm_of_another_data_dir_is_never_a_leftover() {
+    let Some(mut w) = World::new("otherdir") else {
+        return;
+    };
+    w.add(VmSpec::stale("vm-mine0001", 2));
+    // The other job's data dir is one SmolVM would use too (~/.local/state/smolvm).
+    let other = w.scratch.0.join(".local/state/smolvm");
+    std::fs::create_dir_all(&other).unwrap();
+    let c = rusqlite::Connection::open(other.join("smolvm.db")).unwrap();
+    c.execute_batch(crate::util::SCHEMA_005).unwrap();
+    c.execute(
+        "INSERT INTO vms VALUES ('sbx-theirs', 'stopped', '{}', '{\"tap_device\":\"tap7\",\"guest_ip\":\"172.16.0.7\"}', NULL, NULL, 'x', 'x')",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    sh("ip tuntap add tap7 mode tap");
+    nft(&smolvm_vm_nft("sbx-theirs", 7, 2207, "uplink0"));
+    drop(std::os::unix::net::UnixListener::bind(w.sock.join("fc-sbx-theirs.sock")).unwrap());
+    let r = w.run(&[]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: vm-mine0001\nTargets (1):\n  - vm-mine0001\nDeleted: vm-mine0001\nCleanup complete.\n",
+    );
+    assert!(
+        r.stderr.contains("the VMs of the other SmolVM data dirs ("),
+        "{}",
+        r.stderr
+    );
+    assert!(has_link("tap7") && !has_link("tap2"));
+    assert_eq!(
+        comments()
+            .iter()
+            .filter(|c| c.contains("sbx-theirs") || c.contains("tap7"))
+            .count(),
+        5
+    );
+    assert!(w.sock.join("fc-sbx-theirs.sock").exists());
+}

@@ -202,7 +202,9 @@ pub fn inventory(obs: &Observed) -> Inventory {
     for &id in ix.rules_by_id.keys().chain(&ix.named_by_file).chain(aliased) {
         evidence.entry(id.to_string()).or_default();
     }
-    evidence.retain(|id, _| !by_id.contains_key(id));
+    // A VM that another data dir's row describes is that data dir's, not a leftover.
+    let others: BTreeSet<&str> = obs.other_rows.iter().map(|r| r.id.as_str()).collect();
+    evidence.retain(|id, _| !by_id.contains_key(id) && !others.contains(id.as_str()));
     let mut unattributed: Vec<FileRef> = ix
         .files_by_id
         .iter()

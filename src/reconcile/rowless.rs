@@ -26,7 +26,12 @@ pub(super) fn add_rowless(
     for (tap, id) in &ties {
         tied.entry(id).or_default().push(tap.clone());
     }
-    let row_ips: BTreeSet<[u8; 4]> = obs.rows.iter().filter_map(|r| r.guest_ip).collect();
+    let row_ips: BTreeSet<[u8; 4]> = obs
+        .rows
+        .iter()
+        .chain(&obs.other_rows)
+        .filter_map(|r| r.guest_ip)
+        .collect();
     for (id, vmms) in evidence {
         let vm = rowless_vm(
             id,
@@ -49,10 +54,12 @@ pub(super) fn add_rowless(
     add_orphan_taps(inv, obs, ix, &claimed, &ties, &row_ips);
 }
 
-/// The TAP names rows claim: never an orphan, never tied to a VM with no row.
+/// The TAP names rows claim (this run's, and other data dirs'): never an orphan, never
+/// tied to a VM with no row.
 pub(super) fn claimed_taps(obs: &Observed) -> BTreeSet<&str> {
     obs.rows
         .iter()
+        .chain(&obs.other_rows)
         .flat_map(|r| r.taps.iter().map(String::as_str))
         .collect()
 }
