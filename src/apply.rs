@@ -130,6 +130,8 @@ fn done(removed_any: bool) -> StepState {
 
 pub struct Env<'a> {
     pub procfs: &'a Procfs,
+    /// The data and socket dirs as discovery opened them: files go only through these.
+    pub roots: &'a crate::files::Roots,
     pub dbs: &'a [Option<Db>],
     pub timing: Timing,
     pub link_error: Option<&'a Error>,
@@ -502,8 +504,8 @@ fn describe(op: &Op) -> String {
     }
 }
 
-fn remove_files(run: &mut Run<'_>, _env: &mut Env<'_>) {
-    let mut remover = Remover::default();
+fn remove_files(run: &mut Run<'_>, env: &mut Env<'_>) {
+    let mut remover = Remover::new(env.roots);
     for i in run.live() {
         let t = &run.plan.targets[i];
         let mut removed = false;

@@ -24,6 +24,9 @@ pub struct Discovery {
     /// (locked past the timeout, permissions, I/O): the run cannot vouch for their VMs.
     pub unread: Vec<String>,
     pub warnings: Vec<String>,
+    /// The data dirs and the socket dir, each opened once: every later read and removal
+    /// goes through these fds.
+    pub roots: files::Roots,
     /// Set when the link dump failed: TAP deletion cannot be decided.
     pub link_error: Option<Error>,
     /// Set when the nft dump failed: rule deletion cannot be decided.
@@ -35,6 +38,8 @@ pub struct Config<'a> {
     pub data_dirs: &'a [DataDir],
     /// Other SmolVM data dirs, read only to know which VMs they own.
     pub other_dirs: &'a [PathBuf],
+    /// Who may own a data dir: root, the user we run as, and under sudo the invoking user.
+    pub owners: Vec<u32>,
     pub socket_dir: PathBuf,
     pub read_only: bool,
     pub deadline: Instant,
@@ -61,10 +66,12 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         db_status: Vec::new(),
         unread: Vec::new(),
         warnings: Vec::new(),
+        roots: files::Roots::default(),
         link_error: None,
         nft_error: None,
         procfs,
     };
+    open_roots(&mut d, cfg);
     read_dbs(&mut d, cfg);
     read_other_dbs(&mut d, cfg);
     for row in &d.obs.rows {
@@ -81,17 +88,40 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
     d
 }
 
+/// Opens every data dir and the socket dir once. A data dir that is a symlink, or that
+/// someone other than root or the user cleanup runs for owns, is refused: nothing in it is
+/// read or touched, and the run is incomplete.
+fn open_roots(d: &mut Discovery, cfg: &Config<'_>) {
+    for dd in cfg.data_dirs {
+        if let Err(why) = d.roots.open(&dd.dir, Some(&cfg.owners)) {
+            d.warnings
+                .push(format!("{why}: refusing to use it as a data dir"));
+            d.unread.push(format!("{why}: refused as a data dir"));
+            d.obs.rows_incomplete = true;
+        }
+    }
+    if let Err(why) = d.roots.open(&cfg.socket_dir, None) {
+        d.warnings
+            .push(format!("{why}: refusing to use it as the socket dir"));
+        d.unread.push(format!("{why}: refused as the socket dir"));
+    }
+}
+
 /// Every state DB that exists: its rows, or why it could not be read (corrupt, or not
 /// read this time, which makes the run incomplete).
 fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
-    for dd in cfg.data_dirs {
+    for dd in cfg.data_dirs.iter().filter(|dd| d.roots.get(&dd.dir).is_some()) {
         let Some(path) = &dd.db else { continue };
-        if !path.exists() {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("smolvm.db");
+        let Some(via) = d.roots.path_in(&dd.dir, name) else {
+            continue;
+        };
+        if !via.exists() {
             continue; // No DB means no rows, not an error.
         }
         let index = d.dbs.len();
         d.obs.db_dirs.push(dd.dir.clone());
-        let opened = Db::open(path, cfg.read_only, cfg.deadline).and_then(|db| {
+        let opened = Db::open(path, &via, cfg.read_only, cfg.deadline).and_then(|db| {
             let rows = db.load(index)?;
             Ok((db, rows))
         });
@@ -123,7 +153,7 @@ fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
 fn read_other_dbs(d: &mut Discovery, cfg: &Config<'_>) {
     for dir in cfg.other_dirs {
         let path = dir.join("smolvm.db");
-        match Db::open(&path, true, cfg.deadline).and_then(|db| db.load(usize::MAX)) {
+        match Db::open(&path, &path, true, cfg.deadline).and_then(|db| db.load(usize::MAX)) {
             Ok(rows) => d.obs.other_rows.extend(rows),
             Err(e) => {
                 d.warnings.push(format!(
@@ -159,25 +189,31 @@ fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
 }
 
 /// SmolVM's files: sockets (and which a live process serves), logs, disks, create locks
-/// (and which a live process holds).
+/// and claim files (and which a live process holds), firmware directories; each listed
+/// through the root's held fd.
 fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
+    let roots = &d.roots;
+    let obs = &mut d.obs;
     // SmolVM's sockets, and which of them a live process still serves.
-    d.obs.socket_names = list(&cfg.socket_dir)
+    obs.socket_names = roots
+        .list(&cfg.socket_dir, "")
         .into_iter()
         .filter(|n| socket_id(n).is_some())
         .collect();
-    for name in &d.obs.socket_names {
+    for name in &obs.socket_names {
         let path = cfg.socket_dir.join(name);
         if files::socket_has_listener(&path) {
-            d.obs.served.insert(path);
+            obs.served.insert(path);
         }
     }
-    for dd in cfg.data_dirs {
-        let locks: Vec<String> = list(&dd.dir.join("locks"))
+    for dd in cfg.data_dirs.iter().filter(|dd| roots.get(&dd.dir).is_some()) {
+        let locks: Vec<String> = roots
+            .list(&dd.dir, "locks")
             .into_iter()
             .filter(|n| n.ends_with(".create.lock"))
             .collect();
-        let resource_locks: Vec<String> = list(&dd.dir.join("locks/resources"))
+        let resource_locks: Vec<String> = roots
+            .list(&dd.dir, "locks/resources")
             .into_iter()
             .filter(|n| n.ends_with(".lock"))
             .collect();
@@ -188,32 +224,20 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
         );
         for path in held {
             if files::lock_is_held(&path) {
-                d.obs.held_locks.insert(path);
+                obs.held_locks.insert(path);
             }
         }
-        d.obs.data_listing.push(DirListing {
+        obs.data_listing.push(DirListing {
             dir: dd.dir.clone(),
-            top: list(&dd.dir)
+            top: roots
+                .list(&dd.dir, "")
                 .into_iter()
                 .filter(|n| n.ends_with(".log"))
                 .collect(),
-            disks: list(&dd.dir.join("disks")),
+            disks: roots.list(&dd.dir, "disks"),
             locks,
             resource_locks,
-            firmware: list(&dd.dir.join("firmware")),
+            firmware: roots.list(&dd.dir, "firmware"),
         });
     }
-}
-
-/// File names in a directory (none when it is missing or unreadable).
-fn list(dir: &std::path::Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    names
 }

@@ -35,47 +35,120 @@ fn open_dir(at: Option<&OwnedFd>, path: &Path, nofollow: bool) -> Result<OwnedFd
     }
 }
 
-/// Removes files, opening each directory once however many files it holds (a run over
-/// a thousand VMs removes thousands of files from three directories).
+/// The directories cleanup works in (data dirs, the socket dir), each opened once, when
+/// first read, without following a symlink in its last component, and never resolved by
+/// path again: were one renamed and a symlink put in its place mid-run (its owner can do
+/// that under sudo), listings, the DB and removals all still reach the directory that was
+/// judged, never where the symlink points.
 #[derive(Default)]
-pub struct Remover {
-    /// Directory path → its fd (None: it does not exist), or why it cannot be used.
+pub struct Roots {
+    fds: HashMap<PathBuf, OwnedFd>,
+}
+
+impl Roots {
+    /// Opens `dir` as a root. None when it does not exist. Refused (the text says why)
+    /// when it is a symlink or, with `owners`, owned by a uid not in the list.
+    pub fn open(&mut self, dir: &Path, owners: Option<&[u32]>) -> Result<(), String> {
+        if self.fds.contains_key(dir) {
+            return Ok(());
+        }
+        let fd = match open_dir(None, dir, true) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                return Err(format!("{} is a symlink or not a directory", dir.display()));
+            }
+            Err(e) => return Err(Error::sys(format!("open {}", dir.display()), e).to_string()),
+        };
+        let owner = rustix::fs::fstat(&fd)
+            .map_err(|e| Error::sys(format!("stat {}", dir.display()), e).to_string())?;
+        if let Some(owners) = owners
+            && !owners.contains(&owner.st_uid)
+        {
+            return Err(format!(
+                "{} is owned by uid {}, neither root nor the user cleanup runs for",
+                dir.display(),
+                owner.st_uid
+            ));
+        }
+        self.fds.insert(dir.to_path_buf(), fd);
+        Ok(())
+    }
+
+    pub fn get(&self, dir: &Path) -> Option<&OwnedFd> {
+        self.fds.get(dir)
+    }
+
+    /// A path to `name` in `dir` that goes through the held fd (`/proc/self/fd/N/name`),
+    /// for what only opens by path (SQLite). None when `dir` is not held.
+    pub fn path_in(&self, dir: &Path, name: &str) -> Option<PathBuf> {
+        use std::os::fd::AsRawFd;
+        let fd = self.fds.get(dir)?;
+        Some(PathBuf::from(format!("/proc/self/fd/{}/{name}", fd.as_raw_fd())))
+    }
+
+    /// The names in `sub` (a path under `dir`, or "" for `dir` itself), sorted; none when
+    /// it is missing, unreadable, or a symlink.
+    pub fn list(&self, dir: &Path, sub: &str) -> Vec<String> {
+        let Some(root) = self.fds.get(dir) else {
+            return Vec::new();
+        };
+        // The root is held as an O_PATH fd: reading it takes a real open, of "." beneath it.
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = openat(root, if sub.is_empty() { "." } else { sub }, flags, Mode::empty());
+        let Ok(fd) = fd else {
+            return Vec::new();
+        };
+        let Ok(dir) = rustix::fs::Dir::read_from(&fd) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Removes files, opening each directory once however many files it holds (a run over
+/// a thousand VMs removes thousands of files from three directories), beneath the roots
+/// discovery opened.
+pub struct Remover<'r> {
+    roots: &'r Roots,
+    /// Subdirectory path → its fd (None: it does not exist), or why it cannot be used.
     dirs: HashMap<PathBuf, Result<Option<OwnedFd>, Errno>>,
 }
 
-impl Remover {
+impl<'r> Remover<'r> {
+    pub fn new(roots: &'r Roots) -> Remover<'r> {
+        Remover {
+            roots,
+            dirs: HashMap::new(),
+        }
+    }
+
     /// The directory holding `f` (root followed, subdirectories not) and the file's name.
     fn parent<'f>(&mut self, f: &'f FileRef) -> Result<Option<(&OwnedFd, &'f str)>, Errno> {
         let (sub, name) = match f.rel.rsplit_once('/') {
             Some((sub, name)) => (Some(sub), name),
             None => (None, f.rel.as_str()),
         };
-        if !self.dirs.contains_key(&f.root) {
-            let fd = match open_dir(None, &f.root, false) {
-                Ok(fd) => Ok(Some(fd)),
-                Err(Errno::NOENT) => Ok(None),
-                Err(e) => Err(e),
-            };
-            self.dirs.insert(f.root.clone(), fd);
-        }
+        // A root discovery did not open (it did not exist) holds nothing of ours.
+        let Some(root) = self.roots.get(&f.root) else {
+            return Ok(None);
+        };
         let Some(sub) = sub else {
-            return match &self.dirs[&f.root] {
-                Ok(Some(fd)) => Ok(Some((fd, name))),
-                Ok(None) => Ok(None),
-                Err(e) => Err(*e),
-            };
+            return Ok(Some((root, name)));
         };
         let key = f.root.join(sub);
         if !self.dirs.contains_key(&key) {
-            let fd = match &self.dirs[&f.root] {
-                Ok(Some(root)) => match open_dir(Some(root), Path::new(sub), true) {
-                    Ok(fd) => Ok(Some(fd)),
-                    Err(Errno::NOENT) => Ok(None),
-                    Err(Errno::LOOP | Errno::NOTDIR) => Err(Errno::LOOP),
-                    Err(e) => Err(e),
-                },
-                Ok(None) => Ok(None),
-                Err(e) => Err(*e),
+            let fd = match open_dir(Some(root), Path::new(sub), true) {
+                Ok(fd) => Ok(Some(fd)),
+                Err(Errno::NOENT) => Ok(None),
+                Err(Errno::LOOP | Errno::NOTDIR) => Err(Errno::LOOP),
+                Err(e) => Err(e),
             };
             self.dirs.insert(key.clone(), fd);
         }
@@ -219,6 +292,13 @@ mod tests {
         d
     }
 
+    /// The roots a run would hold for a test directory.
+    fn roots_of(d: &Path) -> Roots {
+        let mut roots = Roots::default();
+        roots.open(d, None).unwrap();
+        roots
+    }
+
     fn fref(root: &Path, rel: &str) -> FileRef {
         FileRef::new(root, rel)
     }
@@ -235,15 +315,18 @@ mod tests {
         std::fs::write(outside.join("keep"), b"keep").unwrap();
         std::os::unix::fs::symlink(&outside, fw.join("link")).unwrap();
         let f = FileRef::tree(&d, "firmware/vm-1");
-        assert_eq!(Remover::default().remove(&f).unwrap(), Removal::Deleted);
+        assert_eq!(Remover::new(&roots_of(&d)).remove(&f).unwrap(), Removal::Deleted);
         assert!(!d.join("firmware/vm-1").exists());
         assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
-        assert_eq!(Remover::default().remove(&f).unwrap(), Removal::AlreadyGone);
+        assert_eq!(
+            Remover::new(&roots_of(&d)).remove(&f).unwrap(),
+            Removal::AlreadyGone
+        );
         // The directory itself a symlink: refused, and its target untouched.
         std::os::unix::fs::symlink(&outside, d.join("firmware/vm-2")).unwrap();
         let g = FileRef::tree(&d, "firmware/vm-2");
         assert!(matches!(
-            Remover::default().remove(&g).unwrap(),
+            Remover::new(&roots_of(&d)).remove(&g).unwrap(),
             Removal::Refused(_)
         ));
         assert!(outside.join("keep").exists());
@@ -255,11 +338,16 @@ mod tests {
         let d = scratch("rm");
         std::fs::write(d.join("disks/vm-1.ext4"), b"disk").unwrap();
         let f = fref(&d, "disks/vm-1.ext4");
-        assert_eq!(Remover::default().remove(&f).unwrap(), Removal::Deleted);
+        assert_eq!(Remover::new(&roots_of(&d)).remove(&f).unwrap(), Removal::Deleted);
         assert!(!d.join("disks/vm-1.ext4").exists());
-        assert_eq!(Remover::default().remove(&f).unwrap(), Removal::AlreadyGone);
         assert_eq!(
-            Remover::default().remove(&fref(&d, "nodir/x.log")).unwrap(),
+            Remover::new(&roots_of(&d)).remove(&f).unwrap(),
+            Removal::AlreadyGone
+        );
+        assert_eq!(
+            Remover::new(&roots_of(&d))
+                .remove(&fref(&d, "nodir/x.log"))
+                .unwrap(),
             Removal::AlreadyGone
         );
         std::fs::remove_dir_all(&d).unwrap();
@@ -272,7 +360,7 @@ mod tests {
         std::fs::write(&precious, b"keep").unwrap();
         std::os::unix::fs::symlink(&precious, d.join("vm-1.log")).unwrap();
         assert!(matches!(
-            Remover::default().remove(&fref(&d, "vm-1.log")).unwrap(),
+            Remover::new(&roots_of(&d)).remove(&fref(&d, "vm-1.log")).unwrap(),
             Removal::Refused(_)
         ));
         assert!(d.join("vm-1.log").symlink_metadata().is_ok());
@@ -283,7 +371,9 @@ mod tests {
         std::fs::remove_dir_all(d.join("disks")).unwrap();
         std::os::unix::fs::symlink(&other, d.join("disks")).unwrap();
         assert!(matches!(
-            Remover::default().remove(&fref(&d, "disks/vm-1.ext4")).unwrap(),
+            Remover::new(&roots_of(&d))
+                .remove(&fref(&d, "disks/vm-1.ext4"))
+                .unwrap(),
             Removal::Refused(_)
         ));
         assert!(other.join("vm-1.ext4").exists());
@@ -301,7 +391,7 @@ mod tests {
         drop(listener);
         assert!(!socket_has_listener(&f.path()));
         assert!(!socket_has_listener(&d.join("missing.sock")));
-        assert_eq!(Remover::default().remove(&f).unwrap(), Removal::Deleted);
+        assert_eq!(Remover::new(&roots_of(&d)).remove(&f).unwrap(), Removal::Deleted);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -318,6 +408,34 @@ mod tests {
         drop(holder);
         assert!(!lock_is_held(&path));
         assert!(!lock_is_held(&d.join("missing.lock")));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_root_swapped_for_a_symlink_after_it_was_opened_is_still_the_one_removed_from() {
+        let d = scratch("swap");
+        let data = d.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("vm-1.log"), b"ours").unwrap();
+        let precious = d.join("precious");
+        std::fs::create_dir_all(&precious).unwrap();
+        std::fs::write(precious.join("vm-1.log"), b"keep").unwrap();
+        std::fs::write(precious.join("auth.log"), b"keep").unwrap();
+        let roots = roots_of(&data);
+        // The owner renames the data dir and puts a symlink to someone else's in its place.
+        std::fs::rename(&data, d.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&precious, &data).unwrap();
+        assert_eq!(roots.list(&data, ""), ["vm-1.log"], "listed through the held fd");
+        let f = fref(&data, "vm-1.log");
+        assert_eq!(Remover::new(&roots).remove(&f).unwrap(), Removal::Deleted);
+        assert!(!d.join("moved/vm-1.log").exists());
+        assert_eq!(std::fs::read(precious.join("vm-1.log")).unwrap(), b"keep");
+        assert_eq!(roots.list(&data, ""), Vec::<String>::new());
+        // Opened now, that symlink is refused as a root; so is a root of another owner.
+        let mut fresh = Roots::default();
+        assert!(fresh.open(&data, None).unwrap_err().contains("is a symlink"));
+        let e = fresh.open(&precious, Some(&[4242])).unwrap_err();
+        assert!(e.contains("is owned by uid 0"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

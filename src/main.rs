@@ -114,6 +114,16 @@ fn privilege(stops_vmms: bool) -> report::Privilege {
     }
 }
 
+/// Who may own a data dir: root, the user cleanup runs as, and under sudo the user who
+/// invoked it (whose `~/.local/state/smolvm` SmolVM uses).
+fn owners(env: &locate::Env) -> Vec<u32> {
+    let mut out = vec![0, env.euid];
+    if let Some(uid) = std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok()) {
+        out.push(uid);
+    }
+    out
+}
+
 /// Will the run signal a VMM that another user owns (which takes CAP_KILL)?
 fn stops_others_vmm(plan: &model::Plan, obs: &model::Observed) -> bool {
     let me = rustix::process::geteuid().as_raw();
@@ -228,6 +238,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     let found = discover::discover(&discover::Config {
         data_dirs: &dirs,
         other_dirs: &other_dirs,
+        owners: owners(&env),
         socket_dir: opts.socket_dir.clone(),
         read_only,
         deadline: timing.deadline,
@@ -284,6 +295,7 @@ fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop>
             plan,
             &mut apply::Env {
                 procfs: &found.procfs,
+                roots: &found.roots,
                 dbs: &found.dbs,
                 timing: s.timing,
                 link_error: found.link_error.as_ref(),

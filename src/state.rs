@@ -47,17 +47,18 @@ pub enum RowOutcome {
 }
 
 impl Db {
-    /// Opens an existing DB. `read_only` opens it so that SQLite cannot write a byte.
-    pub fn open(path: &Path, read_only: bool, deadline: Instant) -> Result<Db> {
+    /// Opens an existing DB, named `path` in messages and opened through `via` (a path
+    /// through the data dir's held fd). `read_only` opens it so SQLite cannot write a byte.
+    pub fn open(path: &Path, via: &Path, read_only: bool, deadline: Instant) -> Result<Db> {
         let action = || format!("open state DB {}", path.display());
-        check_header(path, &action())?;
+        check_header(via, &action())?;
         let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
         flags |= if read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY
         } else {
             OpenFlags::SQLITE_OPEN_READ_WRITE
         };
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::db(action(), e))?;
+        let conn = Connection::open_with_flags(via, flags).map_err(|e| Error::db(action(), e))?;
         conn.busy_timeout(busy_timeout(deadline))
             .map_err(|e| Error::db(action(), e))?;
         conn.pragma_update(None, "foreign_keys", true)
@@ -488,7 +489,7 @@ mod tests {
     #[test]
     fn newer_schemas_are_read_leniently() {
         let p = scratch_db("read");
-        let rows = Db::open(&p, true, far()).unwrap().load(3).unwrap();
+        let rows = Db::open(&p, &p, true, far()).unwrap().load(3).unwrap();
         assert_eq!(rows.len(), 3);
         let a = &rows[0];
         assert_eq!(
@@ -511,7 +512,7 @@ mod tests {
     #[test]
     fn finish_deletes_unchanged_rows_with_their_children_and_keeps_changed_ones() {
         let p = scratch_db("finish");
-        let db = Db::open(&p, false, far()).unwrap();
+        let db = Db::open(&p, &p, false, far()).unwrap();
         let rows = db.load(0).unwrap();
         // SmolVM restarts sbx-b after we read it; sbx-gone was deleted by someone else.
         Connection::open(&p)
@@ -568,7 +569,7 @@ mod tests {
         )
         .unwrap();
         drop(c);
-        let db = Db::open(&p, false, far()).unwrap();
+        let db = Db::open(&p, &p, false, far()).unwrap();
         let rows = db.load(0).unwrap();
         let stamp = |i: usize| rows[i].updated_at.as_deref();
         let out = db
@@ -600,7 +601,7 @@ mod tests {
     fn files_that_are_not_databases_are_refused_untouched() {
         let p = std::env::temp_dir().join(format!("smolvm-state-garbage-{}.db", std::process::id()));
         std::fs::write(&p, b"definitely not sqlite, but long enough").unwrap();
-        let err = Db::open(&p, false, far()).err().unwrap();
+        let err = Db::open(&p, &p, false, far()).err().unwrap();
         assert!(is_corrupt(&err), "{err}");
         assert_eq!(
             std::fs::read(&p).unwrap(),

@@ -543,3 +543,98 @@ fn a_row_pinned_by_a_foreign_key_fails_alone() {
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert!(w.ids().is_empty());
 }
+
+/// Under sudo the data dir is the invoking user's, who may swap it for a symlink to a
+/// root-owned directory while the run waits out a VMM's --grace. Every root was opened
+/// once, when first read: root never deletes in the directory the symlink points to.
+#[test]
+fn a_data_dir_swapped_for_a_symlink_mid_run_never_redirects_a_removal() {
+    let Some(mut w) = World::new("swap") else { return };
+    w.add(VmSpec {
+        proc: Proc::IgnoresTerm,
+        ..VmSpec::new("vm-swap0001", "running", 2)
+    });
+    // A root-owned directory holding files named as the VM's would be.
+    let precious = w.scratch.0.join("precious");
+    std::fs::create_dir_all(precious.join("disks")).unwrap();
+    for f in ["vm-swap0001.log", "disks/vm-swap0001.ext4", "auth.log"] {
+        std::fs::write(precious.join(f), b"root's").unwrap();
+    }
+    let mut child = crate::util::Reaped(
+        w.cmd(&["--grace", "1500ms"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The header goes out before anything changes; then the grace period runs.
+    while let Some(Ok(l)) = lines.next() {
+        if l.starts_with("  - vm-swap0001") {
+            break;
+        }
+    }
+    let moved = w.scratch.0.join("data.moved");
+    std::fs::rename(&w.data, &moved).unwrap();
+    std::os::unix::fs::symlink(&precious, &w.data).unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(1), "{rest:?}");
+    // SQLite itself refuses to write a DB whose path no longer leads to the file it opened
+    // (SQLITE_READONLY_DBMOVED): the row stays, and a later run finishes the job.
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert!(
+        rest[0].starts_with("Failed:  vm-swap0001 (cannot update state DB ")
+            && rest[0].ends_with("attempt to write a readonly database (ReadOnly))"),
+        "{rest:?}"
+    );
+    for f in ["vm-swap0001.log", "disks/vm-swap0001.ext4", "auth.log"] {
+        assert_eq!(std::fs::read(precious.join(f)).unwrap(), b"root's", "{f}");
+    }
+    // What was removed is what was judged: the VM's own files, in the moved dir.
+    assert!(!moved.join("vm-swap0001.log").exists() && !moved.join("disks/vm-swap0001.ext4").exists());
+    assert!(w.reap("vm-swap0001"));
+    std::fs::remove_file(&w.data).unwrap();
+    std::fs::rename(&moved, &w.data).unwrap();
+    assert_eq!(w.ids(), ["vm-swap0001"]);
+    w.run(&[]).expect(
+        0,
+        "Reconciled stale VMs: vm-swap0001\nTargets (1):\n  - vm-swap0001\nDeleted: vm-swap0001\nCleanup complete.\n",
+    );
+    assert!(w.ids().is_empty());
+}
+
+/// A data dir that is a symlink, or that a third user owns, is refused: nothing in it is
+/// read or touched, and the run says so (exit 1).
+#[test]
+fn a_data_dir_of_another_owner_or_behind_a_symlink_is_refused() {
+    let Some(mut w) = World::new("owner") else { return };
+    w.add(VmSpec::stale("vm-own00001", 2));
+    sh(&format!("chown 4242 {}", w.data.display()));
+    let before = w.snapshot();
+    let r = w.run(&[]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!(
+            "Cleanup incomplete: {} is owned by uid 4242, neither root nor the user cleanup runs for: refused as a data dir",
+            w.data.display()
+        )),
+        "{}",
+        r.stdout
+    );
+    w.snapshot().without_lock().assert_same(&before.without_lock());
+    sh(&format!("chown 0 {}", w.data.display()));
+    let real = w.scratch.0.join("real-data");
+    std::fs::rename(&w.data, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &w.data).unwrap();
+    let r = w.run(&["--dry-run"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("is a symlink or not a directory: refused as a data dir"),
+        "{}",
+        r.stdout
+    );
+    std::fs::remove_file(&w.data).unwrap();
+    std::fs::rename(&real, &w.data).unwrap();
+    assert_eq!(w.ids(), ["vm-own00001"]);
+}
