@@ -133,7 +133,9 @@ fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
             }
             Err(e) => {
                 d.db_status.push((path.clone(), Some(e.to_string())));
-                if is_corrupt(&e) {
+                // Named explicitly, a file that is not SmolVM's DB is an error, not a
+                // lost DB to recover from.
+                if is_corrupt(&e) && !dd.explicit {
                     d.warnings.push(format!(
                         "{e}; the file is left untouched and cleanup goes by the live system"
                     ));

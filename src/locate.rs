@@ -104,6 +104,31 @@ pub fn others(env: &Env, chosen: &[DataDir]) -> Vec<PathBuf> {
 pub struct DataDir {
     pub dir: PathBuf,
     pub db: Option<PathBuf>,
+    /// Named by `--db`, `--state-dir` or `SMOLVM_DATA_DIR`: it must hold a SQLite DB; a
+    /// place without one is an error, never a recovery from the live system.
+    pub explicit: bool,
+}
+
+impl DataDir {
+    /// Why this explicitly named place cannot be cleaned, when it cannot: it does not
+    /// exist, or holds no DB. (A file that is not SQLite is found by discovery.)
+    pub fn unusable(&self) -> Option<String> {
+        if !self.explicit {
+            return None;
+        }
+        let db = self.db.as_deref()?;
+        if !self.dir.is_dir() {
+            return Some(format!("data dir {} does not exist", self.dir.display()));
+        }
+        (!db.is_file()).then(|| {
+            format!(
+                "no state DB at {}: a data dir named explicitly must hold SmolVM's DB (it is \
+                 not cleaned from the live system, where every <name>.log could look like a \
+                 VM's); name the one that holds smolvm.db, or name none to use SmolVM's own",
+                db.display()
+            )
+        })
+    }
 }
 
 /// Which data directories this run uses. An explicit choice (`--db`, `--state-dir`,
@@ -119,6 +144,7 @@ pub fn resolve(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Vec<Da
         return vec![DataDir {
             dir,
             db: Some(db.to_path_buf()),
+            explicit: true,
         }];
     }
     let explicit = state_dir
@@ -126,7 +152,11 @@ pub fn resolve(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Vec<Da
         .or_else(|| env.smolvm_data_dir.clone());
     if let Some(dir) = explicit {
         let db = dir.join("smolvm.db");
-        return vec![DataDir { dir, db: Some(db) }];
+        return vec![DataDir {
+            dir,
+            db: Some(db),
+            explicit: true,
+        }];
     }
     let mut seen = Vec::new();
     let mut with_db = Vec::new();
@@ -139,9 +169,17 @@ pub fn resolve(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Vec<Da
         seen.push(key);
         let db = dir.join("smolvm.db");
         if db.is_file() {
-            with_db.push(DataDir { dir, db: Some(db) });
+            with_db.push(DataDir {
+                dir,
+                db: Some(db),
+                explicit: false,
+            });
         } else if dir.is_dir() {
-            existing.push(DataDir { dir, db: None });
+            existing.push(DataDir {
+                dir,
+                db: None,
+                explicit: false,
+            });
         }
     }
     if with_db.is_empty() { existing } else { with_db }
@@ -213,7 +251,8 @@ mod tests {
             r,
             vec![DataDir {
                 dir: "/data".into(),
-                db: Some("/data/smolvm.db".into())
+                db: Some("/data/smolvm.db".into()),
+                explicit: true,
             }]
         );
         let r = resolve(None, Some(Path::new("/mine")), &e);

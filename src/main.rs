@@ -202,6 +202,9 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     }
     let env = locate::Env::from_process();
     let dirs = locate::resolve(opts.db.as_deref(), opts.state_dir.as_deref(), &env);
+    if let Some(why) = dirs.iter().find_map(locate::DataDir::unusable) {
+        return Err(Stop::Fatal(why));
+    }
     let limited = opts.db.is_some() || opts.state_dir.is_some() || env.smolvm_data_dir.is_some();
     let other_dirs = if limited {
         locate::others(&env, &dirs)

@@ -5,6 +5,15 @@ use std::process::Command;
 
 use crate::util::{BIN, Run, Scratch, bin};
 
+/// A data dir holding SmolVM's schema and no VM.
+fn empty_state(scratch: &Scratch) -> std::path::PathBuf {
+    let state = scratch.0.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let c = rusqlite::Connection::open(state.join("smolvm.db")).unwrap();
+    c.execute_batch(crate::util::SCHEMA_005).unwrap();
+    state
+}
+
 fn run(argv0: Option<&str>, args: &[&str]) -> Run {
     let scratch = Scratch::new("cli");
     let exe = match argv0 {
@@ -15,9 +24,8 @@ fn run(argv0: Option<&str>, args: &[&str]) -> Run {
         }
         None => BIN.into(),
     };
-    // An empty state dir: nothing to clean, and the host's real state is never read.
-    let state = scratch.0.join("state");
-    std::fs::create_dir_all(&state).unwrap();
+    // An empty SmolVM DB: nothing to clean, and the host's real state is never read.
+    let state = empty_state(&scratch);
     Run::from(
         Command::new(exe)
             .args(args)
@@ -118,8 +126,7 @@ fn smolvm_argv0_answers_cleanup_only() {
 #[test]
 fn a_report_that_cannot_be_written_is_a_failure() {
     let scratch = Scratch::new("devfull");
-    let state = scratch.0.join("state");
-    std::fs::create_dir_all(&state).unwrap();
+    let state = empty_state(&scratch);
     for args in [&[][..], &["--json"][..], &["--dry-run"][..]] {
         let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
         let out = bin()

@@ -22,7 +22,8 @@ impl Host {
             .join("tests/fixtures")
             .join(version);
         let scratch = Scratch::new(version);
-        let data = scratch.0.join("data");
+        // Where SmolVM's own resolution finds it with XDG_STATE_HOME=<scratch>/state.
+        let data = scratch.0.join("state/smolvm");
         let sock = scratch.0.join("sock");
         std::fs::create_dir_all(data.join("disks")).unwrap();
         std::fs::create_dir_all(&sock).unwrap();
@@ -88,6 +89,29 @@ impl Host {
         )
     }
 
+    /// The binary with no data dir named, as `World::run_found` runs it.
+    fn run_found(&self, args: &[&str]) -> Run {
+        let script = "mount -t tmpfs tmpfs /var/lib && exec \"$0\" \"$@\"";
+        Run::from(
+            crate::util::bin_via(&[
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ])
+            .arg("--socket-dir")
+            .arg(&self.sock)
+            .args(args)
+            .env("HOME", self.scratch.0.join("home"))
+            .env("XDG_STATE_HOME", self.scratch.0.join("state"))
+            .output()
+            .unwrap(),
+        )
+    }
+
     fn rows(&self, sql: &str) -> Vec<String> {
         let c = rusqlite::Connection::open(self.data.join("smolvm.db")).unwrap();
         let mut s = c.prepare(sql).unwrap();
@@ -110,7 +134,15 @@ impl Host {
         }
         let mut out = Vec::new();
         walk(&self.scratch.0, &self.scratch.0, &mut out);
-        out.retain(|f| !f.ends_with("smolvm-cleanup.lock"));
+        // The data dir sits at state/smolvm: named data.
+        let mut out: Vec<String> = out
+            .into_iter()
+            .filter(|f| f != "state" && !f.ends_with("smolvm-cleanup.lock"))
+            .map(|f| {
+                f.strip_prefix("state/smolvm")
+                    .map_or(f.clone(), |r| format!("data{r}"))
+            })
+            .collect();
         out.sort();
         out
     }
@@ -341,7 +373,7 @@ fn smolvm_036_state_without_its_db_is_reclaimed_from_the_host() {
         r.stdout
     );
     std::fs::remove_file(host.data.join("smolvm.db")).unwrap();
-    let r = host.run(&[]);
+    let r = host.run_found(&[]);
     r.expect(
         0,
         "Reconciled stale VMs: orphan-tap2, orphan-tap3, orphan-tap4, orphan-tap5, orphan-tap6, sbx-bohr, \

@@ -38,7 +38,7 @@ fn db_removed_everything_is_reclaimed_from_the_host() {
     // SmolVM's "State Database Corruption" recipe: back up, remove, run cleanup.
     let backup = w.scratch.0.join("smolvm.db.bak");
     std::fs::rename(&w.db, &backup).unwrap();
-    let r = w.run(&[]);
+    let r = w.run_found(&[]);
     r.expect(0, ALL_FOUR);
     assert!(r.stderr.contains("no state DB found"), "{}", r.stderr);
     assert_host_clean(&w);
@@ -53,7 +53,7 @@ fn garbage_db_is_reported_kept_byte_identical_and_the_host_reclaimed() {
     };
     let garbage: Vec<u8> = (0..9000u32).map(|i| (i * 7 + 3).to_le_bytes()[0]).collect();
     std::fs::write(&w.db, &garbage).unwrap();
-    let r = w.run(&[]);
+    let r = w.run_found(&[]);
     r.expect(0, ALL_FOUR);
     assert!(r.stderr.contains("not a SQLite database"), "{}", r.stderr);
     assert_eq!(std::fs::read(&w.db).unwrap(), garbage);
@@ -68,7 +68,7 @@ fn truncated_db_is_reported_kept_byte_identical_and_the_host_reclaimed() {
     let full = std::fs::read(&w.db).unwrap();
     let cut = full[..full.len() / 2].to_vec();
     std::fs::write(&w.db, &cut).unwrap();
-    let r = w.run(&[]);
+    let r = w.run_found(&[]);
     r.expect(0, ALL_FOUR);
     assert!(r.stderr.contains("malformed"), "{}", r.stderr);
     assert_eq!(std::fs::read(&w.db).unwrap(), cut);
@@ -372,4 +372,69 @@ fn a_vm_of_another_data_dir_is_never_a_leftover() {
         5
     );
     assert!(w.sock.join("fc-sbx-theirs.sock").exists());
+}
+
+/// A data dir named explicitly must hold SmolVM's DB: `--state-dir /var/log`, a typo in
+/// SMOLVM_DATA_DIR, or `--db` at a file that is not SQLite is an error (exit 1), never a
+/// recovery from the live system.
+#[test]
+fn an_explicitly_named_place_without_smolvms_db_is_an_error() {
+    let Some(w) = probe_world("explicit", false) else {
+        return;
+    };
+    std::fs::write(w.data.join("dpkg.log"), b"the host's").unwrap();
+    let db = std::fs::read(&w.db).unwrap();
+    std::fs::rename(&w.db, w.scratch.0.join("smolvm.db.bak")).unwrap();
+    let before_rules = comments();
+    let r = w.run(&[]);
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "no state DB at {}: a data dir named explicitly",
+            w.db.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    let typo = crate::util::bin()
+        .env("SMOLVM_DATA_DIR", w.scratch.0.join("no-such-dir"))
+        .arg("--socket-dir")
+        .arg(&w.sock)
+        .output()
+        .unwrap();
+    let typo = Run::from(typo);
+    assert_eq!(typo.code, 1);
+    assert!(
+        typo.stderr.contains("no-such-dir does not exist"),
+        "{}",
+        typo.stderr
+    );
+    // --db at a file that is not SQLite: not a lost DB to recover from.
+    let garbage = w.scratch.0.join("not-a-db");
+    std::fs::write(&garbage, vec![7u8; 4096]).unwrap();
+    let r = Run::from(
+        crate::util::bin()
+            .arg("--db")
+            .arg(&garbage)
+            .arg("--socket-dir")
+            .arg(&w.sock)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Cleanup incomplete: cannot open state DB"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("not a SQLite database (bad header)"),
+        "{}",
+        r.stdout
+    );
+    // Nothing anywhere was touched.
+    assert_eq!(comments(), before_rules);
+    assert!(has_link("tap3") && has_link("tap5"));
+    assert_eq!(std::fs::read(w.data.join("dpkg.log")).unwrap(), b"the host's");
+    assert_eq!(std::fs::read(w.scratch.0.join("smolvm.db.bak")).unwrap(), db);
 }

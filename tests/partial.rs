@@ -85,7 +85,7 @@ fn without_a_db_lone_files_stay_while_the_host_names_the_vms() {
     add_lone_files(&w);
     std::fs::remove_file(&w.db).unwrap();
     for args in [&[][..], &["--all"][..]] {
-        let r = w.run(args);
+        let r = w.run_found(args);
         assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
         assert!(
             !r.stdout.contains("backup") && !r.stdout.contains("golden"),

@@ -51,6 +51,28 @@ impl World {
         c
     }
 
+    /// The binary with no data dir named: it finds this world's the way SmolVM would
+    /// (`$XDG_STATE_HOME/smolvm`), in a mount namespace whose /var/lib is an empty tmpfs
+    /// so the host's own /var/lib/smolvm is never looked at.
+    pub fn run_found(&self, args: &[&str]) -> Run {
+        let script = "mount -t tmpfs tmpfs /var/lib && exec \"$0\" \"$@\"";
+        let mut c = bin_via(&[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ]);
+        c.arg("--socket-dir")
+            .arg(&self.sock)
+            .args(args)
+            .env("HOME", self.scratch.0.join("home"))
+            .env("XDG_STATE_HOME", self.scratch.0.join("state"));
+        Run::from(c.output().expect("run smolvm-cleanup"))
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.cmd(args).output().expect("run smolvm-cleanup"))
     }

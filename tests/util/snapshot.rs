@@ -58,7 +58,14 @@ impl World {
             }
         }
         walk(&self.scratch.0, &self.scratch.0, &mut out);
-        out
+        // The data dir sits at state/smolvm (for SmolVM's own resolution): named data/.
+        out.remove("state/");
+        out.into_iter()
+            .map(|(k, v)| match k.strip_prefix("state/smolvm") {
+                Some(rest) => (format!("data{rest}"), v),
+                None => (k, v),
+            })
+            .collect()
     }
 
     pub fn snapshot(&mut self) -> Snapshot {

@@ -159,7 +159,9 @@ impl World {
             return None;
         }
         let scratch = Scratch::new(tag);
-        let data = scratch.0.join("data");
+        // Where SmolVM's own resolution finds it with XDG_STATE_HOME=<scratch>/state (see
+        // `World::run_found`); snapshots name it `data/`.
+        let data = scratch.0.join("state/smolvm");
         let sock = scratch.0.join("sock");
         std::fs::create_dir_all(data.join("disks")).unwrap();
         std::fs::create_dir_all(&sock).unwrap();
