@@ -56,6 +56,11 @@ fn garbage_db_is_reported_kept_byte_identical_and_the_host_reclaimed() {
     let r = w.run_found(&[]);
     r.expect(0, ALL_FOUR);
     assert!(r.stderr.contains("not a SQLite database"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("untouched; it is left untouched"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(std::fs::read(&w.db).unwrap(), garbage);
     assert_host_clean(&w);
 }
@@ -437,4 +442,26 @@ fn an_explicitly_named_place_without_smolvms_db_is_an_error() {
     assert!(has_link("tap3") && has_link("tap5"));
     assert_eq!(std::fs::read(w.data.join("dpkg.log")).unwrap(), b"the host's");
     assert_eq!(std::fs::read(w.scratch.0.join("smolvm.db.bak")).unwrap(), db);
+}
+
+/// A zero-byte `smolvm.db` (truncated, or SmolVM creating it) is no empty DB: its rows
+/// are unknown, so nothing is taken and the run says it could not read it.
+#[test]
+fn an_empty_db_file_is_unreadable_not_empty() {
+    let Some(w) = probe_world("emptydb", false) else {
+        return;
+    };
+    std::fs::write(&w.db, b"").unwrap();
+    let before = comments();
+    let r = w.run(&[]);
+    r.expect(
+        1,
+        &format!(
+            "Cleanup incomplete: cannot open state DB {}: the file is empty (truncated, or SmolVM is creating it)\n",
+            w.db.display()
+        ),
+    );
+    assert_eq!(comments(), before);
+    assert!(w.data.join("keepme.log").exists() && w.data.join("vm-bbbb0002.log").exists());
+    assert_eq!(std::fs::read(&w.db).unwrap(), b"");
 }
