@@ -332,3 +332,49 @@ fn nft_rules_that_cannot_be_listed_make_the_run_incomplete() {
     w.snapshot().without_lock().assert_same(&before.without_lock());
     assert_eq!(w.ids(), ["keepme"]);
 }
+
+/// What `FROM scratch` with the documented mounts gives: a root holding nothing but the
+/// binary, /proc, SmolVM's state dir at /var/lib/smolvm and /tmp; no /etc/passwd, no HOME,
+/// and SUDO_USER naming a user nobody knows. Cleanup finds the state as SmolVM would and
+/// cleans it all (rows, TAPs, rules, files).
+#[test]
+fn an_empty_root_with_the_documented_mounts_cleans_real_state() {
+    let Some(w) = probe_world("scratchroot", false) else {
+        return;
+    };
+    let root = w.scratch.0.join("root");
+    for d in ["proc", "var/lib/smolvm", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let exe = install_binary(&root);
+    let script = format!(
+        "mount --bind {data} {root}/var/lib/smolvm && mount --bind {sock} {root}/tmp && \
+         mount -t proc proc {root}/proc && exec /usr/sbin/chroot {root} {exe}",
+        data = w.data.display(),
+        sock = w.sock.display(),
+        root = root.display(),
+        exe = exe.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "/bin/sh", "-c", &script])
+        .env_clear()
+        .env("SUDO_USER", "ghost")
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    r.expect(
+        0,
+        "Reconciled stale VMs: vm-bbbb0002, vm-dddd0004\nTargets (3):\n  - vm-bbbb0002\n  - vm-cccc0003\n\
+         \x20 - vm-dddd0004\nDeleted: vm-bbbb0002\nDeleted: vm-cccc0003\nDeleted: vm-dddd0004\nCleanup complete.\n",
+    );
+    assert!(
+        r.stderr.contains("state DB: /var/lib/smolvm/smolvm.db"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(w.ids(), ["keepme"]);
+    assert_eq!(links(), ["lo", "tap5", "uplink0", "uplink0p"]);
+    assert_eq!(comments().iter().filter(|c| c.contains("vm-")).count(), 0);
+    assert!(!w.data.join("vm-bbbb0002.log").exists() && w.data.join("keepme.log").exists());
+    assert!(!w.sock.join("fc-vm-bbbb0002.sock").exists());
+}
