@@ -137,8 +137,9 @@ NO_COLOR (or a stderr that is not a terminal) turns off the colour of warnings.
 Exit status:
   0  every target was cleaned, or there was nothing to do (also for --dry-run);
      with --check: nothing is left
-  1  at least one target failed (its state row is kept), or the run could not start;
-     with --check: something is left, or the host could not be fully inspected
+  1  at least one target failed (its state row is kept), the run could not see
+     everything (a state DB not read, no /proc, rules it could not list), or it could
+     not start; with --check: something is left, or the host could not be fully inspected
   2  bad usage
 ";
 

@@ -146,3 +146,33 @@ fn a_report_that_cannot_be_written_is_a_failure() {
         );
     }
 }
+
+/// The man page names every option `--help` lists, and groff finds nothing to warn about.
+#[test]
+fn the_man_page_keeps_step_with_help_and_formats_cleanly() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/smolvm-cleanup.1")).unwrap();
+    let help = run(None, &["--help"]).stdout;
+    let options: Vec<&str> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .flat_map(|l| l.split_whitespace().take(2))
+        .map(|w| w.trim_end_matches(','))
+        .filter(|w| w.starts_with('-'))
+        .collect();
+    assert!(options.len() >= 15, "{options:?}");
+    for opt in options {
+        let roff = opt.replace('-', "\\-");
+        assert!(page.contains(&roff), "the man page lacks {opt}");
+    }
+    let out = Command::new("groff")
+        .args(["-man", "-ww", "-z"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/smolvm-cleanup.1"))
+        .output()
+        .expect("groff (ci/setup installs groff-base)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
