@@ -26,6 +26,8 @@ pub struct Options {
     pub verbose: bool,
     /// Run again every this long until SIGTERM/SIGINT (a DaemonSet's way to be periodic).
     pub every: Option<Duration>,
+    /// Prometheus text for node_exporter's textfile collector, rewritten after each run.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -44,6 +46,7 @@ impl Default for Options {
             older_than: None,
             verbose: false,
             every: None,
+            metrics_file: None,
         }
     }
 }
@@ -126,6 +129,9 @@ Options:
   -v, --verbose          Report each step on stderr as it happens [default: off]
       --every DURATION   Run again every DURATION until SIGTERM, for hosts where the
                          scheduler is a long-lived container (a DaemonSet) [default: once]
+      --metrics-file PATH
+                         After each run, write Prometheus text there (atomically) for
+                         node_exporter's textfile collector [default: off]
       --grace DURATION   Time a VMM gets after SIGTERM before SIGKILL [default: 3s]
       --timeout DURATION Bound on the whole run, DB and netlink waits included [default: 60s]
   -h, --help             Print this help
@@ -195,6 +201,7 @@ fn parse_cleanup(mode: Mode, mut parser: lexopt::Parser) -> Result<Action, Strin
             Long("older-than") => o.older_than = Some(duration_value(&mut parser, "--older-than")?),
             Long("check") => o.check = true,
             Long("every") => o.every = Some(duration_value(&mut parser, "--every")?),
+            Long("metrics-file") => o.metrics_file = Some(path_value(&mut parser, "--metrics-file")?),
             Long("json") => o.json = true,
             Short('v') | Long("verbose") => o.verbose = true,
             Long("timeout") => o.timeout = duration_value(&mut parser, "--timeout")?,

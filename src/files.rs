@@ -206,6 +206,38 @@ impl<'r> Remover<'r> {
     }
 }
 
+/// Replaces `path` with `contents` atomically: a temporary file in the same directory
+/// (never a symlink followed, never an existing file reused), synced, then renamed over
+/// `path`; a reader sees the old file or the new one, never half of one, and no temporary
+/// file is left behind, whatever fails.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(contents)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Removes directory `name` under `parent` with everything in it, never following a
 /// symlink: each level is opened with O_NOFOLLOW beneath the last, a symlink inside is
 /// unlinked as a link, and a tree deeper than SmolVM makes (8 levels) is refused.
@@ -436,6 +468,25 @@ mod tests {
         assert!(fresh.open(&data, None).unwrap_err().contains("is a symlink"));
         let e = fresh.open(&precious, Some(&[4242])).unwrap_err();
         assert!(e.contains("is owned by uid 0"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_whole_and_leaves_no_temporary_file() {
+        let d = scratch("atomic");
+        let p = d.join("m.prom");
+        write_atomic(&p, b"one\n").unwrap();
+        write_atomic(&p, b"two\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two\n");
+        // A target that cannot be replaced (a directory): an error, and no temporary file.
+        std::fs::create_dir_all(d.join("dir.prom/x")).unwrap();
+        assert!(write_atomic(&d.join("dir.prom"), b"x").is_err());
+        let mut names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["dir.prom", "disks", "m.prom"]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -142,6 +142,7 @@ fn stops_others_vmm(plan: &model::Plan, obs: &model::Observed) -> bool {
 /// One run: the mode's function gathers and acts and returns its `Report`; `Out` prints
 /// it; its exit code is the run's (a usage error's 2 is `main`'s).
 fn run(opts: &Options) -> u8 {
+    let started = Instant::now();
     let mut diag = Diag::new(opts.verbose);
     let mut out = Out::new(opts.json);
     let mode = if opts.check {
@@ -156,24 +157,36 @@ fn run(opts: &Options) -> u8 {
         report::Mode::DryRun => survey(opts, mode, &mut diag).map(|s| s.report),
         report::Mode::Check => check(opts, &mut diag),
     };
-    match done {
+    let report = match done {
         Ok(mut report) => {
             report.warnings = std::mem::take(&mut diag.warnings);
-            let printed = out.finish(&report);
-            if let Err(e) = &printed {
-                eprintln!("smolvm-cleanup: cannot write the report to stdout: {e}");
-            }
-            report.exit_code().max(u8::from(printed.is_err()))
+            report
         }
-        Err(Stop::Blind(report)) => {
-            let printed = out.finish(&report);
-            report.exit_code().max(u8::from(printed.is_err()))
-        }
+        Err(Stop::Blind(report)) => *report,
         Err(Stop::Fatal(e)) => {
             eprintln!("smolvm-cleanup: {e}");
-            1
+            return 1;
         }
+    };
+    let printed = out.finish(&report);
+    if let Err(e) = &printed {
+        eprintln!("smolvm-cleanup: cannot write the report to stdout: {e}");
     }
+    let metrics = opts.metrics_file.as_deref().map(|path| {
+        let t = report::RunTime {
+            ended: discover::now_unix(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let mut text = Vec::new();
+        let written =
+            report::write_metrics(&report, t, &mut text).and_then(|()| files::write_atomic(path, &text));
+        if let Err(e) = &written {
+            eprintln!("smolvm-cleanup: cannot write metrics to {}: {e}", path.display());
+        }
+        written
+    });
+    let failed_output = printed.is_err() || metrics.is_some_and(|m| m.is_err());
+    report.exit_code().max(u8::from(failed_output))
 }
 
 /// Why a run ends before its mode's work: it cannot see (a report saying so), or it
@@ -406,7 +419,7 @@ fn assemble(
 ) -> Report {
     let obs = &found.obs;
     // Only JSON, --check and --verbose show a target's resources.
-    let detail = opts.json || opts.check || opts.verbose;
+    let detail = opts.json || opts.check || opts.verbose || opts.metrics_file.is_some();
     let privilege = privilege(stops_others_vmm(plan, obs));
     Report {
         mode,

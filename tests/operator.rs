@@ -1,7 +1,7 @@
 //! What operators and CI use: `--json`, `--check`, `--older-than`, `--verbose`, `--every`,
 //! and the deployment files (systemd units, Kubernetes manifest).
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rusqlite::params;
@@ -393,10 +393,92 @@ fn kubernetes_manifest_parses_and_runs_on_the_hosts_namespaces() {
         .iter()
         .filter_map(|m| m["mountPath"].as_str())
         .collect();
-    assert_eq!(mounts, ["/var/lib/smolvm", "/tmp"]);
+    assert_eq!(mounts, ["/var/lib/smolvm", "/tmp", "/textfile"]);
+    // Its metrics go to the node's textfile collector directory.
+    let at = args
+        .iter()
+        .position(|a| *a == "--metrics-file")
+        .expect("--metrics-file");
+    assert!(args[at + 1].starts_with("/textfile/"), "{args:?}");
     // The selector matches the pod's labels, or the DaemonSet is rejected.
     assert_eq!(
         d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
         d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
     );
+}
+
+/// The Python that has `prometheus_client` (ci/test makes a venv and says where).
+fn prometheus_python() -> Option<String> {
+    match std::env::var("SMOLVM_CLEANUP_PROM_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            assert!(
+                std::env::var("SMOLVM_CLEANUP_ALLOW_SKIP").is_ok_and(|v| v == "1"),
+                "SMOLVM_CLEANUP_PROM_PYTHON must name a python with prometheus_client (ci/test sets it)"
+            );
+            eprintln!("SKIPPED (no prometheus_client): metrics parse test");
+            None
+        }
+    }
+}
+
+/// --metrics-file: Prometheus text that the real client library parses, with the numbers
+/// of the run, written atomically (no temporary file is left).
+#[test]
+fn metrics_file_parses_as_prometheus_text_with_the_runs_numbers() {
+    let Some(mut w) = World::new("metrics") else {
+        return;
+    };
+    let Some(python) = prometheus_python() else { return };
+    w.add(VmSpec::stale("vm-met00001", 2));
+    w.add(VmSpec::stale("vm-met00002", 3));
+    w.add(VmSpec::new("keepme", "created", 4));
+    let dir = w.scratch.0.join("textfile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("smolvm_cleanup.prom");
+    let parse = || {
+        let out = Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/parse_metrics.py"
+            ))
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let check = w.run(&["--check", "--metrics-file", file.to_str().unwrap()]);
+    assert_eq!(check.code, 1);
+    let text = parse();
+    assert!(
+        text.contains("smolvm_cleanup_last_run_success{mode=check} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("smolvm_cleanup_last_run_resources{kind=tap,mode=check} 2\n"),
+        "{text}"
+    );
+    let r = w.run(&["--metrics-file", file.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let text = parse();
+    for want in [
+        "type smolvm_cleanup_last_run_timestamp_seconds gauge",
+        "smolvm_cleanup_last_run_success{mode=cleanup} 1",
+        "smolvm_cleanup_last_run_targets{mode=cleanup} 2",
+        "smolvm_cleanup_last_run_deleted_vms{mode=cleanup} 2",
+        "smolvm_cleanup_last_run_failed_vms{mode=cleanup} 0",
+        "smolvm_cleanup_last_run_resources{kind=tap,mode=cleanup} 2",
+        "smolvm_cleanup_last_run_resources{kind=nft_rule,mode=cleanup} 10",
+        "smolvm_cleanup_last_run_resources{kind=state_row,mode=cleanup} 2",
+    ] {
+        assert!(text.lines().any(|l| l == want), "lacks {want:?}:\n{text}");
+    }
+    // The world agrees, and the textfile dir holds the one file.
+    assert!(!has_link("tap2") && !has_link("tap3") && has_link("tap4"));
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [std::ffi::OsString::from("smolvm_cleanup.prom")]);
 }
