@@ -321,7 +321,7 @@ mod tests {
             crate::netlink::test_sh(&format!("ip tuntap add {t} mode tap"));
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut sock = Socket::route(deadline).ok()?;
+        let mut sock = crate::netlink::test_socket(Socket::route(deadline))?;
         let links = dump(&mut sock).ok()?;
         Some((sock, links))
     }
