@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rusqlite::params;
 use serde_json::Value;
+use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::util::{BIN, NO_NET_ADMIN, Proc, Reaped, Run, VmSpec, World, has_link, pid_alive, sh, wait_until};
 
@@ -481,4 +482,81 @@ fn metrics_file_parses_as_prometheus_text_with_the_runs_numbers() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, [std::ffi::OsString::from("smolvm_cleanup.prom")]);
+}
+
+fn yaml(rel: &str) -> Yaml {
+    let path = format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+/// Every `run:` of a workflow's or action's steps, joined.
+fn runs(steps: &Yaml) -> String {
+    steps
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// No GitHub runner is reachable here: the workflows and the action are checked for the
+/// keys GitHub requires, and the action's steps for files the release produces.
+#[test]
+fn github_workflows_and_the_action_are_well_formed() {
+    let ci = yaml(".github/workflows/ci.yml");
+    assert!(!ci["on"].is_badvalue());
+    let job = &ci["jobs"]["test"];
+    assert!(job["runs-on"].as_str().unwrap().starts_with("ubuntu"));
+    assert!(runs(&job["steps"]).contains("sudo --preserve-env=PATH,HOME,CARGO_HOME,RUSTUP_HOME ./ci/test"));
+
+    let release = yaml(".github/workflows/release.yml");
+    let tags: Vec<&str> = release["on"]["push"]["tags"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(tags, ["v*"]);
+    assert_eq!(release["permissions"]["contents"].as_str(), Some("write"));
+    let steps = runs(&release["jobs"]["release"]["steps"]);
+    assert!(
+        steps.contains("./ci/release") && steps.contains("gh release upload") && steps.contains("dist/*")
+    );
+
+    let action = yaml("action.yml");
+    assert!(action["name"].as_str().is_some() && action["description"].as_str().is_some());
+    assert_eq!(action["runs"]["using"].as_str(), Some("composite"));
+    for input in ["args", "version"] {
+        assert!(
+            action["inputs"][input]["description"].as_str().is_some(),
+            "{input}"
+        );
+    }
+    let steps = &action["runs"]["steps"];
+    for s in steps.as_vec().unwrap() {
+        assert!(s["shell"].as_str().is_some(), "a composite step needs a shell");
+    }
+    let run = runs(steps);
+    assert!(run.contains("$GITHUB_ACTION_PATH/action/install.sh"), "{run}");
+    assert!(
+        run.contains("sudo \"${{ steps.install.outputs.path }}\" ${{ inputs.args }}"),
+        "{run}"
+    );
+    // The install script asks for the names ci/release writes, and is executable.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let install = std::fs::read_to_string(format!("{root}/action/install.sh")).unwrap();
+    let release_sh = std::fs::read_to_string(format!("{root}/ci/release")).unwrap();
+    assert!(
+        install.contains("smolvm-cleanup-$version-$target")
+            && release_sh.contains("smolvm-cleanup-$version-$target")
+    );
+    assert!(install.contains("SHA256SUMS") && release_sh.contains("SHA256SUMS"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(format!("{root}/action/install.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert!(mode & 0o111 != 0, "action/install.sh is not executable");
 }

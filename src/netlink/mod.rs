@@ -364,7 +364,9 @@ pub fn test_socket(opened: Result<Socket, Errno>) -> Option<Socket> {
     use std::io::Write;
     match opened {
         Ok(s) => Some(s),
-        Err(Errno::PROTONOSUPPORT) if std::env::var("SMOLVM_CLEANUP_NO_NETFILTER").is_ok_and(|v| v == "1") => {
+        Err(Errno::PROTONOSUPPORT)
+            if std::env::var("SMOLVM_CLEANUP_NO_NETFILTER").is_ok_and(|v| v == "1") =>
+        {
             let name = std::thread::current().name().unwrap_or("?").to_string();
             let _ = writeln!(std::io::stderr(), "SKIPPED (no netfilter netlink here): {name}");
             None
