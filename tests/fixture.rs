@@ -91,24 +91,11 @@ impl Host {
 
     /// The binary with no data dir named, as `World::run_found` runs it.
     fn run_found(&self, args: &[&str]) -> Run {
-        let script = "mount -t tmpfs tmpfs /var/lib && exec \"$0\" \"$@\"";
         Run::from(
-            crate::util::bin_via(&[
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-            ])
-            .arg("--socket-dir")
-            .arg(&self.sock)
-            .args(args)
-            .env("HOME", self.scratch.0.join("home"))
-            .env("XDG_STATE_HOME", self.scratch.0.join("state"))
-            .output()
-            .unwrap(),
+            crate::util::bin_found(&self.scratch.0, &self.sock)
+                .args(args)
+                .output()
+                .unwrap(),
         )
     }
 

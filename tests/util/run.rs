@@ -1,6 +1,7 @@
 //! Running the binary: the one place a `Command` for it is made, what a finished run
 //! printed, and the first lines the contract prescribes.
 
+use std::path::Path;
 use std::process::{Child, Command, Output};
 
 use super::world::World;
@@ -34,6 +35,27 @@ pub fn bin() -> Command {
     bin_via(&[])
 }
 
+/// The binary with no data dir named, for state under `scratch` at `state/smolvm`: it finds
+/// it the way SmolVM would (`$XDG_STATE_HOME/smolvm`), in a mount namespace whose /var/lib
+/// is an empty tmpfs, so the host's own /var/lib/smolvm is never looked at.
+pub fn bin_found(scratch: &Path, sock: &Path) -> Command {
+    let script = "mount -t tmpfs tmpfs /var/lib && exec \"$0\" \"$@\"";
+    let mut c = bin_via(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+    ]);
+    c.arg("--socket-dir")
+        .arg(sock)
+        .env("HOME", scratch.join("home"))
+        .env("XDG_STATE_HOME", scratch.join("state"));
+    c
+}
+
 impl World {
     pub fn cmd(&self, args: &[&str]) -> Command {
         self.cmd_via(&[], args)
@@ -51,26 +73,10 @@ impl World {
         c
     }
 
-    /// The binary with no data dir named: it finds this world's the way SmolVM would
-    /// (`$XDG_STATE_HOME/smolvm`), in a mount namespace whose /var/lib is an empty tmpfs
-    /// so the host's own /var/lib/smolvm is never looked at.
+    /// The binary with no data dir named: it finds this world's the way SmolVM would.
     pub fn run_found(&self, args: &[&str]) -> Run {
-        let script = "mount -t tmpfs tmpfs /var/lib && exec \"$0\" \"$@\"";
-        let mut c = bin_via(&[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-        ]);
-        c.arg("--socket-dir")
-            .arg(&self.sock)
-            .args(args)
-            .env("HOME", self.scratch.0.join("home"))
-            .env("XDG_STATE_HOME", self.scratch.0.join("state"));
-        Run::from(c.output().expect("run smolvm-cleanup"))
+        let out = bin_found(&self.scratch.0, &self.sock).args(args).output();
+        Run::from(out.expect("run smolvm-cleanup"))
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
