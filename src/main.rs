@@ -239,10 +239,12 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     });
     let read_only = mode != report::Mode::Clean;
     // Taken before anything is read: a second run sees what the first one left.
+    // Not through a symlink: such a data dir is refused by discovery, and its lock file
+    // would land wherever the link points.
     let mut lock_dirs: Vec<PathBuf> = dirs
         .iter()
         .map(|d| d.dir.clone())
-        .filter(|d| d.is_dir())
+        .filter(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
         .collect();
     if lock_dirs.is_empty() {
         lock_dirs.push(opts.socket_dir.clone());
