@@ -305,7 +305,12 @@ fn check(opts: &Options, diag: &mut Diag) -> Result<Report, Stop> {
 fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop> {
     let s = survey(opts, report::Mode::Clean, diag)?;
     let (found, plan, mut report) = (&s.found, &s.plan, s.report.clone());
-    out.header(&report);
+    // With targets, the header goes out before anything changes. With none, it waits for
+    // the end: the --all teardown may still fail, and then the header says so instead of
+    // "No matching VMs to clean.".
+    if !plan.targets.is_empty() {
+        out.header(&report);
+    }
     if !plan.targets.is_empty() {
         let mut warnings = Vec::new();
         let targets = &report.targets;

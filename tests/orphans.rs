@@ -465,3 +465,33 @@ fn an_empty_db_file_is_unreadable_not_empty() {
     assert!(w.data.join("keepme.log").exists() && w.data.join("vm-bbbb0002.log").exists());
     assert_eq!(std::fs::read(&w.db).unwrap(), b"");
 }
+
+/// With --all and no VM left, a teardown the kernel refuses (an object the dump does not
+/// show, here someone's named counter in SmolVM's table, keeps the table busy) leaves
+/// every shared table as it was and is a failure: exit 1, one line saying why.
+#[test]
+fn a_teardown_the_kernel_refuses_is_a_failure_and_leaves_the_tables_whole() {
+    let Some(w) = probe_world("busyteardown", false) else {
+        return;
+    };
+    nft("add counter inet smolvm_filter operators_counter");
+    let r = w.run(&["--all"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.ends_with(
+            "Cleanup incomplete: Device or resource busy: cannot remove SmolVM's shared nftables tables\n"
+        ),
+        "{}",
+        r.stdout
+    );
+    // The batch is all or nothing: the shared rules, chains and tables are all still there.
+    assert_eq!(comments(), globals());
+    assert!(ruleset().contains("counter operators_counter"));
+    assert_eq!(w.ids(), Vec::<String>::new(), "the VMs themselves were cleaned");
+    // With no VM left at all, the same refusal must still be said on stdout.
+    let r = w.run(&["--all"]);
+    r.expect(
+        1,
+        "Cleanup incomplete: Device or resource busy: cannot remove SmolVM's shared nftables tables\n",
+    );
+}
