@@ -142,31 +142,60 @@ impl Op {
 
 /// Every set and map of one table. A table that does not exist has none.
 pub fn dump_sets(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Set>, Fault> {
+    let kind = Named {
+        get: NFT_MSG_GETSET,
+        new: NFT_MSG_NEWSET,
+        table_attr: NFTA_SET_TABLE,
+        name_attr: NFTA_SET_NAME,
+        // The kernel filters a set dump by table when asked.
+        filter_in_request: true,
+    };
+    Ok(dump_named(sock, family, table, &kind)?
+        .into_iter()
+        .map(|(family, name)| Set {
+            family,
+            table: table.to_string(),
+            name,
+        })
+        .collect())
+}
+
+/// One kind of nf_tables object that lives in a table under a name (chains, sets).
+struct Named {
+    get: u16,
+    new: u16,
+    table_attr: u16,
+    name_attr: u16,
+    /// Send the table in the dump request (sets); otherwise filter the replies only.
+    filter_in_request: bool,
+}
+
+/// The (family, name) of every object of `kind` in one table. A table that does not
+/// exist has none.
+fn dump_named(sock: &mut Socket, family: u8, table: &str, kind: &Named) -> Result<Vec<(u8, String)>, Fault> {
     let seq = sock.next_seq();
     let mut w = Writer::default();
-    w.begin(msg_type(NFT_MSG_GETSET), NLM_F_REQUEST | NLM_F_DUMP, seq);
+    w.begin(msg_type(kind.get), NLM_F_REQUEST | NLM_F_DUMP, seq);
     nfgenmsg(&mut w, family, 0);
-    w.attr_str(NFTA_SET_TABLE, table);
+    if kind.filter_in_request {
+        w.attr_str(kind.table_attr, table);
+    }
     w.end();
     let mut out = Vec::new();
     let result = sock.dump(w.buf()?, seq, |m| {
-        if m.ty != msg_type(NFT_MSG_NEWSET) || m.payload.len() < 4 {
+        if m.ty != msg_type(kind.new) || m.payload.len() < 4 {
             return;
         }
-        let mut set = Set {
-            family: m.payload[0],
-            table: String::new(),
-            name: String::new(),
-        };
+        let (mut in_table, mut name) = (String::new(), String::new());
         for (t, p) in attrs(&m.payload[4..]) {
-            match t {
-                NFTA_SET_TABLE => set.table = attr_str(p),
-                NFTA_SET_NAME => set.name = attr_str(p),
-                _ => {}
+            if t == kind.table_attr {
+                in_table = attr_str(p);
+            } else if t == kind.name_attr {
+                name = attr_str(p);
             }
         }
-        if set.table == table {
-            out.push(set);
+        if in_table == table {
+            out.push((m.payload[0], name));
         }
     });
     match result {
@@ -240,36 +269,21 @@ pub fn dump_tables(sock: &mut Socket) -> Result<Vec<Table>, Fault> {
 
 /// Every chain of one table. A table that does not exist has no chains.
 pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Chain>, Fault> {
-    let seq = sock.next_seq();
-    let mut w = Writer::default();
-    w.begin(msg_type(NFT_MSG_GETCHAIN), NLM_F_REQUEST | NLM_F_DUMP, seq);
-    nfgenmsg(&mut w, family, 0);
-    w.end();
-    let mut out = Vec::new();
-    let result = sock.dump(w.buf()?, seq, |m| {
-        if m.ty != msg_type(NFT_MSG_NEWCHAIN) || m.payload.len() < 4 {
-            return;
-        }
-        let mut c = Chain {
-            family: m.payload[0],
-            table: String::new(),
-            name: String::new(),
-        };
-        for (t, p) in attrs(&m.payload[4..]) {
-            match t {
-                NFTA_CHAIN_TABLE => c.table = attr_str(p),
-                NFTA_CHAIN_NAME => c.name = attr_str(p),
-                _ => {}
-            }
-        }
-        if c.table == table {
-            out.push(c);
-        }
-    });
-    match result {
-        Ok(()) | Err(Errno::NOENT) => Ok(out),
-        Err(e) => Err(e.into()),
-    }
+    let kind = Named {
+        get: NFT_MSG_GETCHAIN,
+        new: NFT_MSG_NEWCHAIN,
+        table_attr: NFTA_CHAIN_TABLE,
+        name_attr: NFTA_CHAIN_NAME,
+        filter_in_request: false,
+    };
+    Ok(dump_named(sock, family, table, &kind)?
+        .into_iter()
+        .map(|(family, name)| Chain {
+            family,
+            table: table.to_string(),
+            name,
+        })
+        .collect())
 }
 
 /// SmolVM's view of the ruleset: every table, and the chains (when asked), rules, sets

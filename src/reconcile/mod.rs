@@ -222,7 +222,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
         }
         return inv;
     }
-    add_rowless(&mut inv, obs, &ix, &by_id, &evidence);
+    add_rowless(&mut inv, obs, &ix, &by_id, &evidence, &claimed);
     inv
 }
 

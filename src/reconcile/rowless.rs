@@ -19,9 +19,9 @@ pub(super) fn add_rowless(
     ix: &Index<'_>,
     by_id: &BTreeMap<String, usize>,
     evidence: &BTreeMap<String, Vec<&ProcInfo>>,
+    claimed: &BTreeSet<&str>,
 ) {
-    let claimed = claimed_taps(obs);
-    let ties = ties(obs, ix, by_id, &claimed);
+    let ties = ties(obs, ix, by_id, claimed);
     let mut tied: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (tap, id) in &ties {
         tied.entry(id).or_default().push(tap.clone());
@@ -51,7 +51,7 @@ pub(super) fn add_rowless(
         }
         inv.vms.push(vm);
     }
-    add_orphan_taps(inv, obs, ix, &claimed, &ties, &row_ips);
+    add_orphan_taps(inv, obs, ix, claimed, &ties, &row_ips);
 }
 
 /// The TAP names rows claim (this run's, and other data dirs'): never an orphan, never

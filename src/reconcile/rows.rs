@@ -99,9 +99,8 @@ pub(super) fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings
         .iter()
         .filter_map(|r| r.created_unix.or(r.updated_unix))
         .reduce(f64::min);
-    let expects = judge_vmm(vm, &rows, &dirs, obs, ix, warnings);
+    judge_vmm(vm, &rows, &dirs, obs, ix, warnings);
     attach_row_resources(vm, &rows, &dirs, obs, ix, warnings);
-    vm.expects_vmm = expects;
     if vm.vmms.is_empty()
         && let Some(life) = signs_of_life(vm, obs)
     {
@@ -119,8 +118,8 @@ pub(super) fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings
 }
 
 /// The VMM of a VM with rows: what its rows record, then what the scan found naming
-/// it. Sets its VMMs, whether it is stale, and which rows to mark; true when a row says a
-/// VMM should run.
+/// it. Sets its VMMs, whether a row says one should run, whether it is stale, and which
+/// rows to mark.
 pub(super) fn judge_vmm(
     vm: &mut Vm,
     rows: &[&Row],
@@ -128,7 +127,7 @@ pub(super) fn judge_vmm(
     obs: &Observed,
     ix: &Index<'_>,
     warnings: &mut Vec<String>,
-) -> bool {
+) {
     let newest_write = rows
         .iter()
         .filter_map(|r| r.updated_unix)
@@ -180,7 +179,7 @@ pub(super) fn judge_vmm(
         // A VMM lives: the row is not stale, whatever its pid column says.
         vm.mark.clear();
     }
-    expects
+    vm.expects_vmm = expects;
 }
 
 /// The TAPs, rules, tables and files of a VM with rows; warns of what its rows name that
