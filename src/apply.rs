@@ -71,8 +71,9 @@ pub enum Failure {
     RowChanged,
     /// A row of this table still refers to the VM's row.
     RowPinned(String),
-    /// Something SmolVM does not leave is at one of its paths (a symlink, a directory, …).
-    FileRefused(std::path::PathBuf, &'static str),
+    /// Something SmolVM does not leave is at one of its paths (a symlink, a directory, …),
+    /// or its directory is behind a symlink that is not followed: the whole sentence.
+    FileRefused(String),
 }
 
 impl fmt::Display for Failure {
@@ -85,7 +86,7 @@ impl fmt::Display for Failure {
                 f,
                 "its state row changed during cleanup (VM restarted?); row kept"
             ),
-            Failure::FileRefused(path, what) => write!(f, "{} {what}; not removed", path.display()),
+            Failure::FileRefused(why) => write!(f, "{why}"),
             Failure::RowPinned(table) => {
                 write!(f, "its state row is still referred to by table {table}; row kept")
             }
@@ -516,8 +517,8 @@ fn remove_files(run: &mut Run<'_>, env: &mut Env<'_>) {
                 Ok(Removal::AlreadyGone) => {}
                 // Not what SmolVM leaves: left alone, and the VM is not done (its row stays,
                 // so --check and the next run see the same).
-                Ok(Removal::Refused(what)) => {
-                    err.get_or_insert(Failure::FileRefused(f.path(), what));
+                Ok(Removal::Refused(why)) => {
+                    err.get_or_insert(Failure::FileRefused(why));
                 }
                 Err(e) => {
                     err = Some(e.into());

@@ -53,8 +53,9 @@ pub fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-pub fn discover(cfg: &Config<'_>) -> Discovery {
-    let procfs = Procfs::new(&cfg.proc_root, now_unix());
+/// The first step, before the run's lock: the data dirs and the socket dir opened (and
+/// judged) once; everything else is read by `discover`, under the lock.
+pub fn open(cfg: &Config<'_>) -> Discovery {
     let mut d = Discovery {
         obs: Observed {
             socket_dir: cfg.socket_dir.clone(),
@@ -69,11 +70,15 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
         roots: files::Roots::default(),
         link_error: None,
         nft_error: None,
-        procfs,
+        procfs: Procfs::new(&cfg.proc_root, now_unix()),
     };
     open_roots(&mut d, cfg);
-    read_dbs(&mut d, cfg);
-    read_other_dbs(&mut d, cfg);
+    d
+}
+
+pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
+    read_dbs(d, cfg);
+    read_other_dbs(d, cfg);
     for row in &d.obs.rows {
         if let Some(pid) = row.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
             && let Some(info) = d.procfs.read(pid)
@@ -83,14 +88,17 @@ pub fn discover(cfg: &Config<'_>) -> Discovery {
     }
     d.obs.vmms = d.procfs.scan_vmms();
     d.obs.pid_view = d.procfs.pid_view();
-    read_network(&mut d, cfg);
-    list_files(&mut d, cfg);
-    d
+    read_network(d, cfg);
+    list_files(d, cfg);
 }
 
-/// Opens every data dir and the socket dir once. A data dir that is a symlink, or that
-/// someone other than root or the user cleanup runs for owns, is refused: nothing in it is
-/// read or touched, and the run is incomplete.
+/// The subdirectories of a data dir that hold VMs' files. Each is resolved once (a
+/// symlink followed only when that is safe, see `files::Roots`).
+const DATA_SUBDIRS: [&str; 4] = ["disks", "locks", "locks/resources", "firmware"];
+
+/// Opens every data dir and the socket dir once. A data dir behind a symlink that is not
+/// followed, or that someone other than root or the user cleanup runs for owns, is
+/// refused: nothing in it is read or touched, and the run is incomplete.
 fn open_roots(d: &mut Discovery, cfg: &Config<'_>) {
     for dd in cfg.data_dirs {
         if let Err(why) = d.roots.open(&dd.dir, Some(&cfg.owners)) {
@@ -133,17 +141,21 @@ fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
             }
             Err(e) => {
                 d.db_status.push((path.clone(), Some(e.to_string())));
-                // Named explicitly, a file that is not SmolVM's DB is an error, not a
-                // lost DB to recover from.
-                if is_corrupt(&e) && !dd.explicit {
+                // Its rows are unknown, whatever the reason: the VMs they would keep must
+                // not be taken for leftovers. A damaged DB's own line says how to recover
+                // (a file named by --db is not SmolVM's DB to recover from).
+                if is_corrupt(&e) && !dd.db_named {
                     d.warnings.push(format!(
-                        "{e}; the file is left untouched and cleanup goes by the live system"
+                        "{e}; the file is left untouched and no leftover is taken this run. To \
+                         recover, back it up, remove it and run cleanup again (mv {0} {0}.bak), \
+                         which reclaims from the live system",
+                        path.display()
                     ));
                 } else {
                     d.warnings.push(format!("{e}; its VMs are skipped this run"));
-                    d.unread.push(e.to_string());
-                    d.obs.rows_incomplete = true;
                 }
+                d.unread.push(e.to_string());
+                d.obs.rows_incomplete = true;
                 d.dbs.push(None);
             }
         }
@@ -194,6 +206,22 @@ fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
 /// and claim files (and which a live process holds), firmware directories; each listed
 /// through the root's held fd.
 fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
+    let held: Vec<&PathBuf> = cfg
+        .data_dirs
+        .iter()
+        .map(|dd| &dd.dir)
+        .filter(|dir| d.roots.get(dir).is_some())
+        .collect();
+    for dir in held {
+        for sub in DATA_SUBDIRS {
+            if let Err(why) = d.roots.open_sub(dir, sub) {
+                let line = format!("{why}: nothing behind it is removed, and the VMs with files there fail");
+                if !d.warnings.contains(&line) {
+                    d.warnings.push(line);
+                }
+            }
+        }
+    }
     let roots = &d.roots;
     let obs = &mut d.obs;
     // SmolVM's sockets, and which of them a live process still serves.

@@ -19,13 +19,19 @@ use crate::model::FileRef;
 pub enum Removal {
     Deleted,
     AlreadyGone,
-    /// Something is there that is not ours to delete (a symlink, a directory, ...).
-    /// What is there: `is a symlink`, `is a directory`, …
-    Refused(&'static str),
+    /// Something is there that is not ours to delete (a symlink, a directory, ...), or
+    /// its directory is behind a symlink cleanup does not follow: the whole sentence,
+    /// `/tmp/fc-vm-1.sock is a symlink; not removed`.
+    Refused(String),
 }
 
+const DIR_PATH: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::PATH);
+
 fn open_dir(at: Option<&OwnedFd>, path: &Path, nofollow: bool) -> Result<OwnedFd, Errno> {
-    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::PATH;
+    let mut flags = DIR_PATH;
     if nofollow {
         flags |= OFlags::NOFOLLOW;
     }
@@ -35,30 +41,111 @@ fn open_dir(at: Option<&OwnedFd>, path: &Path, nofollow: bool) -> Result<OwnedFd
     }
 }
 
-/// The directories cleanup works in (data dirs, the socket dir), each opened once, when
-/// first read, without following a symlink in its last component, and never resolved by
-/// path again: were one renamed and a symlink put in its place mid-run (its owner can do
-/// that under sudo), listings, the DB and removals all still reach the directory that was
-/// judged, never where the symlink points.
+/// Opens directory `name` beneath `parent` (whose path is `shown`, for messages). A
+/// symlink there is followed only where that cannot hand a removal to someone else (the
+/// idea of systemd's `CHASE_SAFE`): when root owns the link, or when the link, the
+/// directory holding it and the directory it leads to all belong to one user. Ok(None):
+/// nothing is there. Err: the sentence saying why it is not used.
+fn chase(parent: &OwnedFd, name: &str, shown: &Path) -> Result<Option<OwnedFd>, String> {
+    let sys = |what: &str, e: Errno| Error::sys(format!("{what} {}", shown.display()), e).to_string();
+    match open_dir(Some(parent), Path::new(name), true) {
+        Ok(fd) => return Ok(Some(fd)),
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP | Errno::NOTDIR) => {}
+        Err(e) => return Err(sys("open", e)),
+    }
+    let link = match statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(sys("stat", e)),
+    };
+    if FileType::from_raw_mode(link.st_mode) != FileType::Symlink {
+        return Err(format!("{} is not a directory", shown.display()));
+    }
+    let fd = match open_dir(Some(parent), Path::new(name), false) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::NOTDIR) => {
+            return Err(format!(
+                "{} is a symlink to something not a directory",
+                shown.display()
+            ));
+        }
+        Err(e) => return Err(sys("open", e)),
+    };
+    // The link read before the open must be the link the open went through.
+    let again = statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| sys("stat", e))?;
+    if (again.st_dev, again.st_ino, again.st_uid) != (link.st_dev, link.st_ino, link.st_uid) {
+        return Err(format!(
+            "{} was replaced while it was opened; not followed",
+            shown.display()
+        ));
+    }
+    let holder = rustix::fs::fstat(parent).map_err(|e| sys("stat the directory holding", e))?;
+    let target = rustix::fs::fstat(&fd).map_err(|e| sys("stat", e))?;
+    let one_user = link.st_uid == holder.st_uid && holder.st_uid == target.st_uid;
+    if link.st_uid == 0 || one_user {
+        Ok(Some(fd))
+    } else {
+        Err(format!(
+            "{} is a symlink owned by uid {}; not followed",
+            shown.display(),
+            link.st_uid
+        ))
+    }
+}
+
+/// A subdirectory of a root (`disks`, `locks`, …) as it was resolved, once.
+enum Sub {
+    Missing,
+    Held(OwnedFd),
+    /// Behind a symlink cleanup does not follow: why, and an fd to read its names by
+    /// (a listing only ever tells which VMs have files there; nothing there is removed).
+    Refused(String, Option<OwnedFd>),
+}
+
+/// The directories cleanup works in (data dirs, the socket dir, and the data dirs'
+/// `disks/`, `locks/`, … beneath them), each resolved once, when first read, and never
+/// resolved by path again: were one renamed and a symlink put in its place mid-run (its
+/// owner can do that under sudo), listings, the DB and removals all still reach the
+/// directory that was judged. A symlink in their place is followed only when `chase`
+/// allows it.
 #[derive(Default)]
 pub struct Roots {
     fds: HashMap<PathBuf, OwnedFd>,
+    subs: HashMap<PathBuf, Sub>,
 }
 
 impl Roots {
-    /// Opens `dir` as a root. None when it does not exist. Refused (the text says why)
-    /// when it is a symlink or, with `owners`, owned by a uid not in the list.
+    /// Opens `dir` as a root. Ok when it does not exist (nothing is held). Refused (the
+    /// text says why) when it is a symlink `chase` does not follow or, with `owners`, it
+    /// is owned by a uid not in the list.
     pub fn open(&mut self, dir: &Path, owners: Option<&[u32]>) -> Result<(), String> {
         if self.fds.contains_key(dir) {
             return Ok(());
         }
-        let fd = match open_dir(None, dir, true) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => return Ok(()),
-            Err(Errno::LOOP | Errno::NOTDIR) => {
-                return Err(format!("{} is a symlink or not a directory", dir.display()));
+        let name = dir.file_name().and_then(|n| n.to_str());
+        let opened = match name {
+            Some(name) => {
+                let parent = match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(p) => open_dir(None, p, false),
+                    None => open_dir(None, Path::new("."), false),
+                };
+                match parent {
+                    Ok(parent) => chase(&parent, name, dir)?,
+                    Err(Errno::NOENT) => None,
+                    Err(e) => return Err(Error::sys(format!("open {}", dir.display()), e).to_string()),
+                }
             }
-            Err(e) => return Err(Error::sys(format!("open {}", dir.display()), e).to_string()),
+            // `/`, `..`: nothing of SmolVM's naming, opened as given.
+            None => match open_dir(None, dir, false) {
+                Ok(fd) => Some(fd),
+                Err(Errno::NOENT) => None,
+                Err(e) => return Err(Error::sys(format!("open {}", dir.display()), e).to_string()),
+            },
+        };
+        let Some(fd) = opened else {
+            return Ok(());
         };
         let owner = rustix::fs::fstat(&fd)
             .map_err(|e| Error::sys(format!("stat {}", dir.display()), e).to_string())?;
@@ -75,8 +162,69 @@ impl Roots {
         Ok(())
     }
 
+    /// Resolves `sub` (`disks`, `locks/resources`) beneath the root `dir`, one component
+    /// at a time with `chase`, and holds it for listings and removals. Err: the sentence
+    /// saying why it is not followed (nothing behind it will be removed).
+    pub fn open_sub(&mut self, dir: &Path, sub: &str) -> Result<(), String> {
+        let mut at = PathBuf::new();
+        for part in sub.split('/') {
+            let parent = if at.as_os_str().is_empty() {
+                dir.to_path_buf()
+            } else {
+                dir.join(&at)
+            };
+            at.push(part);
+            let key = dir.join(&at);
+            if !self.subs.contains_key(&key) {
+                let parent_fd = if parent == dir {
+                    self.fds.get(dir)
+                } else {
+                    match self.subs.get(&parent) {
+                        Some(Sub::Held(fd)) => Some(fd),
+                        _ => None,
+                    }
+                };
+                let resolved = match parent_fd {
+                    None => match self.subs.get(&parent) {
+                        Some(Sub::Refused(why, _)) => Sub::Refused(why.clone(), None),
+                        _ => Sub::Missing,
+                    },
+                    Some(p) => match chase(p, part, &key) {
+                        Ok(Some(fd)) => Sub::Held(fd),
+                        Ok(None) => Sub::Missing,
+                        Err(why) => {
+                            let peek = openat(
+                                p,
+                                part,
+                                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                                Mode::empty(),
+                            );
+                            Sub::Refused(why, peek.ok())
+                        }
+                    },
+                };
+                self.subs.insert(key.clone(), resolved);
+            }
+            if let Some(Sub::Refused(why, _)) = self.subs.get(&key) {
+                return Err(why.clone());
+            }
+        }
+        Ok(())
+    }
+
     pub fn get(&self, dir: &Path) -> Option<&OwnedFd> {
         self.fds.get(dir)
+    }
+
+    /// A fresh read-only fd of the root `dir`, for `flock` (the held one is O_PATH).
+    pub fn reopen(&self, dir: &Path) -> Option<Result<OwnedFd, Errno>> {
+        let fd = self.fds.get(dir)?;
+        Some(openat(
+            fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ))
     }
 
     /// A path to `name` in `dir` that goes through the held fd (`/proc/self/fd/N/name`),
@@ -87,16 +235,55 @@ impl Roots {
         Some(PathBuf::from(format!("/proc/self/fd/{}/{name}", fd.as_raw_fd())))
     }
 
-    /// The names in `sub` (a path under `dir`, or "" for `dir` itself), sorted; none when
-    /// it is missing, unreadable, or a symlink.
-    pub fn list(&self, dir: &Path, sub: &str) -> Vec<String> {
+    /// The directory `sub` beneath the root `dir` (or `dir` itself for ""), as resolved:
+    /// an fd to reach it by, None when it does not exist, or why nothing in it may be
+    /// removed. A `sub` never resolved is opened without following a symlink.
+    fn dir_of(&self, dir: &Path, sub: &str) -> Result<Option<OwnedFd>, String> {
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map(Some)
+                .map_err(|e| Error::io(format!("open {}", dir.join(sub).display()), &e).to_string())
+        };
         let Some(root) = self.fds.get(dir) else {
+            return Ok(None);
+        };
+        if sub.is_empty() {
+            return dup(root);
+        }
+        match self.subs.get(&dir.join(sub)) {
+            Some(Sub::Held(fd)) => dup(fd),
+            Some(Sub::Missing) => Ok(None),
+            Some(Sub::Refused(why, _)) => Err(why.clone()),
+            None => match open_dir(Some(root), Path::new(sub), true) {
+                Ok(fd) => Ok(Some(fd)),
+                Err(Errno::NOENT) => Ok(None),
+                Err(Errno::LOOP | Errno::NOTDIR) => Err(format!(
+                    "{} has a symlink on its path; not followed",
+                    dir.join(sub).display()
+                )),
+                Err(e) => Err(Error::sys(format!("open {}", dir.join(sub).display()), e).to_string()),
+            },
+        }
+    }
+
+    /// The names in `sub` (a path under `dir`, or "" for `dir` itself), sorted; none when
+    /// it is missing or unreadable. A refused subdirectory is still listed (which VMs
+    /// have files there decides which fail); a `sub` never resolved is not when it is a
+    /// symlink.
+    pub fn list(&self, dir: &Path, sub: &str) -> Vec<String> {
+        let held = match self.dir_of(dir, sub) {
+            Ok(fd) => fd,
+            Err(_) => match self.subs.get(&dir.join(sub)) {
+                Some(Sub::Refused(_, Some(fd))) => fd.try_clone().ok(),
+                _ => None,
+            },
+        };
+        let Some(held) = held else {
             return Vec::new();
         };
-        // The root is held as an O_PATH fd: reading it takes a real open, of "." beneath it.
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = openat(root, if sub.is_empty() { "." } else { sub }, flags, Mode::empty());
-        let Ok(fd) = fd else {
+        // Held fds are O_PATH: reading takes a real open, of "." beneath it.
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(fd) = openat(&held, ".", flags, Mode::empty()) else {
             return Vec::new();
         };
         let Ok(dir) = rustix::fs::Dir::read_from(&fd) else {
@@ -117,8 +304,8 @@ impl Roots {
 /// discovery opened.
 pub struct Remover<'r> {
     roots: &'r Roots,
-    /// Subdirectory path → its fd (None: it does not exist), or why it cannot be used.
-    dirs: HashMap<PathBuf, Result<Option<OwnedFd>, Errno>>,
+    /// Directory path → its fd (None: it does not exist), or why nothing in it is removed.
+    dirs: HashMap<PathBuf, Result<Option<OwnedFd>, String>>,
 }
 
 impl<'r> Remover<'r> {
@@ -129,44 +316,32 @@ impl<'r> Remover<'r> {
         }
     }
 
-    /// The directory holding `f` (root followed, subdirectories not) and the file's name.
-    fn parent<'f>(&mut self, f: &'f FileRef) -> Result<Option<(&OwnedFd, &'f str)>, Errno> {
-        let (sub, name) = match f.rel.rsplit_once('/') {
-            Some((sub, name)) => (Some(sub), name),
-            None => (None, f.rel.as_str()),
-        };
-        // A root discovery did not open (it did not exist) holds nothing of ours.
-        let Some(root) = self.roots.get(&f.root) else {
-            return Ok(None);
-        };
-        let Some(sub) = sub else {
-            return Ok(Some((root, name)));
-        };
+    /// The directory holding `f`, as the roots resolved it, and the file's name.
+    fn parent<'f>(&mut self, f: &'f FileRef) -> Result<Option<(&OwnedFd, &'f str)>, String> {
+        let (sub, name) = f.rel.rsplit_once('/').unwrap_or(("", f.rel.as_str()));
         let key = f.root.join(sub);
-        if !self.dirs.contains_key(&key) {
-            let fd = match open_dir(Some(root), Path::new(sub), true) {
-                Ok(fd) => Ok(Some(fd)),
-                Err(Errno::NOENT) => Ok(None),
-                Err(Errno::LOOP | Errno::NOTDIR) => Err(Errno::LOOP),
-                Err(e) => Err(e),
-            };
-            self.dirs.insert(key.clone(), fd);
-        }
-        match &self.dirs[&key] {
+        let roots = self.roots;
+        let dir = self.dirs.entry(key).or_insert_with(|| roots.dir_of(&f.root, sub));
+        match dir {
             Ok(Some(fd)) => Ok(Some((fd, name))),
             Ok(None) => Ok(None),
-            Err(e) => Err(*e),
+            Err(why) => Err(why.clone()),
         }
     }
 
-    /// Removes `f` if it is a regular file or a socket.
+    /// Removes `f` if it is a regular file or a socket (or, for a tree, a directory).
     pub fn remove(&mut self, f: &FileRef) -> Result<Removal, Error> {
         let action = || format!("remove {}", f.path().display());
+        let refused = |what: &str| {
+            Ok(Removal::Refused(format!(
+                "{} {what}; not removed",
+                f.path().display()
+            )))
+        };
         let (dir, name) = match self.parent(f) {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(Removal::AlreadyGone),
-            Err(Errno::LOOP) => return Ok(Removal::Refused("has a symlink on its path")),
-            Err(e) => return Err(Error::sys(action(), e)),
+            Err(why) => return Ok(Removal::Refused(why)),
         };
         let kind = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => FileType::from_raw_mode(st.st_mode),
@@ -179,22 +354,20 @@ impl<'r> Remover<'r> {
                     remove_tree(dir, name, 0)
                         .map(|()| Removal::Deleted)
                         .or_else(|e| match e {
-                            Errno::LOOP | Errno::NOTDIR => {
-                                Ok(Removal::Refused("holds a symlink to a directory"))
-                            }
+                            Errno::LOOP | Errno::NOTDIR => refused("holds a symlink to a directory"),
                             e if is_gone(e) => Ok(Removal::AlreadyGone),
                             e => Err(Error::sys(action(), e)),
                         })
                 }
-                FileType::Symlink => Ok(Removal::Refused("is a symlink")),
-                _ => Ok(Removal::Refused("is not a directory")),
+                FileType::Symlink => refused("is a symlink"),
+                _ => refused("is not a directory"),
             };
         }
         match kind {
             FileType::RegularFile | FileType::Socket => {}
-            FileType::Symlink => return Ok(Removal::Refused("is a symlink")),
-            FileType::Directory => return Ok(Removal::Refused("is a directory")),
-            _ => return Ok(Removal::Refused("is not a file or socket")),
+            FileType::Symlink => return refused("is a symlink"),
+            FileType::Directory => return refused("is a directory"),
+            _ => return refused("is not a file or socket"),
         }
         // The name is unlinked, never resolved: were it swapped for a symlink since statat,
         // only that link would go, never what it points to.
@@ -463,11 +636,84 @@ mod tests {
         assert!(!d.join("moved/vm-1.log").exists());
         assert_eq!(std::fs::read(precious.join("vm-1.log")).unwrap(), b"keep");
         assert_eq!(roots.list(&data, ""), Vec::<String>::new());
-        // Opened now, that symlink is refused as a root; so is a root of another owner.
+        // A root of another owner is refused.
         let mut fresh = Roots::default();
-        assert!(fresh.open(&data, None).unwrap_err().contains("is a symlink"));
-        let e = fresh.open(&precious, Some(&[4242])).unwrap_err();
-        assert!(e.contains("is owned by uid 0"), "{e}");
+        let me = rustix::process::geteuid().as_raw();
+        let e = fresh.open(&precious, Some(&[me + 1])).unwrap_err();
+        assert!(e.contains(&format!("is owned by uid {me}")), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Changes the owner of `p` itself (a symlink is not followed).
+    fn own(p: &Path, uid: u32) {
+        rustix::fs::chownat(
+            CWD,
+            p,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            None,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+
+    /// Which symlinks are followed: root's, or one user's pointing within their own
+    /// files; any other is refused with whose it is. Needs root to hand files to users.
+    #[test]
+    fn a_symlink_is_followed_only_when_that_cannot_hand_a_removal_to_someone_else() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let d = scratch("chase");
+        let (user_dir, target) = (d.join("home"), d.join("target"));
+        std::fs::create_dir_all(&user_dir).unwrap();
+        std::fs::create_dir_all(target.join("disks")).unwrap();
+        std::fs::write(target.join("disks/vm-1.ext4"), b"x").unwrap();
+        let link = user_dir.join("smolvm");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let open = |p: &Path| Roots::default().open(p, None);
+        // root's link (root's dir, root's target): followed.
+        assert_eq!(open(&link), Ok(()));
+        // A user's link in root's directory: refused.
+        own(&link, 1000);
+        let e = open(&link).unwrap_err();
+        assert_eq!(
+            e,
+            format!("{} is a symlink owned by uid 1000; not followed", link.display())
+        );
+        // Link, its directory and its target all the user's: followed.
+        own(&user_dir, 1000);
+        own(&target, 1000);
+        assert_eq!(open(&link), Ok(()));
+        // The same link leading to a directory of another user: refused.
+        own(&target, 1001);
+        assert!(open(&link).is_err());
+        // A subdirectory follows the same rule, is still listed, and nothing in it is removed.
+        own(&target, 0);
+        let data = d.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(target.join("disks"), data.join("disks")).unwrap();
+        own(&data.join("disks"), 1000);
+        let mut roots = roots_of(&data);
+        let e = roots.open_sub(&data, "disks").unwrap_err();
+        assert!(
+            e.ends_with("disks is a symlink owned by uid 1000; not followed"),
+            "{e}"
+        );
+        assert_eq!(roots.list(&data, "disks"), ["vm-1.ext4"]);
+        let r = Remover::new(&roots)
+            .remove(&fref(&data, "disks/vm-1.ext4"))
+            .unwrap();
+        assert_eq!(r, Removal::Refused(e));
+        assert!(target.join("disks/vm-1.ext4").exists());
+        // Root's link there is followed, and the file goes.
+        own(&data.join("disks"), 0);
+        let mut roots = roots_of(&data);
+        roots.open_sub(&data, "disks").unwrap();
+        let r = Remover::new(&roots)
+            .remove(&fref(&data, "disks/vm-1.ext4"))
+            .unwrap();
+        assert_eq!(r, Removal::Deleted);
+        assert!(!target.join("disks/vm-1.ext4").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

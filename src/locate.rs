@@ -104,35 +104,33 @@ pub fn others(env: &Env, chosen: &[DataDir]) -> Vec<PathBuf> {
 pub struct DataDir {
     pub dir: PathBuf,
     pub db: Option<PathBuf>,
-    /// Named by `--db`, `--state-dir` or `SMOLVM_DATA_DIR`: it must hold a SQLite DB; a
-    /// place without one is an error, never a recovery from the live system.
+    /// Named by `--db`, `--state-dir` or `SMOLVM_DATA_DIR`: the run is limited to it, and
+    /// it must exist (a typo is an error). Holding no DB, it is reconciled from the live
+    /// system as SmolVM's own data dir is.
     pub explicit: bool,
+    /// Named by `--db`: a file named explicitly must be SmolVM's DB.
+    pub db_named: bool,
 }
 
 impl DataDir {
-    /// Why this explicitly named place cannot be cleaned, when it cannot: it does not
-    /// exist, or holds no DB. (A file that is not SQLite is found by discovery.)
+    /// Why this explicitly named place cannot be cleaned, when it cannot: the directory
+    /// does not exist, or the file `--db` names does not. (A file that is not SQLite is
+    /// found by discovery.)
     pub fn unusable(&self) -> Option<String> {
         if !self.explicit {
             return None;
         }
-        let db = self.db.as_deref()?;
         if !self.dir.is_dir() {
             return Some(format!("data dir {} does not exist", self.dir.display()));
         }
-        (!db.is_file()).then(|| {
-            format!(
-                "no state DB at {}: a data dir named explicitly must hold SmolVM's DB (it is \
-                 not cleaned from the live system, where every <name>.log could look like a \
-                 VM's); name the one that holds smolvm.db, or name none to use SmolVM's own",
-                db.display()
-            )
-        })
+        let db = self.db.as_deref().filter(|_| self.db_named)?;
+        (!db.is_file()).then(|| format!("no state DB at {} (named by --db)", db.display()))
     }
 }
 
 /// Which data directories this run uses. An explicit choice (`--db`, `--state-dir`,
-/// `SMOLVM_DATA_DIR`) is used alone, even when it holds no DB yet. Otherwise every
+/// `SMOLVM_DATA_DIR`) is used alone, even when it holds no DB (lost, or removed by the
+/// recovery recipe). Otherwise every
 /// candidate that holds a `smolvm.db` is used (a sudo user's and root's can both exist);
 /// with none, the existing candidates still matter for leftover files.
 pub fn resolve(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Vec<DataDir> {
@@ -145,6 +143,7 @@ pub fn resolve(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Vec<Da
             dir,
             db: Some(db.to_path_buf()),
             explicit: true,
+            db_named: true,
         }];
     }
     let explicit = state_dir
@@ -156,6 +155,7 @@ pub fn resolve(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Vec<Da
             dir,
             db: Some(db),
             explicit: true,
+            db_named: false,
         }];
     }
     let mut seen = Vec::new();
@@ -173,12 +173,14 @@ pub fn resolve(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Vec<Da
                 dir,
                 db: Some(db),
                 explicit: false,
+                db_named: false,
             });
         } else if dir.is_dir() {
             existing.push(DataDir {
                 dir,
                 db: None,
                 explicit: false,
+                db_named: false,
             });
         }
     }
@@ -253,6 +255,7 @@ mod tests {
                 dir: "/data".into(),
                 db: Some("/data/smolvm.db".into()),
                 explicit: true,
+                db_named: false,
             }]
         );
         let r = resolve(None, Some(Path::new("/mine")), &e);

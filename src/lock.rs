@@ -1,10 +1,10 @@
-//! One cleanup at a time per data dir: an exclusive `flock` on `<data_dir>/smolvm-cleanup.lock`,
-//! taken before anything is read so a second run waits (bounded by `--timeout`) and then
-//! sees what the first one left. A dry run takes a shared lock on a lock file that
-//! already exists and creates nothing. The file is never deleted (that would race).
+//! One cleanup at a time per data dir: an exclusive `flock` on the data dir itself (its
+//! directory fd, as the roots resolved it), taken before anything is read so a second
+//! run waits (bounded by `--timeout`) and then sees what the first one left. A dry run
+//! or a check takes a shared one. No file is ever created for it: a run pointed at a
+//! directory that is not SmolVM's leaves nothing behind.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,59 +14,39 @@ use rustix::io::Errno;
 
 use crate::error::Error;
 
-pub const LOCK_NAME: &str = "smolvm-cleanup.lock";
-
 /// Held locks; dropping this releases them.
 pub struct Held {
-    _files: Vec<File>,
+    _fds: Vec<OwnedFd>,
 }
 
-/// Locks every directory in `dirs` (sorted, so two runs can never deadlock). A directory
-/// where the lock file cannot be opened (permissions) is reported through `warn` and
-/// skipped; a lock still held by another run at `deadline` is an error.
+/// Locks every directory in `dirs` (a name for messages, and a read-only fd of it),
+/// each once however it was named and in (device, inode) order, so two runs can never
+/// deadlock; a lock still held by another run at `deadline` is an error.
 pub fn acquire(
-    dirs: &[PathBuf],
+    dirs: Vec<(PathBuf, OwnedFd)>,
     exclusive: bool,
     deadline: Instant,
     stop: &AtomicBool,
     warn: &mut dyn FnMut(String),
 ) -> Result<Held, Error> {
-    let mut dirs: Vec<&PathBuf> = dirs.iter().filter(|d| d.is_dir()).collect();
-    dirs.sort();
-    dirs.dedup();
-    let mut files = Vec::new();
-    for dir in dirs {
-        let path = dir.join(LOCK_NAME);
-        let Some(file) = open(&path, exclusive, warn) else {
-            continue;
-        };
-        wait_for(&file, &path, exclusive, deadline, stop, warn)?;
-        files.push(file);
+    let mut keyed = Vec::new();
+    for (path, fd) in dirs {
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::sys(format!("lock {}", path.display()), e))?;
+        keyed.push(((st.st_dev, st.st_ino), path, fd));
     }
-    Ok(Held { _files: files })
-}
-
-fn open(path: &Path, exclusive: bool, warn: &mut dyn FnMut(String)) -> Option<File> {
-    let mut o = OpenOptions::new();
-    o.read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    if exclusive {
-        o.write(true).create(true).mode(0o600);
+    keyed.sort_by_key(|k| k.0);
+    // Two fds of one directory would conflict with each other: flock is per open file.
+    keyed.dedup_by_key(|k| k.0);
+    let mut fds = Vec::new();
+    for (_, path, fd) in keyed {
+        wait_for(&fd, &path, exclusive, deadline, stop, warn)?;
+        fds.push(fd);
     }
-    match o.open(path) {
-        Ok(f) => Some(f),
-        Err(e) if !exclusive && e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            warn(format!(
-                "cannot open lock {}: {e}; running without it",
-                path.display()
-            ));
-            None
-        }
-    }
+    Ok(Held { _fds: fds })
 }
 
 fn wait_for(
-    file: &File,
+    file: &OwnedFd,
     path: &Path,
     exclusive: bool,
     deadline: Instant,
@@ -114,42 +94,65 @@ mod tests {
 
     static NO: AtomicBool = AtomicBool::new(false);
 
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("smolvm-lock-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn fd(d: &Path) -> Vec<(PathBuf, OwnedFd)> {
+        vec![(d.to_path_buf(), std::fs::File::open(d).unwrap().into())]
+    }
+
     #[test]
     fn second_exclusive_lock_waits_until_the_deadline() {
-        let d = std::env::temp_dir().join(format!("smolvm-lock-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = scratch("ex");
         let mut notes = Vec::new();
         let far = Instant::now() + Duration::from_secs(5);
-        let held = acquire(std::slice::from_ref(&d), true, far, &NO, &mut |m| notes.push(m)).unwrap();
+        let held = acquire(fd(&d), true, far, &NO, &mut |m| notes.push(m)).unwrap();
         let soon = Instant::now() + Duration::from_millis(100);
-        let err = acquire(std::slice::from_ref(&d), true, soon, &NO, &mut |m| notes.push(m));
+        let err = acquire(fd(&d), true, soon, &NO, &mut |m| notes.push(m));
         assert!(err.is_err());
         assert_eq!(notes.len(), 1, "{notes:?}");
+        // A shared lock (a dry run) waits for the cleanup too.
+        assert!(acquire(fd(&d), false, soon, &NO, &mut |_| {}).is_err());
         drop(held);
-        assert!(acquire(std::slice::from_ref(&d), true, soon, &NO, &mut |_| {}).is_ok());
+        assert!(acquire(fd(&d), true, soon, &NO, &mut |_| {}).is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn one_directory_named_twice_is_locked_once() {
+        let d = scratch("twice");
+        let link = d.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        let soon = Instant::now() + Duration::from_millis(100);
+        let mut both = fd(&d);
+        both.extend(fd(&link));
+        assert!(acquire(both, true, soon, &NO, &mut |_| {}).is_ok());
+        std::fs::remove_file(&link).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn an_interrupt_ends_the_wait() {
-        let d = std::env::temp_dir().join(format!("smolvm-lock-int-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = scratch("int");
         let far = Instant::now() + Duration::from_secs(30);
-        let _held = acquire(std::slice::from_ref(&d), true, far, &NO, &mut |_| {}).unwrap();
+        let _held = acquire(fd(&d), true, far, &NO, &mut |_| {}).unwrap();
         let stop = AtomicBool::new(true);
         let t = Instant::now();
-        assert!(acquire(std::slice::from_ref(&d), true, far, &stop, &mut |_| {}).is_err());
+        assert!(acquire(fd(&d), true, far, &stop, &mut |_| {}).is_err());
         assert!(t.elapsed() < Duration::from_secs(5));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
-    fn shared_lock_creates_nothing() {
-        let d = std::env::temp_dir().join(format!("smolvm-lock-sh-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+    fn locking_creates_nothing() {
+        let d = scratch("none");
         let far = Instant::now() + Duration::from_secs(5);
-        drop(acquire(std::slice::from_ref(&d), false, far, &NO, &mut |_| {}).unwrap());
-        assert!(!d.join(LOCK_NAME).exists());
+        drop(acquire(fd(&d), true, far, &NO, &mut |_| {}).unwrap());
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -238,22 +238,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         signals::flag()
     });
     let read_only = mode != report::Mode::Clean;
-    // Taken before anything is read: a second run sees what the first one left.
-    // Not through a symlink: such a data dir is refused by discovery, and its lock file
-    // would land wherever the link points.
-    let mut lock_dirs: Vec<PathBuf> = dirs
-        .iter()
-        .map(|d| d.dir.clone())
-        .filter(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
-        .collect();
-    if lock_dirs.is_empty() {
-        lock_dirs.push(opts.socket_dir.clone());
-    }
-    let held = lock::acquire(&lock_dirs, !read_only, timing.deadline, stop, &mut |m| {
-        diag.warn(m)
-    })
-    .map_err(|e| Stop::Fatal(e.to_string()))?;
-    let found = discover::discover(&discover::Config {
+    let cfg = discover::Config {
         data_dirs: &dirs,
         other_dirs: &other_dirs,
         owners: owners(&env),
@@ -261,7 +246,18 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         read_only,
         deadline: timing.deadline,
         proc_root,
-    });
+    };
+    let mut found = discover::open(&cfg);
+    let held = take_lock(
+        &found,
+        &dirs,
+        &opts.socket_dir,
+        read_only,
+        timing.deadline,
+        stop,
+        diag,
+    )?;
+    discover::discover(&mut found, &cfg);
     announce(&found, &dirs, diag);
     let inv = reconcile::inventory(&found.obs);
     let plan = plan::build(
@@ -284,6 +280,41 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         stop,
         _lock: held,
     })
+}
+
+/// The run's lock, on the data dirs as discovery opened them (or, with none, the socket
+/// dir): taken before anything is read, so a second run sees what the first one left.
+/// Exclusive for a cleanup, shared for a dry run or a check.
+fn take_lock(
+    found: &discover::Discovery,
+    dirs: &[locate::DataDir],
+    socket_dir: &std::path::Path,
+    read_only: bool,
+    deadline: Instant,
+    stop: &'static std::sync::atomic::AtomicBool,
+    diag: &mut Diag,
+) -> Result<lock::Held, Stop> {
+    let mut places: Vec<&std::path::Path> = dirs
+        .iter()
+        .map(|d| d.dir.as_path())
+        .filter(|d| found.roots.get(d).is_some())
+        .collect();
+    if places.is_empty() {
+        places.push(socket_dir);
+    }
+    let mut fds = Vec::new();
+    for dir in places {
+        match found.roots.reopen(dir) {
+            Some(Ok(fd)) => fds.push((dir.to_path_buf(), fd)),
+            Some(Err(e)) => diag.warn(format!(
+                "{}; running without the cleanup lock",
+                error::Error::sys(format!("lock {}", dir.display()), e)
+            )),
+            None => {}
+        }
+    }
+    lock::acquire(fds, !read_only, deadline, stop, &mut |m| diag.warn(m))
+        .map_err(|e| Stop::Fatal(e.to_string()))
 }
 
 /// `--check`: the survey, and it also cannot vouch for what a listing failed to show.
@@ -346,22 +377,27 @@ fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop>
     Ok(report)
 }
 
-/// stderr: which DBs were read (or that none was found), discovery's warnings, and with
+/// stderr: one line per data dir (the DB read, its DB's error, that it holds none and
+/// the live system decides, or why it is refused), discovery's other warnings, and with
 /// `-v` what was seen.
 fn announce(found: &discover::Discovery, dirs: &[locate::DataDir], diag: &mut Diag) {
-    for (p, err) in &found.db_status {
-        if err.is_none() {
-            eprintln!("smolvm-cleanup: state DB: {}", p.display());
+    // A refused dir's line, and a DB's error, are among the warnings.
+    for dd in dirs.iter().filter(|dd| found.roots.get(&dd.dir).is_some()) {
+        let status = dd
+            .db
+            .as_ref()
+            .and_then(|db| found.db_status.iter().find(|(p, _)| p == db));
+        match status {
+            Some((p, None)) => eprintln!("smolvm-cleanup: state DB: {}", p.display()),
+            Some((_, Some(_))) => {}
+            None => eprintln!(
+                "smolvm-cleanup: no state DB found (in {}); reconciling from the live system",
+                dd.dir.display()
+            ),
         }
     }
-    if found.dbs.is_empty() {
-        let looked: Vec<String> = dirs.iter().map(|d| d.dir.display().to_string()).collect();
-        let place = if looked.is_empty() {
-            String::new()
-        } else {
-            format!(" (in {})", looked.join(", "))
-        };
-        eprintln!("smolvm-cleanup: no state DB found{place}; reconciling from the live system");
+    if dirs.is_empty() {
+        eprintln!("smolvm-cleanup: no state DB found; reconciling from the live system");
     }
     for w in &found.warnings {
         diag.warn(w.clone());

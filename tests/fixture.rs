@@ -124,7 +124,7 @@ impl Host {
         // The data dir sits at state/smolvm: named data.
         let mut out: Vec<String> = out
             .into_iter()
-            .filter(|f| f != "state" && !f.ends_with("smolvm-cleanup.lock"))
+            .filter(|f| f != "state")
             .map(|f| {
                 f.strip_prefix("state/smolvm")
                     .map_or(f.clone(), |r| format!("data{r}"))

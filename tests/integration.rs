@@ -14,3 +14,4 @@ mod fixture;
 mod operator;
 mod orphans;
 mod partial;
+mod paths;

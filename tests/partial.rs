@@ -120,7 +120,7 @@ fn a_db_another_user_cannot_read_is_unreadable_not_corrupt() {
         ),
     );
     assert!(!r.stderr.contains("SQLite database"), "{}", r.stderr);
-    w.snapshot().without_lock().assert_same(&before.without_lock());
+    w.snapshot().assert_same(&before);
     assert!(has_link("tap2") && has_link("tap9"));
     assert_eq!(w.status("vm-perm0001").unwrap().0, "running");
 }
@@ -329,7 +329,7 @@ fn nft_rules_that_cannot_be_listed_make_the_run_incomplete() {
         );
         r.expect(1, &want);
     }
-    w.snapshot().without_lock().assert_same(&before.without_lock());
+    w.snapshot().assert_same(&before);
     assert_eq!(w.ids(), ["keepme"]);
 }
 

@@ -17,11 +17,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn without_lock(mut self) -> Snapshot {
-        self.files.retain(|k, _| !k.ends_with("smolvm-cleanup.lock"));
-        self
-    }
-
     /// Panics naming what differs (files by name, not by their bytes).
     #[track_caller]
     pub fn assert_same(&self, before: &Snapshot) {
