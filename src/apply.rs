@@ -12,7 +12,7 @@ use std::fmt;
 
 use crate::error::{Error, Fault, is_gone};
 use crate::files::{Removal, Remover};
-use crate::model::{NftState, Op, Plan, Refusal, RowRef, is_smolvm_rule_table};
+use crate::model::{NftState, Op, Plan, Project, Refusal, RowRef};
 use crate::netlink::{self, link, nft};
 use crate::process::{self, Stopped, Timing};
 use crate::procfs::Procfs;
@@ -424,7 +424,7 @@ fn nft_run(w: &NftWork, deadline: Instant) -> NftDone {
     }
     match sock
         .map_err(Fault::from)
-        .and_then(|mut sock| nft::dump_smolvm(&mut sock, false))
+        .and_then(|mut sock| nft::dump_shared(&mut sock, false))
     {
         Ok(now) => {
             let mut present: BTreeSet<Op> = now.rules.iter().map(Op::for_rule).collect();
@@ -608,33 +608,36 @@ fn row_arg(r: &RowRef) -> (&str, Option<&str>) {
     (r.id.as_str(), r.updated_at.as_deref())
 }
 
-/// The shared teardown's decision, from a dump taken after the VMs went: the batch to
-/// run, or why none may run (that is `plan::shared_teardown`).
-pub type Teardown = fn(&NftState) -> Result<Vec<Op>, String>;
+/// The shared teardown's decision for one project, from a dump taken after the VMs went:
+/// the batch to run, or why none may run (that is `plan::shared_teardown`).
+pub type Teardown = fn(&NftState, Project) -> Result<Vec<Op>, String>;
 
-/// Why SmolVM's shared tables stay: the decision refused (something not SmolVM's, or a
-/// VM's, is still in them), or the kernel did not do it.
+/// Why a project's shared tables stay: the decision refused (something not the
+/// project's, or a VM's, is still in them), or the kernel did not do it.
 #[derive(Debug)]
 pub enum Shared {
     Refused(Error),
     Failed(Error),
 }
 
-/// With `--all`, once no VM is left: removes SmolVM's shared nft rules, maps and sets,
-/// base chains and tables in one all-or-nothing batch, as `decide` says from a fresh
-/// dump. Ok(false) when there was nothing to remove.
-pub fn remove_shared(deadline: Instant, decide: Teardown) -> Result<bool, Shared> {
-    let action = "remove SmolVM's shared nftables tables";
-    let err = |e: Fault| Shared::Failed(Error::sys(action, e));
+/// With `--all`, once the project has no VM left: removes its shared nft rules, maps and
+/// sets, base chains and tables in one all-or-nothing batch, as `decide` says from a
+/// fresh dump. Ok(false) when there was nothing to remove.
+pub fn remove_shared(deadline: Instant, project: Project, decide: Teardown) -> Result<bool, Shared> {
+    let action = format!("remove {}'s shared nftables tables", project.title());
+    let err = |e: Fault| Shared::Failed(Error::sys(action.clone(), e));
     let mut sock = netlink::Socket::netfilter(deadline).map_err(|e| err(e.into()))?;
-    let now = nft::dump_smolvm(&mut sock, true).map_err(err)?;
-    let ops = decide(&now).map_err(|why| Shared::Refused(Error::msg(action, why)))?;
+    let now = nft::dump_shared(&mut sock, true).map_err(err)?;
+    let ops = decide(&now, project).map_err(|why| Shared::Refused(Error::msg(action.clone(), why)))?;
     if ops.is_empty() {
         return Ok(false);
     }
     nft::delete_atomic(&mut sock, &ops).map_err(err)?;
     let left = nft::dump_tables(&mut sock).map_err(err)?;
-    if left.iter().any(|t| is_smolvm_rule_table(t.family, &t.name)) {
+    if left
+        .iter()
+        .any(|t| Project::of_shared_table(t.family, &t.name) == Some(project))
+    {
         return Err(Shared::Failed(Error::msg(
             action,
             "they are still present after the delete",

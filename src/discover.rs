@@ -1,7 +1,7 @@
-//! Gathers every fact cleanup decides on, once: the rows of each state DB, the processes
-//! rows point at and every VMM-looking process, one link dump, one rule dump per SmolVM
-//! table, the table list, and which VM sockets are still served. Reads only; decides
-//! nothing (that is `reconcile`).
+//! Gathers every fact cleanup decides on, once: the rows of each state DB (SmolVM's and
+//! Celesto's), the processes rows point at and every VMM-looking process, one link dump,
+//! one dump of both projects' shared nft tables, the table list, and which VM sockets
+//! are still served. Reads only; decides nothing (that is `reconcile`).
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Fault};
 use crate::files;
 use crate::locate::DataDir;
-use crate::model::{DirListing, Observed, socket_id};
+use crate::model::{DirListing, Observed, Project, socket_id};
 use crate::netlink::{self, link, nft};
 use crate::procfs::Procfs;
 use crate::state::{Db, is_corrupt};
@@ -19,7 +19,7 @@ pub struct Discovery {
     /// The opened DBs, by `Row::db` (None: that DB could not be used).
     pub dbs: Vec<Option<Db>>,
     /// Every state DB looked at, with why it could not be read (None: read).
-    pub db_status: Vec<(PathBuf, Option<String>)>,
+    pub db_status: Vec<DbStatus>,
     /// State DBs that exist but could not be read for a reason other than corruption
     /// (locked past the timeout, permissions, I/O): the run cannot vouch for their VMs.
     pub unread: Vec<String>,
@@ -34,10 +34,17 @@ pub struct Discovery {
     pub procfs: Procfs,
 }
 
+/// A state DB that exists, whose it is, and why it could not be read (None: read).
+pub struct DbStatus {
+    pub path: PathBuf,
+    pub project: Project,
+    pub error: Option<String>,
+}
+
 pub struct Config<'a> {
     pub data_dirs: &'a [DataDir],
-    /// Other SmolVM data dirs, read only to know which VMs they own.
-    pub other_dirs: &'a [PathBuf],
+    /// Other data dirs (either project's), read only to know which VMs they own.
+    pub other_dirs: &'a [DataDir],
     /// Who may own a data dir: root, the user we run as, and under sudo the invoking user.
     pub owners: Vec<u32>,
     pub socket_dir: PathBuf,
@@ -119,44 +126,50 @@ fn open_roots(d: &mut Discovery, cfg: &Config<'_>) {
 /// read this time, which makes the run incomplete).
 fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
     for dd in cfg.data_dirs.iter().filter(|dd| d.roots.get(&dd.dir).is_some()) {
-        let Some(path) = &dd.db else { continue };
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("smolvm.db");
-        let Some(via) = d.roots.path_in(&dd.dir, name) else {
-            continue;
-        };
-        if !via.exists() {
-            continue; // No DB means no rows, not an error.
-        }
-        let index = d.dbs.len();
-        d.obs.db_dirs.push(dd.dir.clone());
-        let opened = Db::open(path, &via, cfg.read_only, cfg.deadline).and_then(|db| {
-            let rows = db.load(index)?;
-            Ok((db, rows))
-        });
-        match opened {
-            Ok((db, rows)) => {
-                d.obs.rows.extend(rows);
-                d.dbs.push(Some(db));
-                d.db_status.push((path.clone(), None));
+        for (project, path) in &dd.dbs {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let Some(via) = d.roots.path_in(&dd.dir, name) else {
+                continue;
+            };
+            if !via.exists() {
+                continue; // No DB means no rows, not an error.
             }
-            Err(e) => {
-                d.db_status.push((path.clone(), Some(e.to_string())));
-                // Its rows are unknown, whatever the reason: the VMs they would keep must
-                // not be taken for leftovers. A damaged DB's own line says how to recover
-                // (a file named by --db is not SmolVM's DB to recover from).
-                if is_corrupt(&e) && !dd.db_named {
-                    d.warnings.push(format!(
-                        "{e}; the file is left untouched and no leftover is taken this run. To \
-                         recover, back it up, remove it and run cleanup again (mv {0} {0}.bak), \
-                         which reclaims from the live system",
-                        path.display()
-                    ));
-                } else {
-                    d.warnings.push(format!("{e}; its VMs are skipped this run"));
+            let index = d.dbs.len();
+            d.obs.db_dirs.push(dd.dir.clone());
+            let opened = Db::open(path, &via, cfg.read_only, cfg.deadline).and_then(|db| {
+                let rows = db.load(index, *project)?;
+                Ok((db, rows))
+            });
+            let status = |error| DbStatus {
+                path: path.clone(),
+                project: *project,
+                error,
+            };
+            match opened {
+                Ok((db, rows)) => {
+                    d.obs.rows.extend(rows);
+                    d.dbs.push(Some(db));
+                    d.db_status.push(status(None));
                 }
-                d.unread.push(e.to_string());
-                d.obs.rows_incomplete = true;
-                d.dbs.push(None);
+                Err(e) => {
+                    d.db_status.push(status(Some(e.to_string())));
+                    // Its rows are unknown, whatever the reason: the VMs they would keep
+                    // must not be taken for leftovers. A damaged DB's own line says how to
+                    // recover (a file named by --db is not a DB to recover from).
+                    if is_corrupt(&e) && !dd.db_named {
+                        d.warnings.push(format!(
+                            "{e}; the file is left untouched and no leftover is taken this run. \
+                             To recover, back it up, remove it and run cleanup again (mv {0} \
+                             {0}.bak), which reclaims from the live system",
+                            path.display()
+                        ));
+                    } else {
+                        d.warnings.push(format!("{e}; its VMs are skipped this run"));
+                    }
+                    d.unread.push(e.to_string());
+                    d.obs.rows_incomplete = true;
+                    d.dbs.push(None);
+                }
             }
         }
     }
@@ -165,9 +178,11 @@ fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
 /// The rows of the other data dirs' DBs (read-only): their VMs are someone else's. One
 /// that cannot be read hides VMs that may be anyone's: no rowless leftover is taken.
 fn read_other_dbs(d: &mut Discovery, cfg: &Config<'_>) {
-    for dir in cfg.other_dirs {
-        let path = dir.join("smolvm.db");
-        match Db::open(&path, &path, true, cfg.deadline).and_then(|db| db.load(usize::MAX)) {
+    for (project, path) in cfg.other_dirs.iter().flat_map(|dd| &dd.dbs) {
+        if !path.is_file() {
+            continue;
+        }
+        match Db::open(path, path, true, cfg.deadline).and_then(|db| db.load(usize::MAX, *project)) {
             Ok(rows) => d.obs.other_rows.extend(rows),
             Err(e) => {
                 d.warnings.push(format!(
@@ -179,7 +194,7 @@ fn read_other_dbs(d: &mut Discovery, cfg: &Config<'_>) {
     }
 }
 
-/// One link dump and one dump of SmolVM's nft tables.
+/// One link dump and one dump of both projects' shared nft tables.
 fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
     match netlink::Socket::route(cfg.deadline)
         .map_err(Fault::from)
@@ -191,7 +206,7 @@ fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
 
     match netlink::Socket::netfilter(cfg.deadline)
         .map_err(Fault::from)
-        .and_then(|mut s| nft::dump_smolvm(&mut s, false))
+        .and_then(|mut s| nft::dump_shared(&mut s, false))
     {
         Ok(dump) => {
             d.obs.tables = dump.tables;

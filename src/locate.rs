@@ -1,7 +1,14 @@
-//! Where SmolVM keeps its state: the data directories to look at, in SmolVM's own order.
-//! Looking never creates a directory (SmolVM's resolver does; a cleanup tool must not).
+//! Where SmolVM and Celesto keep their state: the data directories to look at, in their
+//! own order, and the DB files in each. Looking never creates a directory (their
+//! resolvers do; a cleanup tool must not).
+//!
+//! A data dir is a directory; it may hold either project's DB or both (Celesto writes
+//! `celesto.db` into a user's legacy `~/.local/state/smolvm` while no
+//! `~/.local/state/celesto` exists, and `SMOLVM_DATA_DIR` alone points both at one dir).
 
 use std::path::{Path, PathBuf};
+
+use crate::model::Project;
 
 /// The environment facts the resolution depends on, gathered once so the rules stay pure.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -12,7 +19,9 @@ pub struct Env {
     pub sudo_home: Option<PathBuf>,
     pub home: Option<PathBuf>,
     pub xdg_state_home: Option<PathBuf>,
-    pub smolvm_data_dir: Option<PathBuf>,
+    /// `SMOLVM_DATA_DIR`, `CELESTO_DATA_DIR`: the data dirs named by the projects' own
+    /// variables (Celesto copies the first into the second when that is unset).
+    pub named: Vec<(Project, PathBuf)>,
 }
 
 impl Env {
@@ -29,8 +38,22 @@ impl Env {
             sudo_home,
             home: var("HOME"),
             xdg_state_home: var("XDG_STATE_HOME"),
-            smolvm_data_dir: var("SMOLVM_DATA_DIR"),
+            named: Project::ALL
+                .into_iter()
+                .filter_map(|p| Some((p, var(p.names().data_dir_var)?)))
+                .collect(),
         }
+    }
+
+    /// The data dirs the projects' variables name, each once.
+    pub fn named_dirs(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for (_, dir) in &self.named {
+            if !out.contains(dir) {
+                out.push(dir.clone());
+            }
+        }
+        out
     }
 }
 
@@ -42,29 +65,38 @@ pub fn passwd_home(passwd: &str, user: &str) -> Option<PathBuf> {
     })
 }
 
-/// SmolVM's candidate data directories, most preferred first (its `_candidate_data_dirs`,
-/// legacy `~/.smolvm/state` included because old releases wrote there).
+/// The candidate data directories of both projects, most preferred first: each
+/// project's `_candidate_data_dirs` (user state dir and `/var/lib/<key>`, root without
+/// sudo preferring the latter), SmolVM's then Celesto's at each rank, and SmolVM's
+/// legacy `~/.smolvm/state` (0.0.1–0.0.6). Celesto's legacy rule (its user state dir is
+/// `<state>/smolvm` while `<state>/celesto` does not exist) needs no entry: both are here.
 pub fn candidates(env: &Env) -> Vec<PathBuf> {
-    if let Some(dir) = &env.smolvm_data_dir {
-        return vec![dir.clone()];
+    let named = env.named_dirs();
+    if !named.is_empty() {
+        return named;
     }
-    let var_lib = PathBuf::from("/var/lib/smolvm");
+    let var_lib: Vec<PathBuf> = Project::ALL
+        .iter()
+        .map(|p| Path::new("/var/lib").join(p.names().key))
+        .collect();
     let user_dirs = |home: &Path, xdg: Option<&Path>| {
         let state = match xdg {
-            Some(x) => x.join("smolvm"),
-            None => home.join(".local/state/smolvm"),
+            Some(x) => x.to_path_buf(),
+            None => home.join(".local/state"),
         };
-        [state, home.join(".smolvm/state")]
+        let mut v: Vec<PathBuf> = Project::ALL.iter().map(|p| state.join(p.names().key)).collect();
+        v.push(home.join(".smolvm/state"));
+        v
     };
     let mut out = Vec::new();
     match (env.euid, env.sudo_user.as_deref(), env.sudo_home.as_deref()) {
         (0, Some(user), Some(home)) if user != "root" => {
             // XDG_STATE_HOME is the invoking shell's, not the sudo user's: SmolVM ignores it.
             out.extend(user_dirs(home, None));
-            out.push(var_lib);
+            out.extend(var_lib);
         }
         (0, _, _) => {
-            out.push(var_lib);
+            out.extend(var_lib);
             if let Some(home) = &env.home {
                 out.extend(user_dirs(home, env.xdg_state_home.as_deref()));
             }
@@ -73,46 +105,71 @@ pub fn candidates(env: &Env) -> Vec<PathBuf> {
             if let Some(home) = &env.home {
                 out.extend(user_dirs(home, env.xdg_state_home.as_deref()));
             }
-            out.push(var_lib);
+            out.extend(var_lib);
         }
     }
     out
 }
 
-/// When the run is limited to data dirs named explicitly: the other SmolVM data dirs on
-/// the host that hold a DB (SmolVM's candidates). Their rows are read, never written, so
-/// that a VM another data dir owns (a parallel CI job's) is never taken for a leftover.
-pub fn others(env: &Env, chosen: &[DataDir]) -> Vec<PathBuf> {
+/// The DB files a data dir may hold, one per project.
+fn db_files(dir: &Path) -> Vec<(Project, PathBuf)> {
+    Project::ALL
+        .into_iter()
+        .map(|p| (p, dir.join(p.names().db_file)))
+        .collect()
+}
+
+fn holds_a_db(dir: &Path) -> bool {
+    db_files(dir).iter().any(|(_, f)| f.is_file())
+}
+
+/// When the run is limited to data dirs named explicitly: the other data dirs on the host
+/// that hold a DB of either project (their candidates). Their rows are read, never
+/// written, so that a VM another data dir owns (a parallel CI job's) is never taken for
+/// a leftover.
+pub fn others(env: &Env, chosen: &[DataDir]) -> Vec<DataDir> {
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let taken: Vec<PathBuf> = chosen.iter().map(|d| canon(&d.dir)).collect();
     let env = Env {
-        smolvm_data_dir: None,
+        named: Vec::new(),
         ..env.clone()
     };
-    let mut out: Vec<PathBuf> = Vec::new();
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut out = Vec::new();
     for dir in candidates(&env) {
         let key = canon(&dir);
-        if dir.join("smolvm.db").is_file() && !taken.contains(&key) && !out.iter().any(|o| canon(o) == key) {
-            out.push(dir);
+        if holds_a_db(&dir) && !taken.contains(&key) && !seen.contains(&key) {
+            seen.push(key);
+            out.push(DataDir::of(dir, false));
         }
     }
     out
 }
 
-/// A data directory and its DB file, if it has one.
+/// A data directory and the DB files it may hold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataDir {
     pub dir: PathBuf,
-    pub db: Option<PathBuf>,
-    /// Named by `--db`, `--state-dir` or `SMOLVM_DATA_DIR`: the run is limited to it, and
-    /// it must exist (a typo is an error). Holding no DB, it is reconciled from the live
-    /// system as SmolVM's own data dir is.
+    /// The DB files looked for, with whose each is (those that do not exist are skipped).
+    pub dbs: Vec<(Project, PathBuf)>,
+    /// Named by `--db`, `--state-dir`, `SMOLVM_DATA_DIR` or `CELESTO_DATA_DIR`: the run is
+    /// limited to it, and it must exist (a typo is an error). Holding no DB, it is
+    /// reconciled from the live system as the projects' own data dirs are.
     pub explicit: bool,
-    /// Named by `--db`: a file named explicitly must be SmolVM's DB.
+    /// Named by `--db`: a file named explicitly must be a state DB.
     pub db_named: bool,
 }
 
 impl DataDir {
+    fn of(dir: PathBuf, explicit: bool) -> DataDir {
+        DataDir {
+            dbs: db_files(&dir),
+            dir,
+            explicit,
+            db_named: false,
+        }
+    }
+
     /// Why this explicitly named place cannot be cleaned, when it cannot: the directory
     /// does not exist, or the file `--db` names does not. (A file that is not SQLite is
     /// found by discovery.)
@@ -123,40 +180,37 @@ impl DataDir {
         if !self.dir.is_dir() {
             return Some(format!("data dir {} does not exist", self.dir.display()));
         }
-        let db = self.db.as_deref().filter(|_| self.db_named)?;
+        let (_, db) = self.dbs.first().filter(|_| self.db_named)?;
         (!db.is_file()).then(|| format!("no state DB at {} (named by --db)", db.display()))
     }
 }
 
-/// Which data directories this run uses. An explicit choice (`--db`, `--state-dir`,
-/// `SMOLVM_DATA_DIR`) is used alone, even when it holds no DB (lost, or removed by the
-/// recovery recipe). Otherwise every
-/// candidate that holds a `smolvm.db` is used (a sudo user's and root's can both exist);
-/// with none, the existing candidates still matter for leftover files.
+/// Which data directories this run uses. An explicit choice (`--db`, `--state-dir`, the
+/// projects' variables) is used alone, even when it holds no DB (lost, or removed by the
+/// recovery recipe). Otherwise every candidate that holds a DB of either project is used
+/// (a sudo user's and root's, SmolVM's and Celesto's can all exist); with none, the
+/// existing candidates still matter for leftover files.
 pub fn resolve(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Vec<DataDir> {
     if let Some(db) = db {
         let dir = db
             .parent()
+            .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
+        let name = db.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         return vec![DataDir {
             dir,
-            db: Some(db.to_path_buf()),
+            dbs: vec![(Project::of_db_file(name), db.to_path_buf())],
             explicit: true,
             db_named: true,
         }];
     }
-    let explicit = state_dir
-        .map(Path::to_path_buf)
-        .or_else(|| env.smolvm_data_dir.clone());
-    if let Some(dir) = explicit {
-        let db = dir.join("smolvm.db");
-        return vec![DataDir {
-            dir,
-            db: Some(db),
-            explicit: true,
-            db_named: false,
-        }];
+    if let Some(dir) = state_dir {
+        return vec![DataDir::of(dir.to_path_buf(), true)];
+    }
+    let named = env.named_dirs();
+    if !named.is_empty() {
+        return named.into_iter().map(|d| DataDir::of(d, true)).collect();
     }
     let mut seen = Vec::new();
     let mut with_db = Vec::new();
@@ -167,21 +221,10 @@ pub fn resolve(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Vec<Da
             continue;
         }
         seen.push(key);
-        let db = dir.join("smolvm.db");
-        if db.is_file() {
-            with_db.push(DataDir {
-                dir,
-                db: Some(db),
-                explicit: false,
-                db_named: false,
-            });
+        if holds_a_db(&dir) {
+            with_db.push(DataDir::of(dir, false));
         } else if dir.is_dir() {
-            existing.push(DataDir {
-                dir,
-                db: None,
-                explicit: false,
-                db_named: false,
-            });
+            existing.push(DataDir::of(dir, false));
         }
     }
     if with_db.is_empty() { existing } else { with_db }
@@ -209,7 +252,9 @@ mod tests {
             strs(candidates(&env(0))),
             [
                 "/var/lib/smolvm",
+                "/var/lib/celesto",
                 "/home/ci/.local/state/smolvm",
+                "/home/ci/.local/state/celesto",
                 "/home/ci/.smolvm/state"
             ]
         );
@@ -221,7 +266,13 @@ mod tests {
         e.xdg_state_home = Some("/x/state".into());
         assert_eq!(
             strs(candidates(&e)),
-            ["/x/state/smolvm", "/home/ci/.smolvm/state", "/var/lib/smolvm"]
+            [
+                "/x/state/smolvm",
+                "/x/state/celesto",
+                "/home/ci/.smolvm/state",
+                "/var/lib/smolvm",
+                "/var/lib/celesto"
+            ]
         );
     }
 
@@ -235,8 +286,10 @@ mod tests {
             strs(candidates(&e)),
             [
                 "/home/alice/.local/state/smolvm",
+                "/home/alice/.local/state/celesto",
                 "/home/alice/.smolvm/state",
-                "/var/lib/smolvm"
+                "/var/lib/smolvm",
+                "/var/lib/celesto"
             ]
         );
         e.sudo_user = Some("root".into());
@@ -244,22 +297,36 @@ mod tests {
     }
 
     #[test]
-    fn env_override_wins() {
+    fn the_projects_variables_win_and_a_dir_holds_either_db() {
         let mut e = env(0);
-        e.smolvm_data_dir = Some("/data".into());
+        e.named = vec![(Project::SmolVM, "/data".into())];
         assert_eq!(strs(candidates(&e)), ["/data"]);
         let r = resolve(None, None, &e);
         assert_eq!(
             r,
             vec![DataDir {
                 dir: "/data".into(),
-                db: Some("/data/smolvm.db".into()),
+                dbs: vec![
+                    (Project::SmolVM, "/data/smolvm.db".into()),
+                    (Project::Celesto, "/data/celesto.db".into())
+                ],
                 explicit: true,
                 db_named: false,
             }]
         );
+        e.named.push((Project::Celesto, "/data".into()));
+        assert_eq!(resolve(None, None, &e).len(), 1, "one dir named twice is one dir");
+        e.named[1].1 = "/cdata".into();
+        assert_eq!(strs(candidates(&e)), ["/data", "/cdata"]);
         let r = resolve(None, Some(Path::new("/mine")), &e);
         assert_eq!(r[0].dir, PathBuf::from("/mine"));
+        let r = resolve(Some(Path::new("/x/celesto.db")), None, &e);
+        assert_eq!(r[0].dbs, [(Project::Celesto, PathBuf::from("/x/celesto.db"))]);
+        let r = resolve(Some(Path::new("state.db")), None, &e);
+        assert_eq!(
+            (r[0].dir.as_path(), r[0].dbs[0].0),
+            (Path::new("."), Project::SmolVM)
+        );
     }
 
     #[test]

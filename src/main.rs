@@ -218,16 +218,16 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     if let Some(why) = dirs.iter().find_map(locate::DataDir::unusable) {
         return Err(Stop::Fatal(why));
     }
-    let limited = opts.db.is_some() || opts.state_dir.is_some() || env.smolvm_data_dir.is_some();
+    let limited = opts.db.is_some() || opts.state_dir.is_some() || !env.named.is_empty();
     let other_dirs = if limited {
         locate::others(&env, &dirs)
     } else {
         Vec::new()
     };
     if !other_dirs.is_empty() {
-        let list: Vec<String> = other_dirs.iter().map(|d| d.display().to_string()).collect();
+        let list: Vec<String> = other_dirs.iter().map(|d| d.dir.display().to_string()).collect();
         eprintln!(
-            "smolvm-cleanup: the VMs of the other SmolVM data dirs ({}) are theirs: their resources are not leftovers here",
+            "smolvm-cleanup: the VMs of the other data dirs ({}) are theirs: their resources are not leftovers here",
             list.join(", ")
         );
     }
@@ -364,10 +364,18 @@ fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop>
             diag.warn(w);
         }
     }
-    let shared = opts.all && plan.remaining == 0 && !found.obs.rows_incomplete && found.nft_error.is_none();
-    if shared && report.failures() == 0 {
-        match apply::remove_shared(s.timing.deadline, plan::shared_teardown) {
-            Ok(true) => eprintln!("smolvm-cleanup: no VM is left: removed SmolVM's shared nftables tables"),
+    // With --all, a project's shared tables go once it has no VM left.
+    let shared =
+        opts.all && !found.obs.rows_incomplete && found.nft_error.is_none() && report.failures() == 0;
+    for project in model::Project::ALL
+        .into_iter()
+        .filter(|p| shared && !plan.kept_projects.contains(p))
+    {
+        match apply::remove_shared(s.timing.deadline, project, plan::shared_teardown) {
+            Ok(true) => eprintln!(
+                "smolvm-cleanup: no {0} VM is left: removed {0}'s shared nftables tables",
+                project.title()
+            ),
             Ok(false) => {}
             Err(apply::Shared::Refused(e)) => diag.warn(format!("{e}; they are kept")),
             // --all asked for them and the kernel did not remove them: the run failed.
@@ -383,17 +391,26 @@ fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop>
 fn announce(found: &discover::Discovery, dirs: &[locate::DataDir], diag: &mut Diag) {
     // A refused dir's line, and a DB's error, are among the warnings.
     for dd in dirs.iter().filter(|dd| found.roots.get(&dd.dir).is_some()) {
-        let status = dd
-            .db
-            .as_ref()
-            .and_then(|db| found.db_status.iter().find(|(p, _)| p == db));
-        match status {
-            Some((p, None)) => eprintln!("smolvm-cleanup: state DB: {}", p.display()),
-            Some((_, Some(_))) => {}
-            None => eprintln!(
+        let mut any = false;
+        for st in found
+            .db_status
+            .iter()
+            .filter(|st| dd.dbs.iter().any(|(_, p)| *p == st.path))
+        {
+            any = true;
+            if st.error.is_none() {
+                eprintln!(
+                    "smolvm-cleanup: state DB: {} ({})",
+                    st.path.display(),
+                    st.project.title()
+                );
+            }
+        }
+        if !any {
+            eprintln!(
                 "smolvm-cleanup: no state DB found (in {}); reconciling from the live system",
                 dd.dir.display()
-            ),
+            );
         }
     }
     if dirs.is_empty() {
@@ -473,7 +490,13 @@ fn assemble(
         dbs: found
             .db_status
             .iter()
-            .map(|(p, e)| (p.display().to_string(), e.clone()))
+            .map(|st| {
+                (
+                    st.path.display().to_string(),
+                    st.project.title(),
+                    st.error.clone(),
+                )
+            })
             .collect(),
         stale: plan.stale.clone(),
         targets: plan

@@ -54,21 +54,118 @@ pub const NFPROTO_INET: u8 = 1;
 
 pub const NFPROTO_IPV4: u8 = 2;
 
-/// SmolVM's two shared nft tables, (family, name): its per-VM rules live only there.
-pub const SMOLVM_TABLES: [(u8, &str); 2] = [(NFPROTO_IPV4, "smolvm_nat"), (NFPROTO_INET, "smolvm_filter")];
+/// The names SmolVM's code has shipped under: SmolVM (PyPI `smolvm` 0.0.x) and its
+/// successor Celesto (PyPI `celesto` 0.1.x: the same code, its host state renamed).
+/// Both draw from one TAP/IP pool and one socket namespace; everything else cleanup
+/// matches by name comes from `Names`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Project {
+    #[default]
+    SmolVM,
+    Celesto,
+}
 
-/// The maps and sets SmolVM (0.0.8+) keeps in its two shared tables.
-pub const SMOLVM_SETS: [&str; 5] = [
+/// One project's names for its host state.
+#[derive(Debug)]
+pub struct Names {
+    /// As users read it: `SmolVM`, `Celesto`.
+    pub title: &'static str,
+    /// The directory name of its data dirs (`/var/lib/<key>`, `$XDG_STATE_HOME/<key>`).
+    pub key: &'static str,
+    /// The variable that names its data dir.
+    pub data_dir_var: &'static str,
+    pub db_file: &'static str,
+    /// Its shared tables: `ip <nat>` and `inet <filter>`.
+    pub nat: &'static str,
+    pub filter: &'static str,
+    /// `inet <policy><tap>`, one per TAP (SmolVM 0.0.32+).
+    pub policy: &'static str,
+    /// Its rule comments start with this.
+    pub comment: &'static str,
+    /// A bridge TAP's ifalias: `<bridge_alias><id>`.
+    pub bridge_alias: &'static str,
+}
+
+const SMOLVM_NAMES: Names = Names {
+    title: "SmolVM",
+    key: "smolvm",
+    data_dir_var: "SMOLVM_DATA_DIR",
+    db_file: "smolvm.db",
+    nat: "smolvm_nat",
+    filter: "smolvm_filter",
+    policy: "smolvm_policy_",
+    comment: "smolvm:",
+    bridge_alias: "smolvm-bridge:",
+};
+
+const CELESTO_NAMES: Names = Names {
+    title: "Celesto",
+    key: "celesto",
+    data_dir_var: "CELESTO_DATA_DIR",
+    db_file: "celesto.db",
+    nat: "celesto_nat",
+    filter: "celesto_filter",
+    policy: "celesto_policy_",
+    comment: "celesto:",
+    bridge_alias: "celesto-bridge:",
+};
+
+impl Project {
+    pub const ALL: [Project; 2] = [Project::SmolVM, Project::Celesto];
+
+    pub fn names(self) -> &'static Names {
+        match self {
+            Project::SmolVM => &SMOLVM_NAMES,
+            Project::Celesto => &CELESTO_NAMES,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        self.names().title
+    }
+
+    /// Its two shared tables, (nfproto, name): its per-VM rules live only there.
+    pub fn shared_tables(self) -> [(u8, &'static str); 2] {
+        let n = self.names();
+        [(NFPROTO_IPV4, n.nat), (NFPROTO_INET, n.filter)]
+    }
+
+    /// Whose shared table this is.
+    pub fn of_shared_table(nfproto: u8, table: &str) -> Option<Project> {
+        Project::ALL
+            .into_iter()
+            .find(|p| p.shared_tables().contains(&(nfproto, table)))
+    }
+
+    /// Whose per-TAP policy table this is, and the TAP it names.
+    pub fn of_policy_table(nfproto: u8, table: &str) -> Option<(Project, &str)> {
+        if nfproto != NFPROTO_INET {
+            return None;
+        }
+        Project::ALL
+            .into_iter()
+            .find_map(|p| Some((p, table.strip_prefix(p.names().policy)?)))
+    }
+
+    /// Whose DB a file named `name` is (`celesto.db`; anything else is SmolVM's, the name
+    /// `--db` has always been given).
+    pub fn of_db_file(name: &str) -> Project {
+        if name.starts_with(CELESTO_NAMES.key) {
+            Project::Celesto
+        } else {
+            Project::SmolVM
+        }
+    }
+}
+
+/// The maps and sets SmolVM (0.0.8+) keeps in its two shared tables (Celesto's too).
+pub const SHARED_SETS: [&str; 5] = [
     "dnat_ext",
     "dnat_local",
     "snat_return",
     "fwd_allow",
     "allowed_taps",
 ];
-
-pub fn is_smolvm_rule_table(family: u8, table: &str) -> bool {
-    SMOLVM_TABLES.contains(&(family, table))
-}
 
 /// A `--prefix` must be something a valid id can start with.
 pub fn valid_prefix(prefix: &str) -> bool {
@@ -113,6 +210,8 @@ impl Status {
 pub struct Row {
     /// Index of the state DB this row came from (`Observed::dbs`).
     pub db: usize,
+    /// Whose DB that is.
+    pub project: Project,
     pub id: String,
     pub status: Status,
     /// Raw `pid` column; absurd values are judged by the reconciler.
@@ -204,6 +303,13 @@ pub struct Rule {
     pub ipv4: Vec<[u8; 4]>,
 }
 
+impl Rule {
+    /// Whose shared table holds it.
+    pub fn project(&self) -> Option<Project> {
+        Project::of_shared_table(self.family, &self.table)
+    }
+}
+
 /// An nf_tables chain from the dump.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
@@ -251,21 +357,25 @@ impl Elem {
     pub fn meaning(&self) -> ElemMeaning {
         let port = |b: &[u8], at: usize| b.get(at..at + 2).map(|p| u16::from_be_bytes([p[0], p[1]]));
         let ip = |b: &[u8], at: usize| b.get(at..at + 4).and_then(|p| <[u8; 4]>::try_from(p).ok());
-        match (self.family, self.table.as_str(), self.set.as_str()) {
-            (NFPROTO_IPV4, "smolvm_nat", "dnat_ext" | "dnat_local") => {
+        let Some(project) = self.project() else {
+            return ElemMeaning::Other;
+        };
+        let n = project.names();
+        let (nat, filter) = (
+            self.family == NFPROTO_IPV4 && self.table == n.nat,
+            self.family == NFPROTO_INET && self.table == n.filter,
+        );
+        match self.set.as_str() {
+            "dnat_ext" | "dnat_local" if nat => {
                 let data = self.data.as_deref().unwrap_or_default();
                 match (port(&self.key, 0), ip(data, 0), port(data, 4)) {
                     (Some(port), Some(ip), Some(guest_port)) => ElemMeaning::Forward { port, ip, guest_port },
                     _ => ElemMeaning::Other,
                 }
             }
-            (NFPROTO_IPV4, "smolvm_nat", "snat_return") | (NFPROTO_INET, "smolvm_filter", "fwd_allow") => {
-                match (ip(&self.key, 0), port(&self.key, 4)) {
-                    (Some(ip), Some(port)) => ElemMeaning::Guest { ip, port },
-                    _ => ElemMeaning::Other,
-                }
-            }
-            (NFPROTO_INET, "smolvm_filter", "allowed_taps") => {
+            "snat_return" if nat => Elem::guest(ip(&self.key, 0), port(&self.key, 4)),
+            "fwd_allow" if filter => Elem::guest(ip(&self.key, 0), port(&self.key, 4)),
+            "allowed_taps" if filter => {
                 let end = self.key.iter().position(|&b| b == 0).unwrap_or(self.key.len());
                 match std::str::from_utf8(&self.key[..end]) {
                     Ok(tap) if valid_tap_name(tap) => ElemMeaning::Tap(tap.to_string()),
@@ -274,6 +384,18 @@ impl Elem {
             }
             _ => ElemMeaning::Other,
         }
+    }
+
+    fn guest(ip: Option<[u8; 4]>, port: Option<u16>) -> ElemMeaning {
+        match (ip, port) {
+            (Some(ip), Some(port)) => ElemMeaning::Guest { ip, port },
+            _ => ElemMeaning::Other,
+        }
+    }
+
+    /// Whose shared table holds it.
+    pub fn project(&self) -> Option<Project> {
+        Project::of_shared_table(self.family, &self.table)
     }
 }
 
@@ -284,8 +406,8 @@ pub struct Table {
     pub name: String,
 }
 
-/// SmolVM's nf_tables objects as one dump shows them: every table, and the chains (when
-/// asked), rules, sets and set elements of SmolVM's two shared tables.
+/// The nf_tables objects of SmolVM's and Celesto's as one dump shows them: every table,
+/// and the chains (when asked), rules, sets and set elements of each one's shared tables.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NftState {
     pub tables: Vec<Table>,
@@ -525,6 +647,10 @@ pub struct DirListing {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Vm {
     pub id: String,
+    /// Whose VM it is: its rows' projects; for a VM with no row, the projects whose
+    /// objects name it (all, when only a shared name such as a socket does). Only these
+    /// projects' nft objects are attributed to it.
+    pub projects: Vec<Project>,
     /// Indexes into `Observed::rows`.
     pub rows: Vec<usize>,
     pub status: Option<Status>,
@@ -566,8 +692,9 @@ pub struct Inventory {
     /// Hostile or inconsistent input, for stderr.
     pub warnings: Vec<String>,
     /// Things left alone that are not in `vms` (rows with hostile ids, held TAPs): while
-    /// any remains, SmolVM's shared nft tables stay.
+    /// any remains, the shared nft tables of its projects (`kept_projects`) stay.
     pub kept: usize,
+    pub kept_projects: BTreeSet<Project>,
     /// Files named like a VM's log or disk that no row and nothing only SmolVM makes
     /// corroborates: a user's `backup.log` is no VM, so these are never touched.
     pub unattributed: Vec<FileRef>,
@@ -617,6 +744,8 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// VMs (and other SmolVM things) that stay after this run if every target goes.
     pub remaining: usize,
+    /// The projects those belong to: a project's shared tables stay while it has any.
+    pub kept_projects: BTreeSet<Project>,
     /// Link groups in use on the host: the TAP batch delete needs one that is not.
     pub link_groups: Vec<u32>,
     pub warnings: Vec<String>,

@@ -1,38 +1,44 @@
 //! Pure: which VMs are targets, in which order, and which of their resources may be
 //! deleted. Stale VMs are always targets; `--prefix` adds VMs by id; `--all` takes every
 //! VM in the state DB's order. A resource that a VM outside the targets also claims (two
-//! rows naming one TAP) is never deleted.
+//! rows naming one TAP, a SmolVM and a Celesto VM given the same TAP) is never deleted.
 
 use std::collections::BTreeSet;
 
 use crate::model::{
-    Chain, Inventory, NftState, Observed, Op, Plan, RowRef, SMOLVM_SETS, SMOLVM_TABLES, TapRef, Target, Vm,
+    Chain, Inventory, NftState, Observed, Op, Plan, Project, RowRef, SHARED_SETS, TapRef, Target, Vm,
 };
 
-/// The base chains SmolVM creates in each of `SMOLVM_TABLES`, in the same order.
+/// The base chains each project creates in its two shared tables, in the same order.
 const BASE_CHAINS: [&[&str]; 2] = [&["prerouting", "output", "postrouting"], &["forward"]];
 
-/// The batch that removes SmolVM's shared nft objects once no VM is left: its shared
-/// rules (`smolvm:global:*`, `smolvm:map:*`), then its maps and sets (0.0.8+), then its
-/// base chains, then its two tables, each only if empty (so anything someone else added
-/// keeps them all). Refused when a rule without a SmolVM comment, a VM's own rule, an
-/// element of a map or set, or a chain or set SmolVM did not create is still there.
-pub fn shared_teardown(now: &NftState) -> Result<Vec<Op>, String> {
+/// The batch that removes a project's shared nft objects once it has no VM left: its
+/// shared rules (`smolvm:global:*`, `smolvm:map:*`; `celesto:…` for Celesto), then its
+/// maps and sets (0.0.8+), then its base chains, then its two tables, each only if
+/// empty (so anything someone else added keeps them all). Refused when a rule without
+/// the project's comment, a VM's own rule, an element of a map or set, or a chain or set
+/// the project did not create is still there.
+pub fn shared_teardown(now: &NftState, project: Project) -> Result<Vec<Op>, String> {
     let (tables, chains, rules) = (&now.tables, &now.chains, &now.rules);
+    let prefix = project.names().comment;
+    let shared = |c: &str| {
+        c.strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with("global:") || rest.starts_with("map:"))
+    };
     let mut ops = Vec::new();
     let mut drop_sets = Vec::new();
     let mut drop_chains = Vec::new();
     let mut drops = Vec::new();
-    for ((family, name), base) in SMOLVM_TABLES.into_iter().zip(BASE_CHAINS) {
+    for ((family, name), base) in project.shared_tables().into_iter().zip(BASE_CHAINS) {
         if !tables.iter().any(|t| t.family == family && t.name == name) {
             continue;
         }
         for r in rules.iter().filter(|r| r.family == family && r.table == name) {
             match r.comment.as_deref() {
-                Some(c) if c.starts_with("smolvm:global:") || c.starts_with("smolvm:map:") => {
+                Some(c) if shared(c) => {
                     ops.push(Op::for_rule(r));
                 }
-                Some(c) if c.starts_with("smolvm:") => {
+                Some(c) if c.starts_with(prefix) => {
                     return Err(format!("{name} still holds a VM's rule ({c})"));
                 }
                 _ => {
@@ -48,10 +54,11 @@ pub fn shared_teardown(now: &NftState) -> Result<Vec<Op>, String> {
             .iter()
             .filter(|st| st.family == family && st.table == name)
         {
-            if !SMOLVM_SETS.contains(&set.name.as_str()) {
+            if !SHARED_SETS.contains(&set.name.as_str()) {
                 return Err(format!(
-                    "{name} holds set {} that SmolVM did not create",
-                    set.name
+                    "{name} holds set {} that {} did not create",
+                    set.name,
+                    project.title()
                 ));
             }
             if now
@@ -70,8 +77,9 @@ pub fn shared_teardown(now: &NftState) -> Result<Vec<Op>, String> {
         for c in chains_in(chains, family, name) {
             if !base.contains(&c.name.as_str()) {
                 return Err(format!(
-                    "{name} holds chain {} that SmolVM did not create",
-                    c.name
+                    "{name} holds chain {} that {} did not create",
+                    c.name,
+                    project.title()
                 ));
             }
             drop_chains.push(Op::Chain {
@@ -157,9 +165,12 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
     let mut groups: Vec<u32> = links.iter().map(|l| l.group).collect();
     groups.sort_unstable();
     groups.dedup();
+    let mut kept_projects: BTreeSet<Project> = keep.iter().flat_map(|v| v.projects.iter().copied()).collect();
+    kept_projects.extend(&inv.kept_projects);
     let mut plan = Plan {
         stale,
         remaining: keep.len() + inv.kept,
+        kept_projects,
         link_groups: groups,
         ..Plan::default()
     };
@@ -359,6 +370,10 @@ mod tests {
         }
     }
 
+    fn shared_teardown_smolvm(now: &NftState) -> Result<Vec<Op>, String> {
+        shared_teardown(now, Project::SmolVM)
+    }
+
     #[test]
     fn shared_teardown_only_when_nothing_foreign_is_left() {
         let tables = vec![
@@ -391,20 +406,20 @@ mod tests {
             rules: rules.to_vec(),
             ..NftState::default()
         };
-        let ops = shared_teardown(&state(&tables, &chains, &rules)).unwrap();
+        let ops = shared_teardown_smolvm(&state(&tables, &chains, &rules)).unwrap();
         assert_eq!(ops.len(), 1 + 2 + 2);
         assert!(matches!(ops[0], Op::Rule { handle: 4, .. }));
         assert!(matches!(&ops[1], Op::Chain { name, .. } if name == "postrouting"));
         assert!(matches!(&ops[4], Op::Table { name, recursive: false, .. } if name == "smolvm_filter"));
 
         let foreign = [rules.clone(), vec![r(NFPROTO_INET, "smolvm_filter", 9, None)]].concat();
-        assert!(shared_teardown(&state(&tables, &chains, &foreign)).is_err());
+        assert!(shared_teardown_smolvm(&state(&tables, &chains, &foreign)).is_err());
         let vm_rule = vec![r(NFPROTO_INET, "smolvm_filter", 9, Some("smolvm:vm-1:ssh"))];
-        assert!(shared_teardown(&state(&tables, &chains, &vm_rule)).is_err());
+        assert!(shared_teardown_smolvm(&state(&tables, &chains, &vm_rule)).is_err());
         let extra = [chains.clone(), vec![chain(NFPROTO_INET, "smolvm_filter", "mine")]].concat();
-        assert!(shared_teardown(&state(&tables, &extra, &rules)).is_err());
+        assert!(shared_teardown_smolvm(&state(&tables, &extra, &rules)).is_err());
         assert!(
-            shared_teardown(&state(&tables[2..], &[], &[]))
+            shared_teardown_smolvm(&state(&tables[2..], &[], &[]))
                 .unwrap()
                 .is_empty()
         );
@@ -424,7 +439,7 @@ mod tests {
                 name: "allowed_taps".into(),
             },
         ];
-        let ops = shared_teardown(&with_sets).unwrap();
+        let ops = shared_teardown_smolvm(&with_sets).unwrap();
         assert_eq!(ops.len(), 1 + 2 + 2 + 2);
         assert!(matches!(&ops[1], Op::Set { name, .. } if name == "dnat_ext"));
         assert!(matches!(&ops[3], Op::Chain { .. }));
@@ -436,12 +451,12 @@ mod tests {
             data: None,
         }];
         assert!(
-            shared_teardown(&with_sets).is_err(),
+            shared_teardown_smolvm(&with_sets).is_err(),
             "a live VM's element keeps them"
         );
         with_sets.elems.clear();
         with_sets.sets[1].name = "mine".into();
-        assert!(shared_teardown(&with_sets).is_err());
+        assert!(shared_teardown_smolvm(&with_sets).is_err());
     }
 
     #[test]

@@ -112,8 +112,9 @@ pub struct Report {
     pub all: bool,
     pub prefix: String,
     pub older_than_secs: Option<f64>,
-    /// Each state DB looked at, and why it could not be read.
-    pub dbs: Vec<(String, Option<String>)>,
+    /// Each state DB looked at: its path, whose it is (`SmolVM`, `Celesto`), and why it
+    /// could not be read.
+    pub dbs: Vec<(String, &'static str, Option<String>)>,
     pub stale: Vec<String>,
     pub targets: Vec<Target>,
     pub outcomes: Vec<Outcome>,
@@ -412,9 +413,10 @@ pub fn write_json(r: &Report, w: &mut impl Write) -> io::Result<()> {
     j.key("missing_capabilities")
         .str_arr(missing.iter().map(String::as_str));
     j.key("state_dbs").begin_arr();
-    for (path, err) in &r.dbs {
+    for (path, family, err) in &r.dbs {
         j.begin_obj();
         j.key("path").str(path);
+        j.key("family").str(family);
         j.key("read").bool(err.is_none());
         j.key("error").opt_str(err.as_deref());
         j.end_obj();

@@ -10,7 +10,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Cause, Error, Result};
-use crate::model::{Row, Status};
+use crate::model::{Project, Row, Status};
 
 /// Child tables keyed by `vm_id` that SmolVM deletes with the VM (by cascade). We delete
 /// them explicitly too, so a DB whose foreign keys were never enforced is cleaned alike.
@@ -83,8 +83,9 @@ impl Db {
         self.tables.iter().any(|t| t == name)
     }
 
-    /// Every VM row, in SmolVM's listing order (`created_at`), with its TAP names.
-    pub fn load(&self, db_index: usize) -> Result<Vec<Row>> {
+    /// Every VM row, in SmolVM's listing order (`created_at`), with its TAP names; each
+    /// row carries `db_index` and the `project` whose DB this is.
+    pub fn load(&self, db_index: usize, project: Project) -> Result<Vec<Row>> {
         let action = || format!("read state DB {}", self.path.display());
         if !self.has_table("vms") {
             return Ok(Vec::new());
@@ -128,12 +129,12 @@ impl Db {
         self.conn
             .execute_batch("BEGIN")
             .map_err(|e| Error::db(action(), e))?;
-        let result = self.read_rows(&sql, db_index);
+        let result = self.read_rows(&sql, db_index, project);
         let _ = self.conn.execute_batch("COMMIT");
         result.map_err(|e| Error::db(action(), e))
     }
 
-    fn read_rows(&self, sql: &str, db_index: usize) -> rusqlite::Result<Vec<Row>> {
+    fn read_rows(&self, sql: &str, db_index: usize, project: Project) -> rusqlite::Result<Vec<Row>> {
         let mut stmt = self.conn.prepare(sql)?;
         let mut rows = stmt
             .query_map([], |r| {
@@ -141,6 +142,7 @@ impl Db {
                 let tap = text(v(8)?);
                 Ok(Row {
                     db: db_index,
+                    project,
                     id: text(v(0)?).unwrap_or_else(|| "<non-text id>".to_string()),
                     status: Status::parse(&text(v(1)?).unwrap_or_default()),
                     pid: int(v(2)?),
@@ -489,7 +491,10 @@ mod tests {
     #[test]
     fn newer_schemas_are_read_leniently() {
         let p = scratch_db("read");
-        let rows = Db::open(&p, &p, true, far()).unwrap().load(3).unwrap();
+        let rows = Db::open(&p, &p, true, far())
+            .unwrap()
+            .load(3, Project::SmolVM)
+            .unwrap();
         assert_eq!(rows.len(), 3);
         let a = &rows[0];
         assert_eq!(
@@ -513,7 +518,7 @@ mod tests {
     fn finish_deletes_unchanged_rows_with_their_children_and_keeps_changed_ones() {
         let p = scratch_db("finish");
         let db = Db::open(&p, &p, false, far()).unwrap();
-        let rows = db.load(0).unwrap();
+        let rows = db.load(0, Project::SmolVM).unwrap();
         // SmolVM restarts sbx-b after we read it; sbx-gone was deleted by someone else.
         Connection::open(&p)
             .unwrap()
@@ -570,7 +575,7 @@ mod tests {
         .unwrap();
         drop(c);
         let db = Db::open(&p, &p, false, far()).unwrap();
-        let rows = db.load(0).unwrap();
+        let rows = db.load(0, Project::SmolVM).unwrap();
         let stamp = |i: usize| rows[i].updated_at.as_deref();
         let out = db
             .finish(

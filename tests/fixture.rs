@@ -1,6 +1,8 @@
-//! The state real SmolVM releases wrote (`tests/fixtures/smolvm-<version>`, from the shared
-//! fixtures): each DB as is, its links and nft ruleset rebuilt from the dumps, its files
-//! from the listing (`/var/lib/smolvm` becomes the data dir, `/tmp` the socket dir).
+//! The state real SmolVM and Celesto releases wrote (`tests/fixtures/<project>-<version>`,
+//! from the shared fixtures): each DB as is, its links and nft ruleset rebuilt from the
+//! dumps, its files from the listing (`/var/lib/smolvm` and `/var/lib/celesto` become the
+//! data dirs `state/smolvm` and `state/celesto`, found as SmolVM and Celesto find them
+//! with `XDG_STATE_HOME=<scratch>/state`; `/tmp` the socket dir).
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,10 @@ use crate::util::{Run, Scratch, bin, comments, enter_netns, fake_vmm, links, nft
 /// A SmolVM host rebuilt from a fixture inside this test's network namespace.
 struct Host {
     scratch: Scratch,
+    /// SmolVM's data dir (`/var/lib/smolvm` in the fixture).
     data: PathBuf,
+    /// Celesto's (`/var/lib/celesto`).
+    cdata: PathBuf,
     sock: PathBuf,
 }
 
@@ -24,17 +29,21 @@ impl Host {
         let scratch = Scratch::new(version);
         // Where SmolVM's own resolution finds it with XDG_STATE_HOME=<scratch>/state.
         let data = scratch.0.join("state/smolvm");
+        let cdata = scratch.0.join("state/celesto");
         let sock = scratch.0.join("sock");
         std::fs::create_dir_all(data.join("disks")).unwrap();
         std::fs::create_dir_all(&sock).unwrap();
-        std::fs::write(
-            data.join("smolvm.db"),
-            std::fs::read(fx.join("smolvm.db")).unwrap(),
-        )
-        .unwrap();
+        for (dir, db) in [(&data, "smolvm.db"), (&cdata, "celesto.db")] {
+            if fx.join(db).exists() {
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::write(dir.join(db), std::fs::read(fx.join(db)).unwrap()).unwrap();
+            }
+        }
         for line in std::fs::read_to_string(fx.join("files.txt")).unwrap().lines() {
             let path = if let Some(rel) = line.strip_prefix("/var/lib/smolvm/") {
                 data.join(rel)
+            } else if let Some(rel) = line.strip_prefix("/var/lib/celesto/") {
+                cdata.join(rel)
             } else if let Some(rel) = line.strip_prefix("/tmp/") {
                 sock.join(rel)
             } else {
@@ -46,9 +55,11 @@ impl Host {
             if path.extension().is_some_and(|e| e == "sock") {
                 // What a VMM that is gone leaves: a socket nobody serves.
                 drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-            } else if path.extension().is_some() && !path.ends_with("smolvm.db") {
+            } else if path.extension().is_some_and(|e| e == "db") {
+                // Copied above, as the project wrote it.
+            } else if path.extension().is_some() {
                 std::fs::write(&path, line).unwrap();
-            } else if !path.ends_with("smolvm.db") {
+            } else {
                 std::fs::create_dir_all(&path).unwrap();
             }
         }
@@ -72,7 +83,12 @@ impl Host {
             }
         }
         nft(&std::fs::read_to_string(fx.join("nft-ruleset.txt")).unwrap());
-        Some(Host { scratch, data, sock })
+        Some(Host {
+            scratch,
+            data,
+            cdata,
+            sock,
+        })
     }
 
     fn run(&self, args: &[&str]) -> Run {
@@ -100,12 +116,12 @@ impl Host {
     }
 
     fn rows(&self, sql: &str) -> Vec<String> {
-        let c = rusqlite::Connection::open(self.data.join("smolvm.db")).unwrap();
-        let mut s = c.prepare(sql).unwrap();
-        s.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect()
+        rows_of(&self.data.join("smolvm.db"), sql)
+    }
+
+    /// Rows of Celesto's DB.
+    fn crows(&self, sql: &str) -> Vec<String> {
+        rows_of(&self.cdata.join("celesto.db"), sql)
     }
 
     /// Files under the data and socket dirs, relative to the scratch dir, sorted.
@@ -121,13 +137,14 @@ impl Host {
         }
         let mut out = Vec::new();
         walk(&self.scratch.0, &self.scratch.0, &mut out);
-        // The data dir sits at state/smolvm: named data.
+        // The data dirs sit at state/smolvm and state/celesto: named data and cdata.
         let mut out: Vec<String> = out
             .into_iter()
             .filter(|f| f != "state")
             .map(|f| {
-                f.strip_prefix("state/smolvm")
-                    .map_or(f.clone(), |r| format!("data{r}"))
+                let smolvm = f.strip_prefix("state/smolvm").map(|r| format!("data{r}"));
+                let celesto = f.strip_prefix("state/celesto").map(|r| format!("cdata{r}"));
+                smolvm.or(celesto).unwrap_or(f)
             })
             .collect();
         out.sort();
@@ -135,14 +152,37 @@ impl Host {
     }
 }
 
+fn rows_of(db: &Path, sql: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut s = c.prepare(sql).unwrap();
+    s.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
 /// The elements left in SmolVM's maps and sets, as `nft list ruleset` prints them.
 fn elements() -> Vec<String> {
+    elements_of("smolvm")
+}
+
+/// The elements left in the maps and sets of one project's tables (`smolvm`, `celesto`).
+fn elements_of(project: &str) -> Vec<String> {
     let rs = ruleset();
     let mut out = Vec::new();
     let mut set = String::new();
     let mut text = String::new();
+    let mut ours = false;
     for line in rs.lines() {
         let t = line.trim();
+        if let Some(rest) = t.strip_prefix("table ") {
+            let name = rest.split_whitespace().nth(1).unwrap_or_default();
+            ours = name.starts_with(&format!("{project}_"));
+            continue;
+        }
+        if !ours {
+            continue;
+        }
         if let Some(rest) = t.strip_prefix("map ").or_else(|| t.strip_prefix("set ")) {
             set = rest.split_whitespace().next().unwrap().to_string();
             text.clear();
@@ -386,5 +426,267 @@ fn smolvm_036_state_without_its_db_is_reclaimed_from_the_host() {
             "data/snapshots",
             "sock"
         ]
+    );
+}
+
+/// The policy tables left in the ruleset, sorted.
+fn policy_tables() -> Vec<String> {
+    let mut v: Vec<String> = ruleset()
+        .lines()
+        .filter_map(|l| l.strip_prefix("table inet "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|t| t.contains("_policy_"))
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
+/// What the stopped VMs of both projects keep of the mixed host.
+const MIXED_KEPT_FILES: [&str; 18] = [
+    "cdata",
+    "cdata/celesto.db",
+    "cdata/disks",
+    "cdata/disks/sbx-meitner.ext4",
+    "cdata/locks",
+    "cdata/locks/resources",
+    "cdata/locks/sbx-meitner.create.lock",
+    "cdata/sbx-meitner.log",
+    "cdata/snapshots",
+    "data",
+    "data/disks",
+    "data/disks/sbx-curie.ext4",
+    "data/locks",
+    "data/locks/sbx-curie.create.lock",
+    "data/sbx-curie.log",
+    "data/smolvm.db",
+    "data/snapshots",
+    "sock",
+];
+
+/// A host mid-upgrade (`celesto-0.1.10-mixed`): SmolVM 0.0.36 VMs in `smolvm.db`, Celesto
+/// 0.1.10 VMs in `celesto.db`, both projects' tables over one TAP/IP/port pool (tap2 and
+/// tap3 given twice), and a Celesto SDK VM with no row. Every stale VM goes entirely, in
+/// its own project; the stopped VMs of both keep everything; `--all` then leaves nothing.
+#[test]
+fn cleans_a_host_mid_upgrade_from_smolvm_to_celesto() {
+    let Some(host) = Host::load("celesto-0.1.10-mixed") else {
+        return;
+    };
+    assert_eq!(policy_tables().len(), 6);
+    let before = ruleset();
+    let targets = "Reconciled stale VMs: orphan-tap5, sbx-hopper, sbx-tesla, vm-0a1b2c3d\n\
+         Targets (5):\n  - orphan-tap5\n  - sbx-hopper\n  - sbx-tesla\n  - vm-0a1b2c3d\n  - vm-5e6f7a8b\n";
+    let dry = host.run_found(&["--dry-run"]);
+    dry.expect(0, &format!("{targets}Dry run complete. No changes made.\n"));
+    assert_eq!(ruleset(), before);
+    for (db, project) in [
+        ("state/smolvm/smolvm.db", "SmolVM"),
+        ("state/celesto/celesto.db", "Celesto"),
+    ] {
+        let line = format!("state DB: {} ({project})", host.scratch.0.join(db).display());
+        assert!(dry.stderr.contains(&line), "{}", dry.stderr);
+    }
+    let check = host.run_found(&["--check"]);
+    assert_eq!(check.code, 1);
+    assert!(
+        check
+            .stdout
+            .contains("  - sbx-tesla: TAP tap2, nft table celesto_policy_tap2, 5 nft elements,"),
+        "{}",
+        check.stdout
+    );
+
+    host.run_found(&[]).expect(
+        0,
+        &format!(
+            "{targets}Deleted: orphan-tap5\nDeleted: sbx-hopper\nDeleted: sbx-tesla\nDeleted: vm-0a1b2c3d\n\
+             Deleted: vm-5e6f7a8b\nCleanup complete.\n"
+        ),
+    );
+    assert_eq!(links(), ["lo", "tap3", "uplink0", "uplink0p"]);
+    assert_eq!(policy_tables(), ["celesto_policy_tap3", "smolvm_policy_tap3"]);
+    let tap3 = [
+        "allowed_taps: \"tap3\"",
+        "dnat_ext: 2201 : 172.16.0.3 . 22",
+        "dnat_local: 2201 : 172.16.0.3 . 22",
+        "fwd_allow: 172.16.0.3 . 22",
+        "snat_return: 172.16.0.3 . 22",
+    ];
+    assert_eq!(elements_of("smolvm"), tap3);
+    assert_eq!(elements_of("celesto"), tap3);
+    assert_eq!(host.rows("SELECT id FROM vms"), ["sbx-curie"]);
+    assert_eq!(host.crows("SELECT id FROM vms"), ["sbx-meitner"]);
+    for table in ["ip_leases", "ssh_forwards", "vsock_cids"] {
+        assert!(
+            host.rows(&format!("SELECT vm_id FROM {table}"))
+                .iter()
+                .all(|id| id == "sbx-curie")
+        );
+        assert!(
+            host.crows(&format!("SELECT vm_id FROM {table}"))
+                .iter()
+                .all(|id| id == "sbx-meitner")
+        );
+    }
+    assert_eq!(host.files(), MIXED_KEPT_FILES);
+    host.run_found(&["--check"])
+        .expect(0, "No leaked SmolVM resources.\n");
+
+    // --all: both stopped VMs (DB order: SmolVM's data dir is found first), then each
+    // project's shared tables.
+    let all = host.run_found(&["--all"]);
+    all.expect(
+        0,
+        "Targets (2):\n  - sbx-curie\n  - sbx-meitner\nDeleted: sbx-curie\nDeleted: sbx-meitner\nCleanup complete.\n",
+    );
+    for p in ["SmolVM", "Celesto"] {
+        assert!(
+            all.stderr
+                .contains(&format!("removed {p}'s shared nftables tables")),
+            "{}",
+            all.stderr
+        );
+    }
+    assert_eq!(links(), ["lo", "uplink0", "uplink0p"]);
+    assert_eq!(ruleset().trim(), "", "no table of either project is left");
+    assert!(host.rows("SELECT id FROM vms").is_empty() && host.crows("SELECT id FROM vms").is_empty());
+    host.run_found(&["--check", "--all"])
+        .expect(0, "No leaked SmolVM resources.\n");
+}
+
+/// Celesto's allocator hands a live Celesto VM the TAP, IP and port of a stale SmolVM VM:
+/// everything of the stale VM goes, in SmolVM's tables, and what the live VM uses (the
+/// TAP it holds, Celesto's elements and policy table) stays, and the run says so.
+#[test]
+fn a_stale_smolvm_vm_and_a_live_celesto_vm_on_one_tap() {
+    let Some(host) = Host::load("celesto-0.1.10-mixed") else {
+        return;
+    };
+    let sock = host.sock.join("fc-sbx-tesla.sock");
+    std::fs::remove_file(&sock).unwrap();
+    let mut vmm = crate::util::Reaped(fake_vmm::spawn_holding(&host.scratch.0, &sock, Some("tap2")));
+    let c = rusqlite::Connection::open(host.cdata.join("celesto.db")).unwrap();
+    c.execute(
+        "UPDATE vms SET pid = ?1, updated_at = ?2 WHERE id = 'sbx-tesla'",
+        rusqlite::params![vmm.id(), crate::util::now_iso(1)],
+    )
+    .unwrap();
+    let r = host.run_found(&[]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: orphan-tap5, sbx-hopper, vm-0a1b2c3d\n\
+         Targets (4):\n  - orphan-tap5\n  - sbx-hopper\n  - vm-0a1b2c3d\n  - vm-5e6f7a8b\n\
+         Deleted: orphan-tap5\nDeleted: sbx-hopper\nDeleted: vm-0a1b2c3d\nDeleted: vm-5e6f7a8b\nCleanup complete.\n",
+    );
+    assert!(
+        r.stderr
+            .contains("vm-0a1b2c3d: TAP tap2 is also claimed by a VM that is not a target; it is kept"),
+        "{}",
+        r.stderr
+    );
+    assert!(vmm.try_wait().unwrap().is_none(), "the live VM's VMM runs on");
+    assert_eq!(links(), ["lo", "tap2", "tap3", "uplink0", "uplink0p"]);
+    assert_eq!(
+        policy_tables(),
+        ["celesto_policy_tap2", "celesto_policy_tap3", "smolvm_policy_tap3"]
+    );
+    let s: Vec<String> = elements_of("smolvm")
+        .into_iter()
+        .filter(|e| e.contains("0.2"))
+        .collect();
+    assert!(s.is_empty(), "SmolVM's elements of the stale VM go: {s:?}");
+    let c: Vec<String> = elements_of("celesto")
+        .into_iter()
+        .filter(|e| e.contains("0.2") || e.contains("tap2"))
+        .collect();
+    assert_eq!(
+        c,
+        [
+            "allowed_taps: \"tap2\"",
+            "dnat_ext: 2200 : 172.16.0.2 . 22",
+            "dnat_local: 2200 : 172.16.0.2 . 22",
+            "fwd_allow: 172.16.0.2 . 22",
+            "snat_return: 172.16.0.2 . 22"
+        ]
+    );
+    assert_eq!(host.rows("SELECT id FROM vms"), ["sbx-curie"]);
+    assert_eq!(
+        host.crows("SELECT id FROM vms ORDER BY id"),
+        ["sbx-meitner", "sbx-tesla"]
+    );
+    assert!(sock.exists());
+    assert!(!host.data.join("vm-0a1b2c3d.log").exists() && host.cdata.join("sbx-tesla.log").exists());
+}
+
+/// A leftover policy table of one project on a TAP that a live VM of the other project
+/// now has (a SmolVM VM deleted without its cleanup, then Celesto's allocator gave its
+/// TAP away): it would drop that VM's traffic, and it goes; the TAP and the live VM stay.
+#[test]
+fn a_smolvm_leftover_on_the_tap_of_a_live_celesto_vm_goes() {
+    let Some(host) = Host::load("celesto-0.1.10-mixed") else {
+        return;
+    };
+    // SmolVM's row of vm-0a1b2c3d is gone (deleted by hand); its nft state is not.
+    let s = rusqlite::Connection::open(host.data.join("smolvm.db")).unwrap();
+    s.execute_batch(
+        "DELETE FROM ip_leases WHERE vm_id = 'vm-0a1b2c3d'; DELETE FROM ssh_forwards WHERE vm_id = 'vm-0a1b2c3d';
+         DELETE FROM vms WHERE id = 'vm-0a1b2c3d';",
+    )
+    .unwrap();
+    for f in [
+        "vm-0a1b2c3d.log",
+        "disks/vm-0a1b2c3d.ext4",
+        "locks/vm-0a1b2c3d.create.lock",
+    ] {
+        std::fs::remove_file(host.data.join(f)).unwrap();
+    }
+    for f in [
+        "fc-vm-0a1b2c3d.sock",
+        "vsock-vm-0a1b2c3d.sock",
+        "fc-sbx-tesla.sock",
+    ] {
+        std::fs::remove_file(host.sock.join(f)).unwrap();
+    }
+    let sock = host.sock.join("fc-sbx-tesla.sock");
+    let mut vmm = crate::util::Reaped(fake_vmm::spawn_holding(&host.scratch.0, &sock, Some("tap2")));
+    let c = rusqlite::Connection::open(host.cdata.join("celesto.db")).unwrap();
+    c.execute(
+        "UPDATE vms SET pid = ?1, updated_at = ?2 WHERE id = 'sbx-tesla'",
+        rusqlite::params![vmm.id(), crate::util::now_iso(1)],
+    )
+    .unwrap();
+    let r = host.run_found(&[]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: orphan-tap2, orphan-tap5, sbx-hopper\n\
+         Targets (4):\n  - orphan-tap2\n  - orphan-tap5\n  - sbx-hopper\n  - vm-5e6f7a8b\n\
+         Deleted: orphan-tap2\nDeleted: orphan-tap5\nDeleted: sbx-hopper\nDeleted: vm-5e6f7a8b\nCleanup complete.\n",
+    );
+    assert!(
+        r.stderr.contains(
+            "tap2: SmolVM objects for it belong to no SmolVM VM (a VM that is gone left them); they go, \
+             and the TAP stays with Celesto's sbx-tesla"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(vmm.try_wait().unwrap().is_none());
+    assert!(links().contains(&"tap2".to_string()));
+    assert_eq!(
+        policy_tables(),
+        ["celesto_policy_tap2", "celesto_policy_tap3", "smolvm_policy_tap3"]
+    );
+    assert!(
+        !elements_of("smolvm")
+            .iter()
+            .any(|e| e.contains("0.2") || e.contains("tap2"))
+    );
+    assert_eq!(
+        elements_of("celesto")
+            .iter()
+            .filter(|e| e.contains("0.2") || e.contains("tap2"))
+            .count(),
+        5
     );
 }

@@ -330,7 +330,7 @@ fn a_vm_of_another_data_dir_is_never_a_leftover() {
         "Reconciled stale VMs: vm-mine0001\nTargets (1):\n  - vm-mine0001\nDeleted: vm-mine0001\nCleanup complete.\n",
     );
     assert!(
-        r.stderr.contains("the VMs of the other SmolVM data dirs ("),
+        r.stderr.contains("the VMs of the other data dirs ("),
         "{}",
         r.stderr
     );

@@ -18,7 +18,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 
 use super::{Fault, NLM_F_DUMP, NLM_F_REQUEST, Socket, Writer, attr_str, attrs, messages, seq_offset};
-use crate::model::{Chain, Elem, NftState, Op, Rule, Set, Table, is_smolvm_rule_table};
+use crate::model::{Chain, Elem, NftState, Op, Project, Rule, Set, Table};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -286,12 +286,15 @@ pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Cha
         .collect())
 }
 
-/// SmolVM's view of the ruleset: every table, and the chains (when asked), rules, sets
-/// and set elements of SmolVM's two shared tables, from one socket.
-pub fn dump_smolvm(sock: &mut Socket, with_chains: bool) -> Result<NftState, Fault> {
+/// The ruleset as cleanup needs it: every table, and the chains (when asked), rules, sets
+/// and set elements of SmolVM's and Celesto's shared tables, from one socket.
+pub fn dump_shared(sock: &mut Socket, with_chains: bool) -> Result<NftState, Fault> {
     let tables = dump_tables(sock)?;
     let mut state = NftState::default();
-    for t in tables.iter().filter(|t| is_smolvm_rule_table(t.family, &t.name)) {
+    for t in tables
+        .iter()
+        .filter(|t| Project::of_shared_table(t.family, &t.name).is_some())
+    {
         if with_chains {
             state.chains.extend(dump_chains(sock, t.family, &t.name)?);
         }
@@ -556,7 +559,7 @@ mod tests {
         let Some(mut sock) = crate::netlink::test_socket(Socket::netfilter(deadline())) else {
             return;
         };
-        let now = dump_smolvm(&mut sock, false).unwrap();
+        let now = dump_shared(&mut sock, false).unwrap();
         assert_eq!(now.sets.len(), 3);
         let meanings: Vec<ElemMeaning> = now.elems.iter().map(Elem::meaning).collect();
         assert!(meanings.contains(&ElemMeaning::Forward {
@@ -587,7 +590,7 @@ mod tests {
         let r = delete(&mut sock, &ops, deadline());
         assert_eq!(r[..3], [Ok(()), Ok(()), Ok(())]);
         assert_eq!(r[3], Err(Fault::Kernel(Errno::NOENT)));
-        let left: Vec<ElemMeaning> = dump_smolvm(&mut sock, false)
+        let left: Vec<ElemMeaning> = dump_shared(&mut sock, false)
             .unwrap()
             .elems
             .iter()

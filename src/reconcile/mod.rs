@@ -16,13 +16,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use crate::model::{
-    ElemMeaning, FileRef, Inventory, NFPROTO_INET, Observed, ProcInfo, Vm, is_smolvm_rule_table, socket_id,
-    valid_tap_name, valid_vm_id,
+    ElemMeaning, FileRef, Inventory, Observed, ProcInfo, Project, Vm, socket_id, valid_tap_name, valid_vm_id,
 };
 
 use network::{rule_tap, rule_vm_id};
-use rowless::add_rowless;
-use rows::{judge_row_vm, named_ids, out_of_view};
+use rowless::{add_rowless, claimed};
+use rows::{judge_life, judge_row_vm, named_ids, out_of_view};
 
 /// Slack between a process's start time (from boot time + ticks) and the row's timestamp.
 const START_SLACK_SECS: f64 = 1.0;
@@ -34,18 +33,21 @@ fn disk_id(name: &str) -> Option<&str> {
     valid_vm_id(id).then_some(id)
 }
 
-/// Lookups built once per run, so that judging N VMs costs O(N), not O(N × rules).
+/// Lookups built once per run, so that judging N VMs costs O(N), not O(N × rules). Every
+/// nft object is keyed by the project whose table holds it.
 #[derive(Default)]
 struct Index<'a> {
     link_by_name: HashMap<&'a str, usize>,
     rules_by_id: BTreeMap<&'a str, Vec<usize>>,
-    rules_by_tap: BTreeMap<&'a str, Vec<usize>>,
-    table_by_tap: HashMap<&'a str, usize>,
-    /// Elements of SmolVM's maps and sets: `allowed_taps` by TAP name, the others by the
-    /// guest IP they carry, the port forwards also by host port.
-    elems_by_tap: HashMap<String, Vec<usize>>,
-    elems_by_ip: HashMap<[u8; 4], Vec<usize>>,
-    elems_by_port: HashMap<u16, Vec<usize>>,
+    rules_by_tap: HashMap<(Project, &'a str), Vec<usize>>,
+    table_by_tap: HashMap<(Project, &'a str), usize>,
+    /// The projects whose rule comments or bridge aliases name each VM id.
+    projects_by_id: BTreeMap<&'a str, BTreeSet<Project>>,
+    /// Elements of the projects' maps and sets: `allowed_taps` by TAP name, the others by
+    /// the guest IP they carry, the port forwards also by host port.
+    elems_by_tap: HashMap<(Project, &'a str), Vec<usize>>,
+    elems_by_ip: HashMap<(Project, [u8; 4]), Vec<usize>>,
+    elems_by_port: HashMap<(Project, u16), Vec<usize>>,
     /// Live (non-zombie) VMM processes by the one VM id each names.
     vmms_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
     /// The files discovery listed, by the VM id their name carries (retained disks left out).
@@ -53,7 +55,7 @@ struct Index<'a> {
     /// Ids named by a file only SmolVM makes (an `fc-/qmp-/vsock-<id>.sock` socket, a
     /// `locks/<id>.create.lock`): unlike a log or disk name, these corroborate a VM.
     named_by_file: BTreeSet<&'a str>,
-    /// Bridge TAPs by the VM id their alias (`smolvm-bridge:<id>`) names.
+    /// Bridge TAPs by the VM id their alias (`smolvm-bridge:<id>`, `celesto-bridge:<id>`) names.
     taps_by_alias: BTreeMap<&'a str, Vec<&'a str>>,
     /// The data dirs that hold each `locks/resources/<name>` claim file.
     resource_locks: HashMap<&'a str, Vec<&'a PathBuf>>,
@@ -128,49 +130,52 @@ impl<'a> Index<'a> {
     }
 
     /// Rules, policy tables, elements and bridge aliases, by the VM, TAP, IP or port they
-    /// name.
+    /// name, each within its project.
     fn add_network(&mut self, obs: &'a Observed) {
         let ix = self;
         for l in obs.links.iter().filter(|l| l.is_tap() && valid_tap_name(&l.name)) {
-            if let Some(id) = l
-                .alias
-                .as_deref()
-                .and_then(|a| a.strip_prefix("smolvm-bridge:"))
-                .filter(|id| valid_vm_id(id))
-            {
-                ix.taps_by_alias.entry(id).or_default().push(&l.name);
+            let Some(alias) = l.alias.as_deref() else { continue };
+            for p in Project::ALL {
+                if let Some(id) = alias
+                    .strip_prefix(p.names().bridge_alias)
+                    .filter(|id| valid_vm_id(id))
+                {
+                    ix.taps_by_alias.entry(id).or_default().push(&l.name);
+                    ix.projects_by_id.entry(id).or_default().insert(p);
+                }
             }
         }
         for (i, r) in obs.rules.iter().enumerate() {
-            let Some(c) = r
-                .comment
-                .as_deref()
-                .filter(|_| is_smolvm_rule_table(r.family, &r.table))
-            else {
+            let (Some(c), Some(table_project)) = (r.comment.as_deref(), r.project()) else {
                 continue;
             };
-            if let Some(id) = rule_vm_id(c) {
+            // A comment counts only in its own project's table.
+            if let Some((p, id)) = rule_vm_id(c).filter(|(p, _)| *p == table_project) {
                 ix.rules_by_id.entry(id).or_default().push(i);
-            } else if let Some(tap) = rule_tap(c) {
-                ix.rules_by_tap.entry(tap).or_default().push(i);
+                ix.projects_by_id.entry(id).or_default().insert(p);
+            } else if let Some(key) = rule_tap(c).filter(|(p, _)| *p == table_project) {
+                ix.rules_by_tap.entry(key).or_default().push(i);
             }
         }
         for (i, t) in obs.tables.iter().enumerate() {
-            if let Some(tap) = t
-                .name
-                .strip_prefix("smolvm_policy_")
-                .filter(|_| t.family == NFPROTO_INET)
-            {
-                ix.table_by_tap.insert(tap, i);
+            if let Some(key) = Project::of_policy_table(t.family, &t.name) {
+                ix.table_by_tap.insert(key, i);
             }
         }
         for (i, e) in obs.elems.iter().enumerate() {
+            let Some(p) = e.project() else { continue };
             match e.meaning() {
-                ElemMeaning::Tap(tap) => ix.elems_by_tap.entry(tap).or_default().push(i),
-                ElemMeaning::Guest { ip, .. } => ix.elems_by_ip.entry(ip).or_default().push(i),
+                ElemMeaning::Tap(_) => {
+                    // The name as the element holds it, NUL padding cut.
+                    let end = e.key.iter().position(|&b| b == 0).unwrap_or(e.key.len());
+                    if let Ok(tap) = std::str::from_utf8(&e.key[..end]) {
+                        ix.elems_by_tap.entry((p, tap)).or_default().push(i);
+                    }
+                }
+                ElemMeaning::Guest { ip, .. } => ix.elems_by_ip.entry((p, ip)).or_default().push(i),
                 ElemMeaning::Forward { port, ip, .. } => {
-                    ix.elems_by_ip.entry(ip).or_default().push(i);
-                    ix.elems_by_port.entry(port).or_default().push(i);
+                    ix.elems_by_ip.entry((p, ip)).or_default().push(i);
+                    ix.elems_by_port.entry((p, port)).or_default().push(i);
                 }
                 ElemMeaning::Other => {}
             }
@@ -187,17 +192,31 @@ pub fn inventory(obs: &Observed) -> Inventory {
     for vm in &mut inv.vms {
         judge_row_vm(vm, obs, &ix, &mut inv.warnings);
     }
+    // Which TAPs the VMs with a live VMM claim: held, they are those VMs' sign of life.
+    let mut live_taps: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for vm in inv.vms.iter().filter(|v| !v.vmms.is_empty()) {
+        for tap in &vm.tap_names {
+            live_taps.entry(tap.as_str()).or_default().insert(vm.id.as_str());
+        }
+    }
+    let live_taps: BTreeMap<String, BTreeSet<String>> = live_taps
+        .into_iter()
+        .map(|(t, ids)| (t.to_string(), ids.into_iter().map(str::to_string).collect()))
+        .collect();
+    for vm in &mut inv.vms {
+        judge_life(vm, obs, &live_taps);
+    }
     out_of_view(&mut inv, obs);
 
     // VM ids that something only SmolVM makes names (a VMM command line, a rule comment,
     // a socket, a create lock), with their VMMs. A log or disk name alone names no VM.
     let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = ix.vmms_by_id.clone();
     // A bridge TAP's alias names a VM only when no row claims the TAP.
-    let claimed = rowless::claimed_taps(obs);
+    let claimed = claimed(obs);
     let aliased = ix
         .taps_by_alias
         .iter()
-        .filter(|(_, taps)| taps.iter().any(|t| !claimed.contains(t)))
+        .filter(|(_, taps)| taps.iter().any(|t| !claimed.any.contains_key(t)))
         .map(|(id, _)| id);
     for &id in ix.rules_by_id.keys().chain(&ix.named_by_file).chain(aliased) {
         evidence.entry(id.to_string()).or_default();
@@ -236,6 +255,7 @@ fn add_rows(inv: &mut Inventory, obs: &Observed) -> BTreeMap<String, usize> {
                 row.id
             ));
             inv.kept += 1;
+            inv.kept_projects.insert(row.project);
             continue;
         }
         let k = *by_id.entry(row.id.clone()).or_insert_with(|| {

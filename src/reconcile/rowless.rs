@@ -1,37 +1,72 @@
-//! Leftovers with no row: VM ids that something only SmolVM makes names, the TAPs their
-//! rules or a bridge alias tie to them, and TAPs that only SmolVM's rules, policy tables
-//! or elements name (`orphan-<tap>`).
+//! Leftovers with no row: VM ids that something only SmolVM (or Celesto) makes names, the
+//! TAPs their rules or a bridge alias tie to them, and TAPs that only the projects'
+//! rules, policy tables or elements name (`orphan-<tap>`).
+//!
+//! A row claims its TAP and IP within its own project: a `smolvm_policy_tap2` is a
+//! leftover when no SmolVM row has `tap2`, even while a Celesto VM does (it would drop
+//! that VM's traffic). The TAP link itself is one for both: it stays while any row has it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Index;
 use super::network::{
-    Claims, attach_claims, attach_elems_by_ip, attach_network, guest_ip_for_tap, tap_for_guest_ip,
+    Claims, attach_claims, attach_elems_by_ip, attach_links, attach_network, attach_tap_objects,
+    guest_ip_for_tap, tap_for_guest_ip,
 };
 use super::rows::signs_of_life;
-use crate::model::{Inventory, Life, Observed, ProcInfo, Refusal, Stale, Vm, Vmm};
+use crate::model::{Inventory, Life, Observed, ProcInfo, Project, Refusal, Stale, Vm, Vmm};
 
-/// The VMs only the host shows (`evidence`, sorted), then the TAPs that only a SmolVM
-/// rule names and no VM takes (`orphan-<tap>`, sorted).
+/// What the rows (this run's and other data dirs') claim.
+pub(super) struct Claimed<'a> {
+    /// TAP names, within each row's project.
+    by: BTreeSet<(Project, &'a str)>,
+    /// TAP names, by the first row of any project that has each: never an orphan link,
+    /// never tied to a VM with no row.
+    pub(super) any: BTreeMap<&'a str, (Project, &'a str)>,
+    /// Guest IPs, within each row's project: an element of that project carrying one is
+    /// that row's VM's.
+    ips: BTreeSet<(Project, [u8; 4])>,
+    /// Guest IPs of any project: claim files (shared by both) for them are the rows'.
+    any_ips: BTreeSet<[u8; 4]>,
+}
+
+pub(super) fn claimed(obs: &Observed) -> Claimed<'_> {
+    let rows = obs.rows.iter().chain(&obs.other_rows);
+    let mut c = Claimed {
+        by: BTreeSet::new(),
+        any: BTreeMap::new(),
+        ips: BTreeSet::new(),
+        any_ips: BTreeSet::new(),
+    };
+    for r in rows {
+        for tap in &r.taps {
+            c.by.insert((r.project, tap.as_str()));
+            c.any.entry(tap.as_str()).or_insert((r.project, r.id.as_str()));
+        }
+        if let Some(ip) = r.guest_ip {
+            c.ips.insert((r.project, ip));
+            c.any_ips.insert(ip);
+        }
+    }
+    c
+}
+
+/// The VMs only the host shows (`evidence`, sorted), then the TAPs that only the
+/// projects' objects name and no VM takes (`orphan-<tap>`, sorted).
 pub(super) fn add_rowless(
     inv: &mut Inventory,
     obs: &Observed,
     ix: &Index<'_>,
     by_id: &BTreeMap<String, usize>,
     evidence: &BTreeMap<String, Vec<&ProcInfo>>,
-    claimed: &BTreeSet<&str>,
+    claimed: &Claimed<'_>,
 ) {
     let ties = ties(obs, ix, by_id, claimed);
     let mut tied: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (tap, id) in &ties {
         tied.entry(id).or_default().push(tap.clone());
     }
-    let row_ips: BTreeSet<[u8; 4]> = obs
-        .rows
-        .iter()
-        .chain(&obs.other_rows)
-        .filter_map(|r| r.guest_ip)
-        .collect();
+    let mut taken: BTreeSet<(Project, String)> = BTreeSet::new();
     for (id, vmms) in evidence {
         let vm = rowless_vm(
             id,
@@ -39,7 +74,7 @@ pub(super) fn add_rowless(
             tied.get(id.as_str()),
             obs,
             ix,
-            &row_ips,
+            claimed,
             &mut inv.warnings,
         );
         if vm.stale.is_none() {
@@ -49,19 +84,12 @@ pub(super) fn add_rowless(
                 vm.live.as_ref().map_or_else(|| "?".to_string(), Life::to_string)
             ));
         }
+        for &p in &vm.projects {
+            taken.extend(vm.tap_names.iter().map(|t| (p, t.clone())));
+        }
         inv.vms.push(vm);
     }
-    add_orphan_taps(inv, obs, ix, claimed, &ties, &row_ips);
-}
-
-/// The TAP names rows claim (this run's, and other data dirs'): never an orphan, never
-/// tied to a VM with no row.
-pub(super) fn claimed_taps(obs: &Observed) -> BTreeSet<&str> {
-    obs.rows
-        .iter()
-        .chain(&obs.other_rows)
-        .flat_map(|r| r.taps.iter().map(String::as_str))
-        .collect()
+    add_orphan_taps(inv, obs, ix, claimed, &ties, &taken);
 }
 
 /// TAPs tied to a VM with no row: the TAP of the guest IP its SSH rule carries, and a
@@ -70,13 +98,13 @@ fn ties<'a>(
     obs: &'a Observed,
     ix: &Index<'a>,
     by_id: &BTreeMap<String, usize>,
-    claimed: &BTreeSet<&str>,
+    claimed: &Claimed<'_>,
 ) -> BTreeMap<String, &'a str> {
     let mut ties: BTreeMap<String, &str> = BTreeMap::new();
     for (&id, rules) in ix.rules_by_id.iter().filter(|(id, _)| !by_id.contains_key(**id)) {
         let ips = rules.iter().flat_map(|&ri| &obs.rules[ri].ipv4);
         for tap in ips.filter_map(|ip| tap_for_guest_ip(*ip)) {
-            if !claimed.contains(tap.as_str()) {
+            if !claimed.any.contains_key(tap.as_str()) {
                 ties.entry(tap).or_insert(id);
             }
         }
@@ -87,95 +115,113 @@ fn ties<'a>(
         .iter()
         .filter(|(id, _)| !by_id.contains_key(**id))
     {
-        for tap in taps.iter().filter(|t| !claimed.contains(**t)) {
+        for tap in taps.iter().filter(|t| !claimed.any.contains_key(**t)) {
             ties.entry(tap.to_string()).or_insert(id);
         }
     }
     ties
 }
 
-/// A VM only the host shows, with the TAPs tied to it and what they and its id name.
+/// A VM only the host shows, with the TAPs tied to it and what they and its id name, in
+/// the projects whose objects name it (both, when only a shared name such as a socket does).
 fn rowless_vm(
     id: &str,
     vmms: &[&ProcInfo],
     tied: Option<&Vec<String>>,
     obs: &Observed,
     ix: &Index<'_>,
-    row_ips: &BTreeSet<[u8; 4]>,
+    claimed: &Claimed<'_>,
     warnings: &mut Vec<String>,
 ) -> Vm {
-    {
-        let mut vm = Vm {
-            id: id.to_string(),
-            rowless: true,
-            tap_names: tied.cloned().unwrap_or_default(),
-            vmms: vmms
+    let projects: Vec<Project> = match ix.projects_by_id.get(id) {
+        Some(p) if !p.is_empty() => p.iter().copied().collect(),
+        _ => Project::ALL.to_vec(),
+    };
+    let mut vm = Vm {
+        id: id.to_string(),
+        projects,
+        rowless: true,
+        tap_names: tied.cloned().unwrap_or_default(),
+        vmms: vmms
+            .iter()
+            .map(|p| Vmm {
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+            })
+            .collect(),
+        ..Vm::default()
+    };
+    attach_network(&mut vm, obs, ix, warnings);
+    let mut ips: BTreeSet<[u8; 4]> = vm.tap_names.iter().filter_map(|t| guest_ip_for_tap(t)).collect();
+    for &ri in ix.rules_by_id.get(id).into_iter().flatten() {
+        ips.extend(
+            obs.rules[ri]
+                .ipv4
                 .iter()
-                .map(|p| Vmm {
-                    pid: p.pid,
-                    start_ticks: p.start_ticks,
-                })
-                .collect(),
-            ..Vm::default()
-        };
-        attach_network(&mut vm, obs, ix, warnings);
-        let mut ips: BTreeSet<[u8; 4]> = vm.tap_names.iter().filter_map(|t| guest_ip_for_tap(t)).collect();
-        for &ri in ix.rules_by_id.get(id).into_iter().flatten() {
-            ips.extend(
-                obs.rules[ri]
-                    .ipv4
-                    .iter()
-                    .filter(|ip| tap_for_guest_ip(**ip).is_some()),
-            );
-        }
-        attach_elems_by_ip(&mut vm, &ips, row_ips, ix);
-        vm.files = ix.files_by_id.get(id).cloned().unwrap_or_default();
-        let claims = Claims {
-            ips: ips.difference(row_ips).copied().collect(),
-            ..Claims::default()
-        };
-        attach_claims(&mut vm, &claims, &obs.data_dirs, ix);
-        judge_rowless(&mut vm, obs);
-        vm
+                .filter(|ip| tap_for_guest_ip(**ip).is_some()),
+        );
     }
+    attach_elems_by_ip(&mut vm, &ips, &claimed.ips, ix);
+    vm.files = ix.files_by_id.get(id).cloned().unwrap_or_default();
+    let claims = Claims {
+        ips: ips.difference(&claimed.any_ips).copied().collect(),
+        ..Claims::default()
+    };
+    attach_claims(&mut vm, &claims, &obs.data_dirs, ix);
+    judge_rowless(&mut vm, obs);
+    vm
 }
 
-/// TAPs that only SmolVM's rules, policy tables or elements name and no VM takes:
-/// `orphan-<tap>`, unless something alive holds the TAP or its claim.
+/// TAPs that only the projects' rules, policy tables or elements name, in projects where
+/// no row and no VM with no row has them: `orphan-<tap>`, with the TAP link itself when
+/// no row of any project has it, unless something alive holds the TAP or its claim.
 fn add_orphan_taps(
     inv: &mut Inventory,
     obs: &Observed,
     ix: &Index<'_>,
-    claimed: &BTreeSet<&str>,
+    claimed: &Claimed<'_>,
     ties: &BTreeMap<String, &str>,
-    row_ips: &BTreeSet<[u8; 4]>,
+    taken: &BTreeSet<(Project, String)>,
 ) {
-    // TAPs that only SmolVM's rules, policy tables or elements name, tied to no VM (an
-    // element's guest IP names the TAP SmolVM gave that IP).
-    let mut named: BTreeSet<String> = ix.rules_by_tap.keys().map(|t| t.to_string()).collect();
-    named.extend(ix.table_by_tap.keys().map(|t| t.to_string()));
-    named.extend(ix.elems_by_tap.keys().cloned());
-    named.extend(
-        ix.elems_by_ip
-            .keys()
-            .filter(|ip| !row_ips.contains(*ip))
-            .filter_map(|ip| tap_for_guest_ip(*ip)),
-    );
-    let orphan_taps = named
-        .iter()
-        .filter(|tap| !claimed.contains(tap.as_str()) && !ties.contains_key(tap.as_str()));
-    for tap in orphan_taps {
+    // Per TAP, the projects whose objects name it (an element's guest IP names the TAP
+    // SmolVM gave that IP).
+    let mut named: BTreeMap<String, BTreeSet<Project>> = BTreeMap::new();
+    let keys = ix
+        .rules_by_tap
+        .keys()
+        .chain(ix.table_by_tap.keys())
+        .chain(ix.elems_by_tap.keys());
+    for &(p, tap) in keys {
+        named.entry(tap.to_string()).or_default().insert(p);
+    }
+    for &(p, ip) in ix.elems_by_ip.keys().filter(|k| !claimed.ips.contains(k)) {
+        if let Some(tap) = tap_for_guest_ip(ip) {
+            named.entry(tap).or_default().insert(p);
+        }
+    }
+    for (tap, projects) in named {
+        let projects: Vec<Project> = projects
+            .into_iter()
+            .filter(|&p| !claimed.by.contains(&(p, tap.as_str())) && !taken.contains(&(p, tap.clone())))
+            .collect();
+        if projects.is_empty() {
+            continue;
+        }
+        let owner = claimed.any.get(tap.as_str());
+        let link_free = owner.is_none() && !ties.contains_key(tap.as_str());
         let mut vm = Vm {
             id: format!("orphan-{tap}"),
+            projects: projects.clone(),
             rowless: true,
-            tap_names: vec![tap.to_string()],
+            tap_names: if link_free { vec![tap.clone()] } else { Vec::new() },
             ..Vm::default()
         };
-        attach_network(&mut vm, obs, ix, &mut inv.warnings);
-        let ips: BTreeSet<[u8; 4]> = guest_ip_for_tap(tap).into_iter().collect();
-        attach_elems_by_ip(&mut vm, &ips, row_ips, ix);
+        attach_links(&mut vm, obs, ix, &mut inv.warnings);
+        attach_tap_objects(&mut vm, std::slice::from_ref(&tap), ix);
+        let ips: BTreeSet<[u8; 4]> = guest_ip_for_tap(&tap).into_iter().collect();
+        attach_elems_by_ip(&mut vm, &ips, &claimed.ips, ix);
         let claims = Claims {
-            ips: ips.difference(row_ips).copied().collect(),
+            ips: ips.difference(&claimed.any_ips).copied().collect(),
             ..Claims::default()
         };
         attach_claims(&mut vm, &claims, &obs.data_dirs, ix);
@@ -186,7 +232,18 @@ fn add_orphan_taps(
                 "{tap}: a live process holds this TAP though no state row names it; left alone"
             ));
             inv.kept += 1;
+            inv.kept_projects.extend(projects);
             continue;
+        }
+        if let Some((by, id)) = owner {
+            let titles: Vec<&str> = projects.iter().map(|p| p.title()).collect();
+            inv.warnings.push(format!(
+                "{tap}: {} objects for it belong to no {} VM (a VM that is gone left them); they \
+                 go, and the TAP stays with {}'s {id}",
+                titles.join(" and "),
+                titles.join(" or "),
+                by.title()
+            ));
         }
         vm.stale = Some(Stale::TapNoRow);
         inv.vms.push(vm);
@@ -196,7 +253,7 @@ fn add_orphan_taps(
 /// A rowless VM is stale unless something shows it alive: its VMM (which `--all` may
 /// stop), or a served socket / a TAP held open by a process we cannot identify.
 pub(super) fn judge_rowless(vm: &mut Vm, obs: &Observed) {
-    let life = signs_of_life(vm, obs);
+    let life = signs_of_life(vm, obs, |_| false);
     // A held create lock belongs to the create in progress, never to us.
     vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
     if let Some(v) = vm.vmms.first() {

@@ -1,14 +1,14 @@
 //! Rows and liveness: a VM with rows, its VMM (proven by command line and start time),
 //! whether it is stale, and what shows it alive when no VMM of its own can be seen.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::network::{Claims, attach_claims, attach_network, attach_row_elems};
 use super::{Index, START_SLACK_SECS, disk_id};
 use crate::model::{
-    FileRef, Inventory, Life, Observed, ProcInfo, Refusal, Row, Stale, Status, Vm, Vmm, is_vmm_argv0,
-    socket_id, valid_tap_name, valid_vm_id,
+    FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Row, Stale, Status, Vm, Vmm,
+    is_vmm_argv0, socket_id, valid_tap_name, valid_vm_id,
 };
 
 /// The VM ids a VMM command line names: an API/QMP/vsock socket in the socket dir, a disk
@@ -84,7 +84,8 @@ pub(super) fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<V
     })
 }
 
-/// Judges a VM that has rows: its VMM, staleness, and its resources.
+/// Judges a VM that has rows: its projects, its VMM, staleness, and its resources.
+/// Whether something else shows it alive is `judge_life`'s, once every VM's VMM is known.
 pub(super) fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<String>) {
     let rows: Vec<&Row> = vm.rows.iter().map(|&i| &obs.rows[i]).collect();
     let dirs: Vec<PathBuf> = {
@@ -95,17 +96,29 @@ pub(super) fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings
         d.dedup();
         d
     };
+    let mut projects: BTreeSet<Project> = rows.iter().map(|r| r.project).collect();
+    projects.extend(ix.projects_by_id.get(vm.id.as_str()).into_iter().flatten());
+    vm.projects = projects.into_iter().collect();
     vm.created_unix = rows
         .iter()
         .filter_map(|r| r.created_unix.or(r.updated_unix))
         .reduce(f64::min);
     judge_vmm(vm, &rows, &dirs, obs, ix, warnings);
     attach_row_resources(vm, &rows, &dirs, obs, ix, warnings);
+}
+
+/// A VM with rows and no VMM of its own: something we cannot identify that uses its
+/// socket, TAP or lock keeps it alive, so it is not stale whatever its pid says. A TAP
+/// that another VM with a live VMM also claims (a SmolVM and a Celesto VM given the same
+/// TAP) is that VM's sign of life, not this one's.
+pub(super) fn judge_life(vm: &mut Vm, obs: &Observed, live_taps: &BTreeMap<String, BTreeSet<String>>) {
     if vm.vmms.is_empty()
-        && let Some(life) = signs_of_life(vm, obs)
+        && let Some(life) = signs_of_life(vm, obs, |tap| {
+            live_taps
+                .get(tap)
+                .is_some_and(|ids| ids.iter().any(|id| *id != vm.id))
+        })
     {
-        // Something we cannot identify uses the VM's socket, TAP or lock: it lives, so
-        // the row is not stale whatever its pid says.
         vm.refuse.get_or_insert(Refusal::Unidentified(life.clone()));
         vm.live = Some(life);
         vm.stale = None;
@@ -247,12 +260,13 @@ pub(super) fn attach_row_resources(
 }
 
 /// What shows a VM alive when no VMM of its own can be seen: its socket still served, its
-/// TAP held open, its create lock held.
-pub(super) fn signs_of_life(vm: &Vm, obs: &Observed) -> Option<Life> {
+/// TAP held open (unless `held_by_another` says whose it is), its create lock held.
+pub(super) fn signs_of_life(vm: &Vm, obs: &Observed, held_by_another: impl Fn(&str) -> bool) -> Option<Life> {
     if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
         return Some(Life::Served(f.path()));
     }
-    if let Some(&li) = vm.taps.iter().find(|&&li| obs.links[li].carrier) {
+    let held = |li: usize| obs.links[li].carrier && !held_by_another(&obs.links[li].name);
+    if let Some(&li) = vm.taps.iter().find(|&&li| held(li)) {
         return Some(Life::TapHeld(obs.links[li].name.clone()));
     }
     let lock = vm.files.iter().find(|f| obs.held_locks.contains(&f.path()))?;

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use super::network::{guest_ip_for_tap, rule_tap, rule_vm_id, tap_for_guest_ip};
 use super::*;
 use crate::model::{
-    DirListing, Elem, Life, Link, NFPROTO_IPV4, PidView, ProcInfo, Refusal, Row, Rule, Stale, Status, Table,
-    Vmm,
+    DirListing, Elem, Life, Link, NFPROTO_INET, NFPROTO_IPV4, PidView, ProcInfo, Project, Refusal, Row, Rule,
+    Stale, Status, Table, Vmm,
 };
 
 pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
     Row {
         db: 0,
+        project: Project::SmolVM,
         id: id.into(),
         status: Status::parse(status),
         pid,
@@ -250,9 +251,14 @@ fn rules_only_from_smolvm_tables() {
 
 #[test]
 fn comments_name_vms_and_taps() {
-    assert_eq!(rule_vm_id("smolvm:vm-1:ssh"), Some("vm-1"));
-    assert_eq!(rule_vm_id("smolvm:web:local:8080:80"), Some("web"));
-    assert_eq!(rule_vm_id("smolvm:nat:ssh"), Some("nat"));
+    let s = Project::SmolVM;
+    assert_eq!(rule_vm_id("smolvm:vm-1:ssh"), Some((s, "vm-1")));
+    assert_eq!(rule_vm_id("smolvm:web:local:8080:80"), Some((s, "web")));
+    assert_eq!(rule_vm_id("smolvm:nat:ssh"), Some((s, "nat")));
+    assert_eq!(
+        rule_vm_id("celesto:web:local:8080:80"),
+        Some((Project::Celesto, "web"))
+    );
     for none in [
         "smolvm:vm-1:ssh:x",
         "smolvm:vm-1:local",
@@ -264,8 +270,13 @@ fn comments_name_vms_and_taps() {
     ] {
         assert_eq!(rule_vm_id(none), None, "{none}");
     }
-    assert_eq!(rule_tap("smolvm:nat:tap:tap2:to:uplink0"), Some("tap2"));
-    assert_eq!(rule_tap("smolvm:egress:tap2:drop6"), Some("tap2"));
+    assert_eq!(rule_tap("smolvm:nat:tap:tap2:to:uplink0"), Some((s, "tap2")));
+    assert_eq!(rule_tap("smolvm:egress:tap2:drop6"), Some((s, "tap2")));
+    assert_eq!(
+        rule_tap("celesto:egress:tap2:drop6"),
+        Some((Project::Celesto, "tap2"))
+    );
+    assert_eq!(rule_tap("celestial:egress:tap2:drop6"), None);
     assert_eq!(rule_tap("smolvm:nat:tap:eth0:to:uplink0"), None);
     assert_eq!(rule_tap("smolvm:nat:tap:tap2"), None);
     assert_eq!(rule_tap("smolvm:vm-1:ssh"), None);
@@ -529,7 +540,7 @@ fn elements_go_with_the_vm_whose_port_ip_or_tap_they_carry() {
     assert!(
         inv.warnings
             .iter()
-            .any(|w| w.contains("vm-b: dnat_ext maps its port 2201 to 172.16.0.9")),
+            .any(|w| w.contains("vm-b: smolvm_nat dnat_ext maps its port 2201 to 172.16.0.9")),
         "{:?}",
         inv.warnings
     );

@@ -12,6 +12,8 @@ use super::{Proc, World, wait_until};
 
 const ENV: &str = "SMOLVM_FAKE_VMM";
 const ENV_IGNORE_TERM: &str = "SMOLVM_FAKE_VMM_IGNORE_TERM";
+/// The TAP the stand-in holds open, as Firecracker holds its guest's.
+const ENV_TAP: &str = "SMOLVM_FAKE_VMM_TAP";
 
 // SAFETY: a constructor runs before main with no Rust runtime guarantees; `hook` only
 // reads the environment and /proc, and returns at once unless SMOLVM_FAKE_VMM is set,
@@ -53,6 +55,8 @@ fn run() -> ! {
             sock = rest.split(',').next().map(String::from);
         }
     }
+    // The TAP first: once the socket is there, the TAP is held.
+    let _tap = std::env::var(ENV_TAP).ok().map(|t| super::netns::hold_tap(&t));
     let _listener = sock.map(|p| std::os::unix::net::UnixListener::bind(p).expect("bind API socket"));
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -123,7 +127,16 @@ pub fn spawn(world: &World, id: &str, kind: Proc) -> Child {
 
 /// Starts a stand-in Firecracker serving `sock` (for state made outside a `World`).
 pub fn spawn_at(scratch: &Path, sock: &Path) -> Child {
-    let child = Command::new(exe_in(scratch, "firecracker"))
+    spawn_holding(scratch, sock, None)
+}
+
+/// Starts a stand-in Firecracker serving `sock` and, like Firecracker, holding its TAP.
+pub fn spawn_holding(scratch: &Path, sock: &Path, tap: Option<&str>) -> Child {
+    let mut cmd = Command::new(exe_in(scratch, "firecracker"));
+    if let Some(tap) = tap {
+        cmd.env(ENV_TAP, tap);
+    }
+    let child = cmd
         .arg0("firecracker")
         .arg("--api-sock")
         .arg(sock)
