@@ -14,7 +14,7 @@ use super::network::{
     guest_ip_for_tap, tap_for_guest_ip,
 };
 use super::rows::signs_of_life;
-use crate::model::{Inventory, Life, Observed, ProcInfo, Project, Refusal, Stale, Vm, Vmm};
+use crate::model::{FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Stale, Vm, Vmm};
 
 /// What the rows (this run's and other data dirs') claim.
 pub(super) struct Claimed<'a> {
@@ -26,8 +26,11 @@ pub(super) struct Claimed<'a> {
     /// Guest IPs, within each row's project: an element of that project carrying one is
     /// that row's VM's.
     ips: BTreeSet<(Project, [u8; 4])>,
-    /// Guest IPs of any project: claim files (shared by both) for them are the rows'.
+    /// Guest IPs, SSH ports and vsock CIDs of any project: claim files (shared by both)
+    /// for them are the rows'.
     any_ips: BTreeSet<[u8; 4]>,
+    ports: BTreeSet<u16>,
+    cids: BTreeSet<u32>,
 }
 
 pub(super) fn claimed(obs: &Observed) -> Claimed<'_> {
@@ -37,6 +40,8 @@ pub(super) fn claimed(obs: &Observed) -> Claimed<'_> {
         any: BTreeMap::new(),
         ips: BTreeSet::new(),
         any_ips: BTreeSet::new(),
+        ports: BTreeSet::new(),
+        cids: BTreeSet::new(),
     };
     for r in rows {
         for tap in &r.taps {
@@ -47,6 +52,8 @@ pub(super) fn claimed(obs: &Observed) -> Claimed<'_> {
             c.ips.insert((r.project, ip));
             c.any_ips.insert(ip);
         }
+        c.ports.extend(r.host_port);
+        c.cids.extend(r.vsock_cid);
     }
     c
 }
@@ -90,6 +97,49 @@ pub(super) fn add_rowless(
         inv.vms.push(vm);
     }
     add_orphan_taps(inv, obs, ix, claimed, &ties, &taken);
+    attach_free_claims(inv, obs, ix, claimed);
+}
+
+/// Claim files (`locks/resources/<kind>-<value>.lock`) that no process holds and whose
+/// value no row has: an SDK VM that is gone took them (they are empty and name no VM,
+/// and SmolVM never deletes them). They go with the first stale VM with no row whose
+/// files are in that data dir, and stay while any VM with no row is alive or a lock in
+/// that data dir is held (a create may be claiming).
+fn attach_free_claims(inv: &mut Inventory, obs: &Observed, ix: &Index<'_>, claimed: &Claimed<'_>) {
+    let taken: BTreeSet<FileRef> = inv.vms.iter().flat_map(|v| v.files.iter().cloned()).collect();
+    let a_rows = |name: &str| -> bool {
+        let Some((kind, value)) = name.strip_suffix(".lock").and_then(|n| n.split_once('-')) else {
+            return true;
+        };
+        match kind {
+            "ip" => crate::state::parse_ipv4(value).is_none_or(|ip| claimed.any_ips.contains(&ip)),
+            "ssh" => value.parse().map_or(true, |p: u16| claimed.ports.contains(&p)),
+            "vsock" => value.parse().map_or(true, |c: u32| claimed.cids.contains(&c)),
+            "tap" => claimed.any.contains_key(value),
+            _ => true,
+        }
+    };
+    if inv.vms.iter().any(|v| v.rowless && v.stale.is_none()) {
+        return;
+    }
+    for dir in &obs.data_dirs {
+        if obs.held_locks.iter().any(|l| l.starts_with(dir)) {
+            continue;
+        }
+        let in_dir = |v: &Vm| v.rowless && v.stale.is_some() && v.files.iter().any(|f| &f.root == dir);
+        let Some(owner) = inv.vms.iter_mut().find(|v| in_dir(v)) else {
+            continue;
+        };
+        let mut free: Vec<FileRef> = ix
+            .resource_locks
+            .iter()
+            .filter(|(name, dirs)| dirs.contains(&dir) && !a_rows(name))
+            .map(|(name, _)| FileRef::new(dir, format!("locks/resources/{name}")))
+            .filter(|f| !taken.contains(f))
+            .collect();
+        free.sort();
+        owner.files.extend(free);
+    }
 }
 
 /// TAPs tied to a VM with no row: the TAP of the guest IP its SSH rule carries, and a

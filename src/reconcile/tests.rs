@@ -572,11 +572,29 @@ fn a_claim_file_a_live_sdk_process_holds_keeps_its_tap() {
     }];
     let inv = inventory(&o);
     let rels: Vec<&str> = inv.vms[0].files.iter().map(|f| f.rel.as_str()).collect();
+    // vsock-3 names no VM, no process holds it and no row has CID 3: a gone SDK VM's,
+    // it goes with the stale VM of its data dir.
     assert_eq!(
         rels,
-        ["locks/resources/ip-172.16.0.6.lock"],
-        "vsock-3 names no VM here"
+        [
+            "locks/resources/ip-172.16.0.6.lock",
+            "locks/resources/vsock-3.lock"
+        ]
     );
+    // A row with that CID: the claim is the row's, never the orphan's.
+    let mut r = row("vm-cid", "stopped", None);
+    r.vsock_cid = Some(3);
+    let mut with_row = o.clone();
+    with_row.rows = vec![r];
+    let inv = inventory(&with_row);
+    let orphan = inv.vms.iter().find(|v| v.id == "orphan-tap6").unwrap();
+    assert_eq!(orphan.files.len(), 1, "{:?}", orphan.files);
+    // A VM with no row alive (a create under way may be claiming): free claims stay.
+    let mut live = o.clone();
+    live.vmms = vec![fc(70, 1.0, "vm-sdk")];
+    let inv = inventory(&live);
+    let orphan = inv.vms.iter().find(|v| v.id == "orphan-tap6").unwrap();
+    assert_eq!(orphan.files.len(), 1, "{:?}", orphan.files);
     o.held_locks
         .insert("/var/lib/smolvm/locks/resources/ip-172.16.0.6.lock".into());
     let inv = inventory(&o);

@@ -1,0 +1,51 @@
+"""Makes VM state with a SmolVM or Celesto release's own code (run by that release's
+venv python; no hypervisor: host setup only). Called by check.py:
+
+    make.py <module> create <id>...     CLI-service VMs: row, TAP, nft state, files
+    make.py <module> set <id> <status> [<pid>]
+    make.py <module> sdk <id>           an SDK VM over vsock: no row (state in this
+                                        process, gone when it exits, as when its owner dies)
+
+The data dir comes from the project's own variable (SMOLVM_DATA_DIR, CELESTO_DATA_DIR).
+"""
+import importlib
+import os
+import sys
+from pathlib import Path
+
+mod, op, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+types = importlib.import_module(f"{mod}.types")
+data = Path(os.environ[f"{mod.upper()}_DATA_DIR"])
+data.mkdir(parents=True, exist_ok=True)
+kernel, rootfs = data / "vmlinux.bin", data / "rootfs.ext4"
+for f in (kernel, rootfs):
+    if not f.exists():
+        f.write_bytes(b"boot asset")
+
+
+def config(vid, comm="ssh"):
+    return types.VMConfig(vm_id=vid, kernel_path=kernel, rootfs_path=rootfs, comm_channel=comm)
+
+
+def cli():
+    """The CLI's SQLite-backed service (0.0.30+: the SDK itself keeps no rows)."""
+    service = importlib.import_module(f"{mod}.cli.service")
+    return service.CLIService(data_dir=data)
+
+
+if op == "create":
+    mgr = cli().manager(backend="firecracker")
+    for vid in args:
+        mgr.create(config(vid))
+elif op == "set":
+    vid, status = args[0], getattr(types.VMState, args[1].upper())
+    pid = int(args[2]) if len(args) > 2 else None
+    cli().state_manager().update_vm(vid, status=status, pid=pid)
+elif op == "sdk":
+    vm = importlib.import_module(f"{mod}.vm")
+    manager = getattr(vm, "CelestoManager", None) or getattr(vm, "SmolVMManager")
+    # Over vsock: the SDK's port allocator does not see the CLI's SSH ports (an SSH
+    # forward would collide with theirs: SmolVM's own File exists).
+    manager(data_dir=data, backend="firecracker").create(config(args[0], comm="vsock"))
+else:
+    sys.exit(f"make.py: unknown op {op}")
