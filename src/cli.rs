@@ -106,8 +106,9 @@ impl Mode {
 }
 
 const HELP: &str = "\
-Reclaims what SmolVM microVMs leave on a host: the VMM process, the TAP device, the
-nftables rules, the API socket, log and isolated disk copy, and finally the state row.
+Reclaims what SmolVM (and Celesto, its successor) microVMs leave on a host: the VMM
+process, the TAP device, the nftables rules, the API socket, log and isolated disk copy,
+and finally the state row.
 
 Targets: stale VMs (a running/paused/error row whose VMM is gone, a zombie or a reused
 pid) and VMs whose id starts with PREFIX; `created`/`stopped` VMs with other ids are kept.
@@ -116,8 +117,9 @@ Options:
       --all              Target every VM in the state DB (ignores --prefix) [default: off]
       --prefix PREFIX    Target VMs whose id starts with PREFIX [default: vm-]
       --dry-run          Print the targets and change nothing, the DB included [default: off]
-      --state-dir DIR    Use DIR/smolvm.db only [default: $SMOLVM_DATA_DIR, else every SmolVM
-                         data dir that holds a smolvm.db]
+      --state-dir DIR    Use DIR's smolvm.db and celesto.db only [default: $SMOLVM_DATA_DIR
+                         and $CELESTO_DATA_DIR, else every SmolVM and Celesto data dir
+                         that holds a DB]
       --db PATH          Use this state DB file only (its directory is the data dir)
       --socket-dir DIR   Where SmolVM puts fc-<id>.sock [default: /tmp]
       --older-than DURATION

@@ -101,7 +101,7 @@ pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
 
 /// The subdirectories of a data dir that hold VMs' files. Each is resolved once (a
 /// symlink followed only when that is safe, see `files::Roots`).
-const DATA_SUBDIRS: [&str; 4] = ["disks", "locks", "locks/resources", "firmware"];
+const DATA_SUBDIRS: [&str; 5] = ["disks", "locks", "locks/resources", "firmware", "ssh-known-hosts"];
 
 /// Opens every data dir and the socket dir once. A data dir behind a symlink that is not
 /// followed, or that someone other than root or the user cleanup runs for owns, is
@@ -283,6 +283,7 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
             locks,
             resource_locks,
             firmware: roots.list(&dd.dir, "firmware"),
+            known_hosts: roots.list(&dd.dir, "ssh-known-hosts"),
         });
     }
 }

@@ -641,6 +641,8 @@ pub struct DirListing {
     pub resource_locks: Vec<String>,
     /// `firmware/<id>` directory names (QEMU UEFI variables).
     pub firmware: Vec<String>,
+    /// `ssh-known-hosts/<id>.known_hosts` names (Celesto 0.1.9+, never deleted by it).
+    pub known_hosts: Vec<String>,
 }
 
 /// One VM id with every resource that is provably its own.

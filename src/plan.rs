@@ -155,9 +155,16 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
         .filter(|&i| !is_target[i])
         .map(|i| &inv.vms[i])
         .collect();
+    // The TAPs of the VMs that stay, and those other data dirs' rows have (their VMs
+    // are not this run's to judge).
     let kept_taps: BTreeSet<&str> = keep
         .iter()
         .flat_map(|v| v.tap_names.iter().map(String::as_str))
+        .chain(
+            obs.other_rows
+                .iter()
+                .flat_map(|r| r.taps.iter().map(String::as_str)),
+        )
         .collect();
     let kept_rules: BTreeSet<usize> = keep.iter().flat_map(|v| v.rules.iter().copied()).collect();
     let kept_tables: BTreeSet<usize> = keep.iter().flat_map(|v| v.tables.iter().copied()).collect();

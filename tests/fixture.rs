@@ -443,7 +443,7 @@ fn policy_tables() -> Vec<String> {
 }
 
 /// What the stopped VMs of both projects keep of the mixed host.
-const MIXED_KEPT_FILES: [&str; 18] = [
+const MIXED_KEPT_FILES: [&str; 20] = [
     "cdata",
     "cdata/celesto.db",
     "cdata/disks",
@@ -453,6 +453,8 @@ const MIXED_KEPT_FILES: [&str; 18] = [
     "cdata/locks/sbx-meitner.create.lock",
     "cdata/sbx-meitner.log",
     "cdata/snapshots",
+    "cdata/ssh-known-hosts",
+    "cdata/ssh-known-hosts/sbx-meitner.known_hosts",
     "data",
     "data/disks",
     "data/disks/sbx-curie.ext4",
@@ -473,6 +475,15 @@ fn cleans_a_host_mid_upgrade_from_smolvm_to_celesto() {
     let Some(host) = Host::load("celesto-0.1.10-mixed") else {
         return;
     };
+    // Celesto 0.1.9+ keeps each VM's SSH host key here, and never deletes it.
+    std::fs::create_dir_all(host.cdata.join("ssh-known-hosts")).unwrap();
+    for id in ["sbx-tesla", "sbx-meitner"] {
+        std::fs::write(
+            host.cdata.join(format!("ssh-known-hosts/{id}.known_hosts")),
+            "key",
+        )
+        .unwrap();
+    }
     assert_eq!(policy_tables().len(), 6);
     let before = ruleset();
     let targets = "Reconciled stale VMs: orphan-tap5, sbx-hopper, sbx-tesla, vm-0a1b2c3d\n\
@@ -689,4 +700,100 @@ fn a_smolvm_leftover_on_the_tap_of_a_live_celesto_vm_goes() {
             .count(),
         5
     );
+}
+
+/// A user's legacy `~/.local/state/smolvm` that Celesto kept writing into (it holds no
+/// `~/.local/state/celesto`): `smolvm.db` and `celesto.db` side by side over one `disks/`
+/// and `locks/`. Each file goes with the VM whose row, in either DB, names it.
+#[test]
+fn a_legacy_data_dir_holding_both_dbs() {
+    let Some(host) = Host::load("celesto-0.1.10-mixed") else {
+        return;
+    };
+    sh(&format!(
+        "cp -a {0}/. {1}/ && rm -rf {0}",
+        host.cdata.display(),
+        host.data.display()
+    ));
+    let r = host.run_found(&[]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: orphan-tap5, sbx-hopper, sbx-tesla, vm-0a1b2c3d\n\
+         Targets (5):\n  - orphan-tap5\n  - sbx-hopper\n  - sbx-tesla\n  - vm-0a1b2c3d\n  - vm-5e6f7a8b\n\
+         Deleted: orphan-tap5\nDeleted: sbx-hopper\nDeleted: sbx-tesla\nDeleted: vm-0a1b2c3d\n\
+         Deleted: vm-5e6f7a8b\nCleanup complete.\n",
+    );
+    for (db, p) in [("smolvm.db", "SmolVM"), ("celesto.db", "Celesto")] {
+        let line = format!("state DB: {} ({p})", host.data.join(db).display());
+        assert!(r.stderr.contains(&line), "{}", r.stderr);
+    }
+    assert_eq!(links(), ["lo", "tap3", "uplink0", "uplink0p"]);
+    assert_eq!(policy_tables(), ["celesto_policy_tap3", "smolvm_policy_tap3"]);
+    assert_eq!(host.rows("SELECT id FROM vms"), ["sbx-curie"]);
+    assert_eq!(
+        rows_of(&host.data.join("celesto.db"), "SELECT id FROM vms"),
+        ["sbx-meitner"]
+    );
+    assert_eq!(
+        host.files(),
+        [
+            "data",
+            "data/celesto.db",
+            "data/disks",
+            "data/disks/sbx-curie.ext4",
+            "data/disks/sbx-meitner.ext4",
+            "data/locks",
+            "data/locks/resources",
+            "data/locks/sbx-curie.create.lock",
+            "data/locks/sbx-meitner.create.lock",
+            "data/sbx-curie.log",
+            "data/sbx-meitner.log",
+            "data/smolvm.db",
+            "data/snapshots",
+            "sock"
+        ]
+    );
+}
+
+/// `CELESTO_DATA_DIR` names Celesto's data dir alone: its VMs are cleaned, and SmolVM's
+/// data dir (found as SmolVM finds it) is read, never written: its stale VM is not this
+/// run's, and the TAP its row has stays even though a Celesto target had it too.
+#[test]
+fn celesto_data_dir_limits_the_run_to_celestos_vms() {
+    let Some(host) = Host::load("celesto-0.1.10-mixed") else {
+        return;
+    };
+    let smolvm_db = std::fs::read(host.data.join("smolvm.db")).unwrap();
+    let r = Run::from(
+        crate::util::bin_found(&host.scratch.0, &host.sock)
+            .env("CELESTO_DATA_DIR", &host.cdata)
+            .output()
+            .unwrap(),
+    );
+    r.expect(
+        0,
+        "Reconciled stale VMs: orphan-tap5, sbx-hopper, sbx-tesla\n\
+         Targets (4):\n  - orphan-tap5\n  - sbx-hopper\n  - sbx-tesla\n  - vm-5e6f7a8b\n\
+         Deleted: orphan-tap5\nDeleted: sbx-hopper\nDeleted: sbx-tesla\nDeleted: vm-5e6f7a8b\nCleanup complete.\n",
+    );
+    assert!(
+        r.stderr.contains("the VMs of the other data dirs ("),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("sbx-tesla: TAP tap2 is also claimed by a VM that is not a target; it is kept"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(links(), ["lo", "tap2", "tap3", "uplink0", "uplink0p"]);
+    assert_eq!(
+        policy_tables(),
+        ["celesto_policy_tap3", "smolvm_policy_tap2", "smolvm_policy_tap3"]
+    );
+    assert_eq!(elements_of("smolvm").len(), 10, "SmolVM's elements are all there");
+    assert_eq!(std::fs::read(host.data.join("smolvm.db")).unwrap(), smolvm_db);
+    assert!(host.data.join("vm-0a1b2c3d.log").exists() && host.sock.join("fc-vm-0a1b2c3d.sock").exists());
+    assert_eq!(host.crows("SELECT id FROM vms"), ["sbx-meitner"]);
 }

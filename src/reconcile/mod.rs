@@ -85,7 +85,8 @@ impl<'a> Index<'a> {
         ix
     }
 
-    /// Sockets, logs, disks, locks, firmware directories and claim files, by VM id.
+    /// Sockets, logs, disks, locks, firmware directories, known-hosts files and claim
+    /// files, by VM id.
     fn add_files(&mut self, obs: &'a Observed) {
         let ix = self;
         for n in &obs.socket_names {
@@ -98,6 +99,12 @@ impl<'a> Index<'a> {
         for d in &obs.data_listing {
             for n in &d.resource_locks {
                 ix.resource_locks.entry(n.as_str()).or_default().push(&d.dir);
+            }
+            for n in &d.known_hosts {
+                if let Some(id) = n.strip_suffix(".known_hosts").filter(|id| valid_vm_id(id)) {
+                    let f = FileRef::new(&d.dir, format!("ssh-known-hosts/{n}"));
+                    ix.files_by_id.entry(id).or_default().push(f);
+                }
             }
             for n in d.firmware.iter().filter(|n| valid_vm_id(n)) {
                 let f = FileRef::tree(&d.dir, format!("firmware/{n}"));

@@ -694,6 +694,12 @@ fn files_are_what_was_listed_minus_kept_disks() {
     assert_eq!(rels(&o), ["fc-vm-1.sock", "vsock-vm-1.sock", "vm-1.log"]);
     // A disk with a .retained marker is kept.
     assert!(inventory(&o).vms[1].files.is_empty());
+    // Celesto 0.1.9+'s known-hosts file goes with its VM; alone, it names no VM.
+    o.data_listing[0].known_hosts = vec!["vm-2.known_hosts".into(), "ghost.known_hosts".into()];
+    let inv = inventory(&o);
+    let vm2: Vec<&str> = inv.vms[1].files.iter().map(|f| f.rel.as_str()).collect();
+    assert_eq!(vm2, ["ssh-known-hosts/vm-2.known_hosts"]);
+    assert_eq!(inv.unattributed[0].rel, "ssh-known-hosts/ghost.known_hosts");
 }
 
 #[test]
