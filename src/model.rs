@@ -260,6 +260,8 @@ pub struct ProcInfo {
     pub cmdline: Vec<String>,
     /// Its owner (the uid of its /proc directory): stopping another user's VMM takes CAP_KILL.
     pub uid: u32,
+    /// The TAPs it holds open (read for VMM processes only).
+    pub taps: Vec<String>,
 }
 
 impl ProcInfo {

@@ -45,6 +45,15 @@ pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// The interface a tun fd is attached to, from its fdinfo (`iff:\ttap3`).
+pub fn parse_fdinfo_iff(fdinfo: &str) -> Option<&str> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("iff:"))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
 /// Boot time as Unix seconds, from `/proc/uptime` (10 ms precision) and the wall clock.
 pub fn boot_time(root: &Path, now_unix: f64) -> Option<f64> {
     let up = std::fs::read_to_string(root.join("uptime")).ok()?;
@@ -84,7 +93,30 @@ impl Procfs {
             start_unix: self.boot_unix + start_ticks as f64 / self.ticks_per_sec,
             cmdline,
             uid,
+            taps: Vec::new(),
         })
+    }
+
+    /// The TAPs a process holds open: each fd on /dev/net/tun, and the interface its
+    /// fdinfo names (`iff:\ttap3`). Reading another user's fds takes root (or
+    /// CAP_SYS_PTRACE); a process whose fds cannot be read holds none that we know of.
+    pub fn held_taps(&self, pid: i32) -> Vec<String> {
+        let dir = self.root.join(pid.to_string());
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+            return Vec::new();
+        };
+        let mut taps = Vec::new();
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t == Path::new("/dev/net/tun"))
+                && let Ok(info) = std::fs::read_to_string(dir.join("fdinfo").join(fd.file_name()))
+                && let Some(name) = parse_fdinfo_iff(&info)
+            {
+                taps.push(name.to_string());
+            }
+        }
+        taps.sort();
+        taps.dedup();
+        taps
     }
 
     /// Re-reads only the start time, to prove a pidfd still refers to the process we judged.
@@ -125,7 +157,8 @@ impl Procfs {
             if !is_vmm_argv0(&String::from_utf8_lossy(argv0)) {
                 continue;
             }
-            if let Some(info) = self.read(pid) {
+            if let Some(mut info) = self.read(pid) {
+                info.taps = self.held_taps(pid);
                 out.push(info);
             }
         }
@@ -144,6 +177,47 @@ mod tests {
         assert_eq!(parse_stat(stat), Some(('S', 987654)));
         assert_eq!(parse_stat("12 (x) Z 1 2 3"), None);
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn fdinfo_names_the_tap() {
+        let info = "pos:\t0\nflags:\t0100002\nmnt_id:\t15\nino:\t1048\niff:\ttap6\n";
+        assert_eq!(parse_fdinfo_iff(info), Some("tap6"));
+        assert_eq!(parse_fdinfo_iff("pos:\t0\nflags:\t02\n"), None);
+    }
+
+    /// A real TAP held the way Firecracker holds one: our own fd, read back from /proc.
+    #[test]
+    fn a_held_tap_is_read_from_proc() {
+        if !crate::netlink::test_netns() {
+            return;
+        }
+        crate::netlink::test_sh("ip tuntap add tap77 mode tap");
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        let mut req = [0u8; 40];
+        req[..5].copy_from_slice(b"tap77");
+        let flags = u16::try_from(libc::IFF_TAP | libc::IFF_NO_PI).unwrap();
+        req[16..18].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: TUNSETIFF reads a 40-byte struct ifreq (name, then flags) from a live,
+        // correctly sized buffer for the duration of the call.
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&tun),
+                libc::TUNSETIFF,
+                req.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let fs = Procfs::new(Path::new("/proc"), 0.0);
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        assert_eq!(fs.held_taps(me), ["tap77"]);
+        drop(tun);
+        assert!(fs.held_taps(me).is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ code, in the private network and mount namespace `ci/compat` runs it in (its own
   6. `--all` leaves no TAP, no table of the project, no row, no VM file, and
      `--check --all` exits 0.
 
-    check.py release <bin> <module> <version> <venv-python> <work-dir>
+    check.py release <bin> <module> <version> <epoch> <venv-python> <work-dir>
     check.py mixed <bin> <smolvm-python> <celesto-python> <work-dir>
 
 Prints one line; exits 1 naming what was left or taken.
@@ -148,7 +148,7 @@ def cleanup(bin_, env, *args, code=0):
     return p
 
 
-def release(bin_, module, version, py, work):
+def release(bin_, module, version, epoch, py, work):
     uplink()
     rel = Release(module, version, py, work)
     dirs, dbs = [rel.data, Path("/tmp"), work / "home"], [rel.db()]
@@ -199,7 +199,7 @@ def release(bin_, module, version, py, work):
     cleanup(bin_, rel.env, "--check", "--all")
     n = len(added)
     what = "a stale, a prefixed" + (" and an SDK VM" if sdk else " VM")
-    print(f"{module} {version}: ok ({what}: {n} objects removed, 2 kept VMs untouched; recreated; --all left nothing)")
+    print(f"{module} {version} ({epoch}): ok ({what}: {n} objects removed, 2 kept VMs untouched; recreated; --all left nothing)")
 
 
 def mixed(bin_, spy, cpy, work):
@@ -250,9 +250,9 @@ def mixed(bin_, spy, cpy, work):
 if __name__ == "__main__":
     try:
         if sys.argv[1] == "release":
-            release(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], Path(sys.argv[6]))
+            release(*sys.argv[2:7], Path(sys.argv[7]))
         else:
             mixed(sys.argv[2], sys.argv[3], sys.argv[4], Path(sys.argv[5]))
     except Fail as e:
-        print(f"FAILED: {e}")
+        print(f"{' '.join(sys.argv[3:5])}: FAILED: {e}")
         sys.exit(1)

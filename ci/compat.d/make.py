@@ -24,28 +24,40 @@ for f in (kernel, rootfs):
 
 
 def config(vid, comm="ssh"):
-    return types.VMConfig(vm_id=vid, kernel_path=kernel, rootfs_path=rootfs, comm_channel=comm)
+    extra = {"comm_channel": comm} if "comm_channel" in types.VMConfig.model_fields else {}
+    return types.VMConfig(vm_id=vid, kernel_path=kernel, rootfs_path=rootfs, **extra)
 
 
 def cli():
-    """The CLI's SQLite-backed service (0.0.30+: the SDK itself keeps no rows)."""
-    service = importlib.import_module(f"{mod}.cli.service")
+    """The CLI's SQLite-backed service (0.0.30+: the SDK itself keeps no rows); None
+    before that, when the SDK's manager wrote the rows itself."""
+    try:
+        service = importlib.import_module(f"{mod}.cli.service")
+    except ModuleNotFoundError:
+        return None
     return service.CLIService(data_dir=data)
 
 
+def sdk_manager():
+    vm = importlib.import_module(f"{mod}.vm")
+    manager = getattr(vm, "CelestoManager", None) or getattr(vm, "SmolVMManager")
+    return manager(data_dir=data, backend="firecracker")
+
+
 if op == "create":
-    mgr = cli().manager(backend="firecracker")
+    service = cli()
+    mgr = service.manager(backend="firecracker") if service else sdk_manager()
     for vid in args:
         mgr.create(config(vid))
 elif op == "set":
     vid, status = args[0], getattr(types.VMState, args[1].upper())
     pid = int(args[2]) if len(args) > 2 else None
-    cli().state_manager().update_vm(vid, status=status, pid=pid)
+    service = cli()
+    state = service.state_manager() if service else sdk_manager().state
+    state.update_vm(vid, status=status, pid=pid)
 elif op == "sdk":
-    vm = importlib.import_module(f"{mod}.vm")
-    manager = getattr(vm, "CelestoManager", None) or getattr(vm, "SmolVMManager")
     # Over vsock: the SDK's port allocator does not see the CLI's SSH ports (an SSH
     # forward would collide with theirs: SmolVM's own File exists).
-    manager(data_dir=data, backend="firecracker").create(config(args[0], comm="vsock"))
+    sdk_manager().create(config(args[0], comm="vsock"))
 else:
     sys.exit(f"make.py: unknown op {op}")

@@ -14,7 +14,9 @@ use super::network::{
     guest_ip_for_tap, tap_for_guest_ip,
 };
 use super::rows::signs_of_life;
-use crate::model::{FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Stale, Vm, Vmm};
+use crate::model::{
+    FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Stale, Vm, Vmm, valid_tap_name,
+};
 
 /// What the rows (this run's and other data dirs') claim.
 pub(super) struct Claimed<'a> {
@@ -71,7 +73,7 @@ pub(super) fn add_rowless(
     let ties = ties(obs, ix, by_id, claimed);
     let mut tied: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (tap, id) in &ties {
-        tied.entry(id).or_default().push(tap.clone());
+        tied.entry(id.as_str()).or_default().push(tap.clone());
     }
     let mut taken: BTreeSet<(Project, String)> = BTreeSet::new();
     for (id, vmms) in evidence {
@@ -101,10 +103,10 @@ pub(super) fn add_rowless(
 }
 
 /// Claim files (`locks/resources/<kind>-<value>.lock`) that no process holds and whose
-/// value no row has: an SDK VM that is gone took them (they are empty and name no VM,
-/// and SmolVM never deletes them). They go with the first stale VM with no row whose
-/// files are in that data dir, and stay while any VM with no row is alive or a lock in
-/// that data dir is held (a create may be claiming).
+/// value no row has: an SDK VM took them whose owner process is gone (they are empty
+/// and name no VM, and SmolVM never deletes them). They go with the first VM with no row
+/// whose files are in that data dir (and stay with it when it is kept), and stay where
+/// they are while any lock in that data dir is held (a create may be claiming).
 fn attach_free_claims(inv: &mut Inventory, obs: &Observed, ix: &Index<'_>, claimed: &Claimed<'_>) {
     let taken: BTreeSet<FileRef> = inv.vms.iter().flat_map(|v| v.files.iter().cloned()).collect();
     let a_rows = |name: &str| -> bool {
@@ -119,14 +121,11 @@ fn attach_free_claims(inv: &mut Inventory, obs: &Observed, ix: &Index<'_>, claim
             _ => true,
         }
     };
-    if inv.vms.iter().any(|v| v.rowless && v.stale.is_none()) {
-        return;
-    }
     for dir in &obs.data_dirs {
         if obs.held_locks.iter().any(|l| l.starts_with(dir)) {
             continue;
         }
-        let in_dir = |v: &Vm| v.rowless && v.stale.is_some() && v.files.iter().any(|f| &f.root == dir);
+        let in_dir = |v: &Vm| v.rowless && v.files.iter().any(|f| &f.root == dir);
         let Some(owner) = inv.vms.iter_mut().find(|v| in_dir(v)) else {
             continue;
         };
@@ -142,31 +141,40 @@ fn attach_free_claims(inv: &mut Inventory, obs: &Observed, ix: &Index<'_>, claim
     }
 }
 
-/// TAPs tied to a VM with no row: the TAP of the guest IP its SSH rule carries, and a
-/// bridge TAP whose alias names it.
-fn ties<'a>(
-    obs: &'a Observed,
-    ix: &Index<'a>,
+/// TAPs tied to a VM with no row: the TAP its live VMM holds open, the TAP of the guest
+/// IP its SSH rule carries, and a bridge TAP whose alias names it. A TAP a row has is
+/// never tied.
+fn ties(
+    obs: &Observed,
+    ix: &Index<'_>,
     by_id: &BTreeMap<String, usize>,
     claimed: &Claimed<'_>,
-) -> BTreeMap<String, &'a str> {
-    let mut ties: BTreeMap<String, &str> = BTreeMap::new();
+) -> BTreeMap<String, String> {
+    let mut ties: BTreeMap<String, String> = BTreeMap::new();
+    let mut tie = |tap: &str, id: &str| {
+        if valid_tap_name(tap) && !claimed.any.contains_key(tap) {
+            ties.entry(tap.to_string()).or_insert_with(|| id.to_string());
+        }
+    };
+    // What its VMM holds (an SDK VM's TAP: no row, and 0.0.8+ rules name no VM).
+    for (id, procs) in ix.vmms_by_id.iter().filter(|(id, _)| !by_id.contains_key(*id)) {
+        for tap in procs.iter().flat_map(|p| &p.taps) {
+            tie(tap, id);
+        }
+    }
     for (&id, rules) in ix.rules_by_id.iter().filter(|(id, _)| !by_id.contains_key(**id)) {
         let ips = rules.iter().flat_map(|&ri| &obs.rules[ri].ipv4);
         for tap in ips.filter_map(|ip| tap_for_guest_ip(*ip)) {
-            if !claimed.any.contains_key(tap.as_str()) {
-                ties.entry(tap).or_insert(id);
-            }
+            tie(&tap, id);
         }
     }
-    // A bridge TAP's alias names its VM.
     for (&id, taps) in ix
         .taps_by_alias
         .iter()
         .filter(|(id, _)| !by_id.contains_key(**id))
     {
-        for tap in taps.iter().filter(|t| !claimed.any.contains_key(**t)) {
-            ties.entry(tap.to_string()).or_insert(id);
+        for tap in taps {
+            tie(tap, id);
         }
     }
     ties
@@ -230,7 +238,7 @@ fn add_orphan_taps(
     obs: &Observed,
     ix: &Index<'_>,
     claimed: &Claimed<'_>,
-    ties: &BTreeMap<String, &str>,
+    ties: &BTreeMap<String, String>,
     taken: &BTreeSet<(Project, String)>,
 ) {
     // Per TAP, the projects whose objects name it (an element's guest IP names the TAP

@@ -38,6 +38,7 @@ fn proc(pid: i32, start: f64, cmd: &[&str]) -> ProcInfo {
         start_unix: start,
         cmdline: cmd.iter().map(|s| s.to_string()).collect(),
         uid: 0,
+        taps: vec![],
     }
 }
 
@@ -589,10 +590,12 @@ fn a_claim_file_a_live_sdk_process_holds_keeps_its_tap() {
     let inv = inventory(&with_row);
     let orphan = inv.vms.iter().find(|v| v.id == "orphan-tap6").unwrap();
     assert_eq!(orphan.files.len(), 1, "{:?}", orphan.files);
-    // A VM with no row alive (a create under way may be claiming): free claims stay.
-    let mut live = o.clone();
-    live.vmms = vec![fc(70, 1.0, "vm-sdk")];
-    let inv = inventory(&live);
+    // A lock held in that data dir (a create under way may be claiming): they stay.
+    let mut busy = o.clone();
+    busy.data_listing[0].locks = vec!["vm-new.create.lock".into()];
+    busy.held_locks
+        .insert("/var/lib/smolvm/locks/vm-new.create.lock".into());
+    let inv = inventory(&busy);
     let orphan = inv.vms.iter().find(|v| v.id == "orphan-tap6").unwrap();
     assert_eq!(orphan.files.len(), 1, "{:?}", orphan.files);
     o.held_locks
@@ -713,4 +716,38 @@ fn smolvm_socket_paths_are_not_warned_about() {
     let inv = inventory(&obs(vec![fc, qmp, odd]));
     assert_eq!(inv.warnings.len(), 1, "{:?}", inv.warnings);
     assert!(inv.warnings[0].starts_with("vm-3: socket path"));
+}
+
+/// An SDK VM (no row, 0.0.30+) whose VMM lives: the TAP that VMM holds is its own, with
+/// its policy table and elements, so `--all`, which stops the VMM, reclaims them too.
+#[test]
+fn the_tap_a_live_rowless_vmm_holds_is_that_vms() {
+    let mut o = obs(vec![]);
+    o.links = vec![tap(6, "tap6")];
+    o.links[0].carrier = true;
+    o.tables = vec![Table {
+        family: NFPROTO_INET,
+        name: "smolvm_policy_tap6".into(),
+    }];
+    o.elems = vec![allowed("tap6")];
+    let mut vmm = fc(70, 1.0, "sbx-sdk");
+    vmm.taps = vec!["tap6".into()];
+    o.vmms = vec![vmm];
+    let inv = inventory(&o);
+    assert_eq!(inv.vms.len(), 1, "{:?}", inv.vms);
+    let vm = &inv.vms[0];
+    assert_eq!(vm.id, "sbx-sdk");
+    assert_eq!(
+        (vm.taps.as_slice(), vm.tables.as_slice(), vm.elems.as_slice()),
+        (&[0][..], &[0][..], &[0][..])
+    );
+    assert_eq!(vm.live, Some(Life::Vmm(70)));
+    assert_eq!(inv.kept, 0, "nothing is left aside as a held orphan");
+    // A TAP a row has is never the row-less VM's, whoever holds it.
+    let mut r = row("keepme", "stopped", None);
+    r.taps = vec!["tap6".into()];
+    o.rows = vec![r];
+    let inv = inventory(&o);
+    let sdk = inv.vms.iter().find(|v| v.id == "sbx-sdk").unwrap();
+    assert!(sdk.taps.is_empty() && sdk.tables.is_empty());
 }
