@@ -702,6 +702,8 @@ pub struct Inventory {
     /// Files named like a VM's log or disk that no row and nothing only SmolVM makes
     /// corroborates: a user's `backup.log` is no VM, so these are never touched.
     pub unattributed: Vec<FileRef>,
+    /// SDK claim files no process holds and no row or VM has: some gone SDK VM's.
+    pub free_claims: Vec<FileRef>,
 }
 
 /// A state row to delete or mark, as it was read: its DB (index into the opened DBs),

@@ -3,10 +3,10 @@
 //! VM in the state DB's order. A resource that a VM outside the targets also claims (two
 //! rows naming one TAP, a SmolVM and a Celesto VM given the same TAP) is never deleted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    Chain, Inventory, NftState, Observed, Op, Plan, Project, RowRef, SHARED_SETS, TapRef, Target, Vm,
+    Chain, FileRef, Inventory, NftState, Observed, Op, Plan, Project, RowRef, SHARED_SETS, TapRef, Target, Vm,
 };
 
 /// The base chains each project creates in its two shared tables, in the same order.
@@ -181,8 +181,10 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
         link_groups: groups,
         ..Plan::default()
     };
+    let mut free = free_claims_for(inv, &chosen, &is_target);
     for i in chosen {
         let mut vm = inv.vms[i].clone();
+        vm.files.extend(free.remove(&i).unwrap_or_default());
         let shared: Vec<String> = vm
             .tap_names
             .iter()
@@ -205,6 +207,22 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
         plan.targets.push(resolve(vm, obs));
     }
     plan
+}
+
+/// Free claim files (an SDK VM's whose owner is gone; which one cannot be told) go with
+/// the first target with no row that has files in their data dir, and only when every
+/// VM with no row there is a target: while one stays, any of them may be its.
+fn free_claims_for(inv: &Inventory, chosen: &[usize], is_target: &[bool]) -> BTreeMap<usize, Vec<FileRef>> {
+    let mut out: BTreeMap<usize, Vec<FileRef>> = BTreeMap::new();
+    let in_dir = |v: &Vm, dir: &std::path::Path| v.rowless && v.files.iter().any(|f| f.root == dir);
+    for f in &inv.free_claims {
+        let kept = (0..inv.vms.len()).any(|i| !is_target[i] && in_dir(&inv.vms[i], &f.root));
+        let owner = chosen.iter().copied().find(|&i| in_dir(&inv.vms[i], &f.root));
+        if let (false, Some(i)) = (kept, owner) {
+            out.entry(i).or_default().push(f.clone());
+        }
+    }
+    out
 }
 
 /// The target apply runs: the VM's resources by name, handle and path.

@@ -8,7 +8,8 @@ code, in the private network and mount namespace `ci/compat` runs it in (its own
   3. `--dry-run` changes nothing, `--check` exits 1;
   4. the default run removes exactly what step 2 added: the world is step 1's again;
   5. the release creates VMs again (an element left behind would fail: File exists);
-  6. `--all` leaves no TAP, no table of the project, no row, no VM file, and
+  6. (0.0.30+) an SDK VM whose VMM runs (a stand-in holding its TAP) and whose owner is
+     gone; then `--all` leaves no TAP, no table of the project, no row, no VM file, and
      `--check --all` exits 0.
 
     check.py release <bin> <module> <version> <epoch> <venv-python> <work-dir>
@@ -78,18 +79,28 @@ def dead_pid():
     return p.pid
 
 
-def live_vm(rel, vid):
-    """`vid` running: a stand-in VMM holding its TAP and serving /tmp/fc-<vid>.sock."""
-    standin = subprocess.Popen(
-        ["firecracker", HERE / "standin.py", "--api-sock", f"/tmp/fc-{vid}.sock", "--tap", rel.tap(vid)],
+def standin(vid, tap):
+    """A stand-in VMM for `vid`, holding `tap` and serving /tmp/fc-<vid>.sock."""
+    p = subprocess.Popen(
+        ["firecracker", HERE / "standin.py", "--api-sock", f"/tmp/fc-{vid}.sock", "--tap", tap],
         executable=sys.executable,
         stdout=subprocess.PIPE,
         text=True,
     )
-    if standin.stdout.readline().strip() != "ready":
+    if p.stdout.readline().strip() != "ready":
         raise Fail(f"the stand-in VMM of {vid} did not start")
-    rel.make("set", vid, "running", str(standin.pid))
-    return standin
+    return p
+
+
+def live_vm(rel, vid):
+    """`vid` running: its row says so, with the pid of a stand-in VMM."""
+    p = standin(vid, rel.tap(vid))
+    rel.make("set", vid, "running", str(p.pid))
+    return p
+
+
+def taps():
+    return {o[1] for o in snapshot([], []) if o[0] == "tap"}
 
 
 def norm(v):
@@ -155,7 +166,7 @@ def release(bin_, module, version, epoch, py, work):
     rel.make("create", "sbx-keep")
     rel.make("set", "sbx-keep", "stopped")
     rel.make("create", "sbx-live")
-    standin = live_vm(rel, "sbx-live")
+    live = live_vm(rel, "sbx-live")
     kept = snapshot(dirs, dbs)
     rel.make("create", "sbx-crash")
     rel.make("set", "sbx-crash", "running", str(dead_pid()))
@@ -182,10 +193,18 @@ def release(bin_, module, version, epoch, py, work):
     taken = kept - after
     if left or taken:
         raise Fail(f"left of the targets: {show(left) or 'nothing'}; taken of the kept VMs: {show(taken) or 'nothing'}")
-    if standin.poll() is not None:
+    if live.poll() is not None:
         raise Fail("the live VM's VMM was stopped")
 
     rel.make("create", "sbx-again", "vm-again")
+    vmms = [live]
+    if sdk:
+        # An SDK VM whose owner is gone but whose VMM runs: no row; the TAP it holds, its
+        # policy table and elements go with it when --all stops it, in the same run.
+        before = taps()
+        rel.make("sdk", "sbx-sdklive")
+        (tap,) = taps() - before
+        vmms.append(standin("sbx-sdklive", tap))
     cleanup(bin_, rel.env, "--all")
     final = snapshot(dirs, dbs)
     assets = {("file", str(rel.data / n)) for n in ("vmlinux.bin", "rootfs.ext4")}
@@ -194,12 +213,15 @@ def release(bin_, module, version, epoch, py, work):
     left = {o for o in left if o[0] != "file" or not o[1].startswith("/tmp/") or "sock" in o[1] or "libkrun" in o[1]}
     if left:
         raise Fail(f"--all left: {show(left)}")
-    if standin.wait(timeout=10) is None:
-        raise Fail("--all did not stop the live VM's VMM")
+    for p in vmms:
+        if p.wait(timeout=10) is None:
+            raise Fail("--all did not stop a live VM's VMM")
     cleanup(bin_, rel.env, "--check", "--all")
     n = len(added)
     what = "a stale, a prefixed" + (" and an SDK VM" if sdk else " VM")
-    print(f"{module} {version} ({epoch}): ok ({what}: {n} objects removed, 2 kept VMs untouched; recreated; --all left nothing)")
+    live_sdk = ", a live SDK VM's TAP and tables with it" if sdk else ""
+    print(f"{module} {version} ({epoch}): ok ({what}: {n} objects removed, 2 kept VMs untouched; "
+          f"recreated; --all left nothing{live_sdk})")
 
 
 def mixed(bin_, spy, cpy, work):
@@ -218,7 +240,7 @@ def mixed(bin_, spy, cpy, work):
     tap = s.tap("sbx-old-crash")
     if c.tap("sbx-new-live") != tap:
         raise Fail("Celesto's allocator did not hand out SmolVM's TAP again: no collision to test")
-    standin = live_vm(c, "sbx-new-live")
+    live = live_vm(c, "sbx-new-live")
     before = snapshot(dirs, dbs)
     out = cleanup(bin_, env).stdout
     if "Deleted: sbx-old-crash\n" not in out:
@@ -232,7 +254,7 @@ def mixed(bin_, spy, cpy, work):
     must_go = {o for o in before if o[0] in ("table", "elem") and "smolvm" in o[2] and (ip in str(o) or tap in str(o))}
     if must_go & after:
         raise Fail(f"left of the stale SmolVM VM: {show(must_go & after)}")
-    if ("tap", tap, "") not in after or standin.poll() is not None:
+    if ("tap", tap, "") not in after or live.poll() is not None:
         raise Fail("the live Celesto VM lost its TAP or its VMM")
     # (SmolVM would give its next VM the TAP the live Celesto VM holds: EBUSY, its own
     # collision; it creates again after --all.)

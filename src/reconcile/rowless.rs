@@ -99,15 +99,15 @@ pub(super) fn add_rowless(
         inv.vms.push(vm);
     }
     add_orphan_taps(inv, obs, ix, claimed, &ties, &taken);
-    attach_free_claims(inv, obs, ix, claimed);
+    free_claims(inv, obs, ix, claimed);
 }
 
-/// Claim files (`locks/resources/<kind>-<value>.lock`) that no process holds and whose
-/// value no row has: an SDK VM took them whose owner process is gone (they are empty
-/// and name no VM, and SmolVM never deletes them). They go with the first VM with no row
-/// whose files are in that data dir (and stay with it when it is kept), and stay where
-/// they are while any lock in that data dir is held (a create may be claiming).
-fn attach_free_claims(inv: &mut Inventory, obs: &Observed, ix: &Index<'_>, claimed: &Claimed<'_>) {
+/// Claim files (`locks/resources/<kind>-<value>.lock`) that no process holds, whose value
+/// no row has and that no VM took: an SDK VM took them whose owner process is gone (they
+/// are empty and name no VM, and SmolVM never deletes them). Which one cannot be told,
+/// so `plan` decides whether they can go. None while a lock in their data dir is held
+/// (a create may be claiming).
+fn free_claims(inv: &mut Inventory, obs: &Observed, ix: &Index<'_>, claimed: &Claimed<'_>) {
     let taken: BTreeSet<FileRef> = inv.vms.iter().flat_map(|v| v.files.iter().cloned()).collect();
     let a_rows = |name: &str| -> bool {
         let Some((kind, value)) = name.strip_suffix(".lock").and_then(|n| n.split_once('-')) else {
@@ -125,19 +125,15 @@ fn attach_free_claims(inv: &mut Inventory, obs: &Observed, ix: &Index<'_>, claim
         if obs.held_locks.iter().any(|l| l.starts_with(dir)) {
             continue;
         }
-        let in_dir = |v: &Vm| v.rowless && v.files.iter().any(|f| &f.root == dir);
-        let Some(owner) = inv.vms.iter_mut().find(|v| in_dir(v)) else {
-            continue;
-        };
         let mut free: Vec<FileRef> = ix
             .resource_locks
             .iter()
             .filter(|(name, dirs)| dirs.contains(&dir) && !a_rows(name))
             .map(|(name, _)| FileRef::new(dir, format!("locks/resources/{name}")))
-            .filter(|f| !taken.contains(f))
+            .filter(|f| !taken.contains(f) && !obs.held_locks.contains(&f.path()))
             .collect();
         free.sort();
-        owner.files.extend(free);
+        inv.free_claims.extend(free);
     }
 }
 

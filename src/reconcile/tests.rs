@@ -561,6 +561,21 @@ fn elements_go_with_the_vm_whose_port_ip_or_tap_they_carry() {
     assert_eq!(inv.kept, 1);
 }
 
+/// The files the plan gives each target, by id.
+fn planned_files(o: &Observed, all: bool) -> Vec<(String, Vec<String>)> {
+    let sel = crate::plan::Selection {
+        all,
+        prefix: "vm-".into(),
+        min_age: None,
+        now: 0.0,
+    };
+    let plan = crate::plan::build(&inventory(o), o, &sel);
+    plan.targets
+        .iter()
+        .map(|t| (t.id.clone(), t.files.iter().map(|f| f.rel.clone()).collect()))
+        .collect()
+}
+
 #[test]
 fn a_claim_file_a_live_sdk_process_holds_keeps_its_tap() {
     let mut o = obs(vec![]);
@@ -573,31 +588,45 @@ fn a_claim_file_a_live_sdk_process_holds_keeps_its_tap() {
     }];
     let inv = inventory(&o);
     let rels: Vec<&str> = inv.vms[0].files.iter().map(|f| f.rel.as_str()).collect();
+    assert_eq!(rels, ["locks/resources/ip-172.16.0.6.lock"]);
     // vsock-3 names no VM, no process holds it and no row has CID 3: a gone SDK VM's,
-    // it goes with the stale VM of its data dir.
+    // it goes with the target with no row of its data dir.
+    assert_eq!(inv.free_claims.len(), 1);
+    let claims = [
+        "locks/resources/ip-172.16.0.6.lock",
+        "locks/resources/vsock-3.lock",
+    ];
     assert_eq!(
-        rels,
-        [
-            "locks/resources/ip-172.16.0.6.lock",
-            "locks/resources/vsock-3.lock"
-        ]
+        planned_files(&o, false),
+        [("orphan-tap6".to_string(), claims.map(String::from).to_vec())]
     );
     // A row with that CID: the claim is the row's, never the orphan's.
     let mut r = row("vm-cid", "stopped", None);
     r.vsock_cid = Some(3);
     let mut with_row = o.clone();
     with_row.rows = vec![r];
-    let inv = inventory(&with_row);
-    let orphan = inv.vms.iter().find(|v| v.id == "orphan-tap6").unwrap();
-    assert_eq!(orphan.files.len(), 1, "{:?}", orphan.files);
-    // A lock held in that data dir (a create under way may be claiming): they stay.
+    assert!(inventory(&with_row).free_claims.is_empty());
+    // A lock held in that data dir (a create under way may be claiming): it stays.
     let mut busy = o.clone();
     busy.data_listing[0].locks = vec!["vm-new.create.lock".into()];
     busy.held_locks
         .insert("/var/lib/smolvm/locks/vm-new.create.lock".into());
-    let inv = inventory(&busy);
-    let orphan = inv.vms.iter().find(|v| v.id == "orphan-tap6").unwrap();
-    assert_eq!(orphan.files.len(), 1, "{:?}", orphan.files);
+    assert!(inventory(&busy).free_claims.is_empty());
+    // Another VM with no row in that data dir stays (alive): it may be its; with --all
+    // (every VM a target) it goes.
+    let mut live = o.clone();
+    live.data_listing[0].locks = vec!["sbx-live.create.lock".into()];
+    live.vmms = vec![fc(70, 1.0, "sbx-live")];
+    let default = planned_files(&live, false);
+    assert_eq!(
+        default,
+        [("orphan-tap6".to_string(), vec![claims[0].to_string()])]
+    );
+    let all = planned_files(&live, true);
+    assert!(
+        all.iter().any(|(_, f)| f.contains(&claims[1].to_string())),
+        "{all:?}"
+    );
     o.held_locks
         .insert("/var/lib/smolvm/locks/resources/ip-172.16.0.6.lock".into());
     let inv = inventory(&o);
