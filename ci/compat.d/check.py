@@ -4,7 +4,8 @@ code, in the private network and mount namespace `ci/compat` runs it in (its own
   1. kept VMs: `sbx-keep` (stopped, another prefix) and `sbx-live` (running: a stand-in
      VMM holds its TAP and serves its API socket); the world is snapshotted;
   2. targets: `sbx-crash` (running, its VMM gone), `vm-target` (created, the prefix),
-     and where the release has them an SDK VM with no row;
+     `sbx-qemu` (a QEMU VM, running, its VMM gone; on a TAP from 0.0.18), and where the
+     release has them `vm-bridge` (bridge mode, 0.0.27+) and an SDK VM with no row;
   3. `--dry-run` changes nothing, `--check` exits 1;
   4. the default run removes exactly what step 2 added: the world is step 1's again;
   5. the release creates VMs again (an element left behind would fail: File exists);
@@ -39,13 +40,23 @@ def run(cmd, env=None, check=True):
 
 
 def uplink():
+    """An uplink with a default route, and a bridge with a port for bridge-mode VMs (no
+    IPv6 address anywhere: SmolVM refuses a bridge that gives the host one)."""
     for c in (
+        "sysctl -qw net.ipv6.conf.all.disable_ipv6=1",
+        "sysctl -qw net.ipv6.conf.default.disable_ipv6=1",
         "ip link set lo up",
         "ip link add uplink0 type veth peer name uplink0p",
         "ip addr add 10.99.0.2/24 dev uplink0",
         "ip link set uplink0 up",
         "ip link set uplink0p up",
         "ip route add default via 10.99.0.1",
+        "ip link add br0 type bridge",
+        "ip link set br0 up",
+        "ip link add eth1 type veth peer name eth1p",
+        "ip link set eth1 master br0",
+        "ip link set eth1 up",
+        "ip link set eth1p up",
     ):
         run(c.split())
 
@@ -67,6 +78,9 @@ class Release:
     def tap(self, vid):
         with sqlite3.connect(self.db()) as c:
             return c.execute("SELECT tap_device FROM ip_leases WHERE vm_id = ?", (vid,)).fetchone()[0]
+
+    def has(self, feature):
+        return run([self.py, HERE / "make.py", self.module, "has", feature], env=self.env, check=False).returncode == 0
 
     def has_sdk_without_rows(self):
         # The SDK keeps its state in memory from SmolVM 0.0.30 on (Celesto: always).
@@ -171,9 +185,16 @@ def release(bin_, module, version, epoch, py, work):
     rel.make("create", "sbx-crash")
     rel.make("set", "sbx-crash", "running", str(dead_pid()))
     rel.make("create", "vm-target")
+    rel.make("qemu", "sbx-qemu")
+    rel.make("set", "sbx-qemu", "running", str(dead_pid()))
+    kinds = ["a stale", "a prefixed", "a stale QEMU" + (" (TAP)" if rel.has("qemu-tap") else "")]
+    if rel.has("bridge"):
+        rel.make("bridge", "vm-bridge")
+        kinds.append("a bridge")
     sdk = rel.has_sdk_without_rows()
     if sdk:
         rel.make("sdk", "sbx-sdk")
+        kinds.append("an SDK")
     full = snapshot(dirs, dbs)
     added = full - kept
     if not added or kept - full:
@@ -184,7 +205,7 @@ def release(bin_, module, version, epoch, py, work):
         raise Fail(f"--dry-run changed: {show(snapshot(dirs, dbs) ^ full)}")
     cleanup(bin_, rel.env, "--check", code=1)
     out = cleanup(bin_, rel.env).stdout
-    for vid in ("sbx-crash", "vm-target"):
+    for vid in ("sbx-crash", "vm-target", "sbx-qemu"):
         if f"Deleted: {vid}\n" not in out:
             raise Fail(f"{vid} was not deleted: {out}")
     after = snapshot(dirs, dbs)
@@ -218,7 +239,7 @@ def release(bin_, module, version, epoch, py, work):
             raise Fail("--all did not stop a live VM's VMM")
     cleanup(bin_, rel.env, "--check", "--all")
     n = len(added)
-    what = "a stale, a prefixed" + (" and an SDK VM" if sdk else " VM")
+    what = ", ".join(kinds[:-1]) + " and " + kinds[-1] + " VM"
     live_sdk = ", a live SDK VM's TAP and tables with it" if sdk else ""
     print(f"{module} {version} ({epoch}): ok ({what}: {n} objects removed, 2 kept VMs untouched; "
           f"recreated; --all left nothing{live_sdk})")

@@ -5,6 +5,9 @@ venv python; no hypervisor: host setup only). Called by check.py:
     make.py <module> set <id> <status> [<pid>]
     make.py <module> sdk <id>           an SDK VM over vsock: no row (state in this
                                         process, gone when it exits, as when its owner dies)
+    make.py <module> bridge <id>        a bridge-mode VM on br0 (0.0.27+): TAP svmb<hex>
+    make.py <module> qemu <id>          a QEMU VM: its qcow2 disk, and from 0.0.18 a TAP
+    make.py <module> has <feature>      exit 0 when the release has it (bridge, qemu-tap)
 
 The data dir comes from the project's own variable (SMOLVM_DATA_DIR, CELESTO_DATA_DIR).
 """
@@ -23,9 +26,25 @@ for f in (kernel, rootfs):
         f.write_bytes(b"boot asset")
 
 
-def config(vid, comm="ssh"):
-    extra = {"comm_channel": comm} if "comm_channel" in types.VMConfig.model_fields else {}
+FIELDS = types.VMConfig.model_fields
+
+
+def config(vid, comm="ssh", **extra):
+    if "comm_channel" in FIELDS:
+        extra["comm_channel"] = comm
     return types.VMConfig(vm_id=vid, kernel_path=kernel, rootfs_path=rootfs, **extra)
+
+
+def bridge_config(vid):
+    extra = {"network_attachment": types.NetworkAttachmentConfig(mode="bridge", bridge="br0")}
+    if "guest_managed_networking" in FIELDS:
+        extra["guest_managed_networking"] = True
+    return config(vid, comm="vsock", **extra)
+
+
+def manager(backend="firecracker"):
+    service = cli()
+    return service.manager(backend=backend) if service else sdk_manager(backend)
 
 
 def cli():
@@ -38,17 +57,24 @@ def cli():
     return service.CLIService(data_dir=data)
 
 
-def sdk_manager():
+def sdk_manager(backend="firecracker"):
     vm = importlib.import_module(f"{mod}.vm")
     manager = getattr(vm, "CelestoManager", None) or getattr(vm, "SmolVMManager")
-    return manager(data_dir=data, backend="firecracker")
+    return manager(data_dir=data, backend=backend)
 
 
-if op == "create":
-    service = cli()
-    mgr = service.manager(backend="firecracker") if service else sdk_manager()
+if op == "has":
+    feature = {"bridge": "network_attachment", "qemu-tap": "qemu_network"}[args[0]]
+    sys.exit(0 if feature in FIELDS else 1)
+elif op == "create":
+    mgr = manager()
     for vid in args:
         mgr.create(config(vid))
+elif op == "bridge":
+    manager().create(bridge_config(args[0]))
+elif op == "qemu":
+    extra = {"qemu_network": "tap"} if "qemu_network" in FIELDS else {}
+    manager("qemu").create(config(args[0], backend="qemu", **extra))
 elif op == "set":
     vid, status = args[0], getattr(types.VMState, args[1].upper())
     pid = int(args[2]) if len(args) > 2 else None
