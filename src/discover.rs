@@ -9,7 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Fault};
 use crate::files;
 use crate::locate::DataDir;
-use crate::model::{DirListing, Observed, Project, socket_id};
+use crate::model::{
+    DirListing, ForwardsListing, Observed, Project, forward_file_id, libkrun_config_id, socket_id,
+};
 use crate::netlink::{self, link, nft};
 use crate::procfs::Procfs;
 use crate::state::{Db, is_corrupt};
@@ -43,6 +45,8 @@ pub struct DbStatus {
 
 pub struct Config<'a> {
     pub data_dirs: &'a [DataDir],
+    /// The users' port-forward dirs (`~/.smolvm/forwards`, …).
+    pub forwards_dirs: Vec<PathBuf>,
     /// Other data dirs (either project's), read only to know which VMs they own.
     pub other_dirs: &'a [DataDir],
     /// Who may own a data dir: root, the user we run as, and under sudo the invoking user.
@@ -97,11 +101,59 @@ pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
     d.obs.pid_view = d.procfs.pid_view();
     read_network(d, cfg);
     list_files(d, cfg);
+    list_forwards(d, cfg);
+}
+
+/// The port-forward dirs: their files, each `<id>.json`'s forwards, and the processes at
+/// the tunnel pids they record (judged in `reconcile`, like a row's pid).
+fn list_forwards(d: &mut Discovery, cfg: &Config<'_>) {
+    for dir in &cfg.forwards_dirs {
+        if let Err(why) = d.roots.open(dir, Some(&cfg.owners)) {
+            d.warnings
+                .push(format!("{why}: its port-forward state is left alone"));
+            continue;
+        }
+        let names: Vec<String> = d
+            .roots
+            .list(dir, "")
+            .into_iter()
+            .filter(|n| forward_file_id(n).is_some())
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let mut records = Vec::new();
+        for n in names.iter().filter(|n| n.ends_with(".json")) {
+            let (Some(id), Some((bytes, written))) = (forward_file_id(n), d.roots.read(dir, n, 1 << 20))
+            else {
+                continue;
+            };
+            let forwards = crate::state::parse_forwards(&String::from_utf8_lossy(&bytes));
+            for pid in forwards.iter().filter_map(|f| f.pid) {
+                if let Some(info) = d.procfs.read(pid) {
+                    d.obs.procs.insert(pid, info);
+                }
+            }
+            records.push((id.to_string(), written, forwards));
+        }
+        d.obs.forwards.push(ForwardsListing {
+            dir: dir.clone(),
+            names,
+            records,
+        });
+    }
 }
 
 /// The subdirectories of a data dir that hold VMs' files. Each is resolved once (a
 /// symlink followed only when that is safe, see `files::Roots`).
-const DATA_SUBDIRS: [&str; 5] = ["disks", "locks", "locks/resources", "firmware", "ssh-known-hosts"];
+const DATA_SUBDIRS: [&str; 6] = [
+    "disks",
+    "locks",
+    "locks/resources",
+    "firmware",
+    "ssh-known-hosts",
+    "browser-sessions",
+];
 
 /// Opens every data dir and the socket dir once. A data dir behind a symlink that is not
 /// followed, or that someone other than root or the user cleanup runs for owns, is
@@ -243,9 +295,9 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
     obs.socket_names = roots
         .list(&cfg.socket_dir, "")
         .into_iter()
-        .filter(|n| socket_id(n).is_some())
+        .filter(|n| socket_id(n).is_some() || libkrun_config_id(n).is_some())
         .collect();
-    for name in &obs.socket_names {
+    for name in obs.socket_names.iter().filter(|n| socket_id(n).is_some()) {
         let path = cfg.socket_dir.join(name);
         if files::socket_has_listener(&path) {
             obs.served.insert(path);
@@ -255,7 +307,7 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
         let locks: Vec<String> = roots
             .list(&dd.dir, "locks")
             .into_iter()
-            .filter(|n| n.ends_with(".create.lock"))
+            .filter(|n| n.ends_with(".create.lock") || n.ends_with(".snapshot.lock"))
             .collect();
         let resource_locks: Vec<String> = roots
             .list(&dd.dir, "locks/resources")
@@ -284,6 +336,7 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
             resource_locks,
             firmware: roots.list(&dd.dir, "firmware"),
             known_hosts: roots.list(&dd.dir, "ssh-known-hosts"),
+            browser_sessions: roots.list(&dd.dir, "browser-sessions"),
         });
     }
 }

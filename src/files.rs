@@ -227,6 +227,26 @@ impl Roots {
         ))
     }
 
+    /// The bytes of a small regular file `name` directly in the root `dir` (never through
+    /// a symlink, at most `max` bytes) and when it was last written (Unix seconds).
+    pub fn read(&self, dir: &Path, name: &str, max: u64) -> Option<(Vec<u8>, f64)> {
+        use std::io::Read;
+        let root = self.fds.get(dir)?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = openat(root, name, flags, Mode::empty()).ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+            || u64::try_from(st.st_size).ok()? > max
+        {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::from(fd).take(max).read_to_end(&mut bytes).ok()?;
+        #[allow(clippy::cast_precision_loss)]
+        let written = st.st_mtime as f64 + f64::from(u32::try_from(st.st_mtime_nsec).unwrap_or(0)) / 1e9;
+        Some((bytes, written))
+    }
+
     /// A path to `name` in `dir` that goes through the held fd (`/proc/self/fd/N/name`),
     /// for what only opens by path (SQLite). None when `dir` is not held.
     pub fn path_in(&self, dir: &Path, name: &str) -> Option<PathBuf> {

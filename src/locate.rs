@@ -111,6 +111,22 @@ pub fn candidates(env: &Env) -> Vec<PathBuf> {
     out
 }
 
+/// Where the projects keep port-forward state (`~/.smolvm/forwards`, `~/.celesto/forwards`,
+/// 0.0.19+): in the home of the user SmolVM ran as, the invoking user's under sudo, and
+/// the home cleanup runs with.
+pub fn forwards_dirs(env: &Env) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for home in [env.sudo_home.as_ref(), env.home.as_ref()].into_iter().flatten() {
+        for p in Project::ALL {
+            let dir = home.join(format!(".{}", p.names().key)).join("forwards");
+            if !out.contains(&dir) {
+                out.push(dir);
+            }
+        }
+    }
+    out
+}
+
 /// The DB files a data dir may hold, one per project.
 fn db_files(dir: &Path) -> Vec<(Project, PathBuf)> {
     Project::ALL
@@ -326,6 +342,21 @@ mod tests {
         assert_eq!(
             (r[0].dir.as_path(), r[0].dbs[0].0),
             (Path::new("."), Project::SmolVM)
+        );
+    }
+
+    #[test]
+    fn forwards_live_in_the_homes() {
+        let mut e = env(0);
+        e.sudo_home = Some("/home/alice".into());
+        assert_eq!(
+            strs(forwards_dirs(&e)),
+            [
+                "/home/alice/.smolvm/forwards",
+                "/home/alice/.celesto/forwards",
+                "/home/ci/.smolvm/forwards",
+                "/home/ci/.celesto/forwards"
+            ]
         );
     }
 

@@ -240,6 +240,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     let read_only = mode != report::Mode::Clean;
     let cfg = discover::Config {
         data_dirs: &dirs,
+        forwards_dirs: locate::forwards_dirs(&env),
         other_dirs: &other_dirs,
         owners: owners(&env),
         socket_dir: opts.socket_dir.clone(),

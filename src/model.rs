@@ -36,10 +36,62 @@ pub fn valid_tap_name(name: &str) -> bool {
     false
 }
 
-/// `firecracker` (possibly a path) or a QEMU system emulator.
+/// `firecracker` (possibly a path), a QEMU system emulator, or libkrun's `krunvm` CLI
+/// (SmolVM 0.0.9-0.0.20).
 pub fn is_vmm_argv0(argv0: &str) -> bool {
     let base = argv0.rsplit('/').next().unwrap_or(argv0);
-    base == "firecracker" || base.starts_with("qemu-system-") || base == "qemu-kvm"
+    base == "firecracker" || base.starts_with("qemu-system-") || base == "qemu-kvm" || base == "krunvm"
+}
+
+/// What a process is to a VM, by its command line alone (which VM is `reconcile`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the guest: Firecracker, QEMU, `krunvm`, or the libkrun launcher SmolVM 0.0.21+
+    /// (and Celesto) start as `python -m <project>.runtime._libkrun_launcher <json>`.
+    Vmm,
+    /// Runs beside the guest and dies with it: the `swtpm` TPM of a QEMU Windows guest
+    /// (0.0.16+), the `ssh` tunnel of a port forward (0.0.19+, found by its recorded pid).
+    Sidecar,
+}
+
+/// The role a command line gives a process, if it is one SmolVM starts.
+pub fn vm_role(cmdline: &[String]) -> Option<Role> {
+    let argv0 = cmdline.first()?;
+    if is_vmm_argv0(argv0) {
+        return Some(Role::Vmm);
+    }
+    let base = argv0.rsplit('/').next().unwrap_or(argv0);
+    if base == "swtpm" {
+        return Some(Role::Sidecar);
+    }
+    let launcher = cmdline.windows(2).any(|w| {
+        w[0] == "-m"
+            && Project::ALL
+                .iter()
+                .any(|p| w[1] == format!("{}.runtime._libkrun_launcher", p.names().key))
+    });
+    (base.starts_with("python") && launcher).then_some(Role::Vmm)
+}
+
+/// `<id>.json`, `<id>.lock`, `<id>.operation.lock` in a forwards dir → id.
+pub fn forward_file_id(name: &str) -> Option<&str> {
+    let id = name
+        .strip_suffix(".operation.lock")
+        .or_else(|| name.strip_suffix(".lock"))
+        .or_else(|| name.strip_suffix(".json"))?;
+    valid_vm_id(id).then_some(id)
+}
+
+/// `libkrun-<id>-<32 hex>.json` → id: the libkrun launcher's config (0.0.21+, in the
+/// socket dir, never deleted by SmolVM).
+pub fn libkrun_config_id(name: &str) -> Option<&str> {
+    let stem = name.strip_prefix("libkrun-")?.strip_suffix(".json")?;
+    let (id, hex) = stem.rsplit_once('-')?;
+    let hex_ok = hex.len() == 32
+        && hex
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    (hex_ok && valid_vm_id(id)).then_some(id)
 }
 
 /// `fc-<id>.sock` → id, for the socket names SmolVM uses.
@@ -234,6 +286,8 @@ pub struct Row {
     pub guest_port: Option<u16>,
     /// `vsock_cids.guest_cid` (0.0.2x+).
     pub vsock_cid: Option<u32>,
+    /// The ids of its `browser_sessions` rows (0.0.6+), unvalidated.
+    pub browser_sessions: Vec<String>,
 }
 
 /// What the /proc we read can show of the host's processes.
@@ -262,6 +316,8 @@ pub struct ProcInfo {
     pub uid: u32,
     /// The TAPs it holds open (read for VMM processes only).
     pub taps: Vec<String>,
+    /// What its command line makes it (None: not a process SmolVM starts).
+    pub role: Option<Role>,
 }
 
 impl ProcInfo {
@@ -607,7 +663,7 @@ pub struct Observed {
     pub socket_dir: PathBuf,
     /// The processes at pids that rows record (a pid with no process is absent).
     pub procs: BTreeMap<i32, ProcInfo>,
-    /// Every process that looks like a VMM.
+    /// Every process that looks like a VMM or a sidecar of one (`ProcInfo::role`).
     pub vmms: Vec<ProcInfo>,
     pub links: Vec<Link>,
     /// Rules of SmolVM's tables.
@@ -625,6 +681,8 @@ pub struct Observed {
     pub socket_names: Vec<String>,
     /// What each data dir holds (one readdir of it and of its `disks/`).
     pub data_listing: Vec<DirListing>,
+    /// The port-forward state in the users' homes.
+    pub forwards: Vec<ForwardsListing>,
     /// A state DB exists but could not be read for a reason other than corruption
     /// (locked, permissions): a host resource with no row may then be a hidden row's, so
     /// no rowless leftover is touched.
@@ -632,12 +690,31 @@ pub struct Observed {
     pub own_pid: i32,
 }
 
+/// One port forward of a VM (`~/.smolvm/forwards/<id>.json`, 0.0.19+).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub host_port: u16,
+    pub guest_port: u16,
+    /// The `ssh -L 127.0.0.1:<host>:127.0.0.1:<guest>` tunnel's pid, when it has one.
+    pub pid: Option<i32>,
+}
+
+/// A forwards directory (`~/.smolvm/forwards`, `~/.celesto/forwards`) as listed: its
+/// file names (`<id>.json`, `<id>.lock`, `<id>.operation.lock`) and each JSON's forwards.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ForwardsListing {
+    pub dir: PathBuf,
+    pub names: Vec<String>,
+    /// (VM id, when its JSON was last written in Unix seconds, its forwards).
+    pub records: Vec<(String, f64, Vec<Forward>)>,
+}
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct DirListing {
     pub dir: PathBuf,
     pub top: Vec<String>,
     pub disks: Vec<String>,
-    /// `locks/<id>.create.lock` names (SmolVM 0.0.19+).
+    /// `locks/<id>.create.lock` (SmolVM 0.0.19+) and `locks/<id>.snapshot.lock` (0.0.27+) names.
     pub locks: Vec<String>,
     /// `locks/resources/{ip,ssh,vsock,tap}-<value>.lock` names (the SDK's claims, 0.0.30+).
     pub resource_locks: Vec<String>,
@@ -645,6 +722,8 @@ pub struct DirListing {
     pub firmware: Vec<String>,
     /// `ssh-known-hosts/<id>.known_hosts` names (Celesto 0.1.9+, never deleted by it).
     pub known_hosts: Vec<String>,
+    /// `browser-sessions/<session id>` directory names (0.0.6+).
+    pub browser_sessions: Vec<String>,
 }
 
 /// One VM id with every resource that is provably its own.
@@ -663,6 +742,9 @@ pub struct Vm {
     /// Rows to mark `error`/pid NULL as SmolVM's reconcile does (indexes into rows).
     pub mark: Vec<usize>,
     pub vmms: Vec<Vmm>,
+    /// Processes beside its VMM (swtpm, a port forward's ssh tunnel), proven its own:
+    /// stopped with it, never a sign that it lives.
+    pub sidecars: Vec<Vmm>,
     /// Why this VM must not be touched even when targeted.
     pub refuse: Option<Refusal>,
     /// TAP names the VM owns (valid names; present or not).
@@ -730,6 +812,7 @@ pub struct Target {
     pub stale: Option<Stale>,
     /// Touch nothing of it: the target fails with this reason.
     pub refuse: Option<Refusal>,
+    /// Its VMM and sidecar processes, stopped first.
     pub vmms: Vec<Vmm>,
     /// TAP names it owns; those not in `taps` are already gone.
     pub tap_names: Vec<String>,
@@ -831,6 +914,38 @@ mod tests {
         assert!(l.is_tap());
         l.kind = Some("veth".into());
         assert!(!l.is_tap());
+    }
+
+    #[test]
+    fn roles_and_libkrun_configs() {
+        let cmd = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            vm_role(&cmd(&[
+                "/usr/bin/krunvm",
+                "run",
+                "--rootfs",
+                "/d/disks/vm-1.ext4"
+            ])),
+            Some(Role::Vmm)
+        );
+        let launcher = cmd(&[
+            "/v/bin/python3",
+            "-m",
+            "celesto.runtime._libkrun_launcher",
+            "/tmp/x.json",
+        ]);
+        assert_eq!(vm_role(&launcher), Some(Role::Vmm));
+        let other = cmd(&["/v/bin/python3", "-m", "mytool.runtime._libkrun_launcher"]);
+        assert_eq!(vm_role(&other), None);
+        assert_eq!(vm_role(&cmd(&["/usr/bin/swtpm", "socket"])), Some(Role::Sidecar));
+        assert_eq!(vm_role(&cmd(&["sleep", "1"])), None);
+        let hex = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            libkrun_config_id(&format!("libkrun-sbx-a-b-{hex}.json")),
+            Some("sbx-a-b")
+        );
+        assert_eq!(libkrun_config_id("libkrun-sbx-a-0123.json"), None);
+        assert_eq!(libkrun_config_id(&format!("libkrun-../x-{hex}.json")), None);
     }
 
     #[test]

@@ -258,7 +258,7 @@ fn resolve(vm: Vm, obs: &Observed) -> Target {
         id: vm.id,
         stale: vm.stale,
         refuse: vm.refuse,
-        vmms: vm.vmms,
+        vmms: [vm.vmms, vm.sidecars].concat(),
         tap_names: vm.tap_names,
         files: vm.files,
     }

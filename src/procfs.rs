@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::{PidView, ProcInfo, is_vmm_argv0};
+use crate::model::{PidView, ProcInfo, vm_role};
 
 /// The inode of the host's first pid namespace (`PROC_PID_INIT_INO`), fixed since Linux 3.8.
 const HOST_PID_NS: &str = "pid:[4026531836]";
@@ -91,6 +91,7 @@ impl Procfs {
             state,
             start_ticks,
             start_unix: self.boot_unix + start_ticks as f64 / self.ticks_per_sec,
+            role: vm_role(&cmdline),
             cmdline,
             uid,
             taps: Vec::new(),
@@ -139,7 +140,8 @@ impl Procfs {
         }
     }
 
-    /// Every process whose argv[0] looks like a VMM (Firecracker or QEMU), one pass over /proc.
+    /// Every process SmolVM could have started for a VM (a VMM or a sidecar, by its command
+    /// line: `model::vm_role`), with the TAPs it holds; one pass over /proc.
     pub fn scan_vmms(&self) -> Vec<ProcInfo> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return Vec::new();
@@ -153,8 +155,7 @@ impl Procfs {
             let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
                 continue;
             };
-            let argv0 = raw.split(|&b| b == 0).next().unwrap_or_default();
-            if !is_vmm_argv0(&String::from_utf8_lossy(argv0)) {
+            if vm_role(&parse_cmdline(&raw)).is_none() {
                 continue;
             }
             if let Some(mut info) = self.read(pid) {

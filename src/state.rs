@@ -10,11 +10,19 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Cause, Error, Result};
-use crate::model::{Project, Row, Status};
+use crate::model::{Forward, Project, Row, Status};
 
-/// Child tables keyed by `vm_id` that SmolVM deletes with the VM (by cascade). We delete
-/// them explicitly too, so a DB whose foreign keys were never enforced is cleaned alike.
-const CHILD_TABLES: [&str; 4] = ["ssh_forwards", "ip_leases", "tap_allocations", "vsock_cids"];
+/// Child tables keyed by `vm_id` that go with the VM: SmolVM's cascade deletes the first
+/// four (we delete them explicitly too, so a DB whose foreign keys were never enforced is
+/// cleaned alike); a deleted VM's browser sessions (0.0.6+) are gone with it, and their
+/// directories are removed with its files.
+const CHILD_TABLES: [&str; 5] = [
+    "ssh_forwards",
+    "ip_leases",
+    "tap_allocations",
+    "vsock_cids",
+    "browser_sessions",
+];
 
 pub struct Db {
     pub path: PathBuf,
@@ -157,6 +165,7 @@ impl Db {
                     host_port: int(v(11)?).and_then(|p| u16::try_from(p).ok()),
                     guest_port: None,
                     vsock_cid: None,
+                    browser_sessions: Vec::new(),
                 })
             })?
             .collect::<rusqlite::Result<Vec<Row>>>()?;
@@ -188,6 +197,19 @@ impl Db {
             for (vm, cid) in cids {
                 if let Some(&k) = vm.and_then(|v| by_id.get(&v)) {
                     rows[k].vsock_cid = cid.and_then(|c| u32::try_from(c).ok());
+                }
+            }
+        }
+        if self.has_table("browser_sessions") {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT vm_id, session_id FROM browser_sessions")?;
+            let pairs = stmt
+                .query_map([], |r| Ok((text(lossy(r, 0)?), text(lossy(r, 1)?))))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (vm, sid) in pairs {
+                if let (Some(&k), Some(sid)) = (vm.and_then(|v| by_id.get(&v)), sid) {
+                    rows[k].browser_sessions.push(sid);
                 }
             }
         }
@@ -327,6 +349,34 @@ fn delete_vm(
 
 fn is_foreign_key(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == 787)
+}
+
+/// The port forwards of a `~/.smolvm/forwards/<id>.json` (0.0.19+): `[{"host_port": 8080,
+/// "guest_port": 80, "transport": "ssh", "pid": 4242}, …]`. Read with SQLite's own JSON
+/// functions, in memory; anything that does not fit is skipped.
+pub fn parse_forwards(text: &str) -> Vec<Forward> {
+    let read = || -> rusqlite::Result<Vec<Forward>> {
+        let conn = Connection::open_in_memory()?;
+        let mut stmt = conn.prepare(
+            "SELECT json_extract(value, '$.host_port'), json_extract(value, '$.guest_port'), \
+             json_extract(value, '$.pid') FROM json_each(?1) WHERE json_valid(?1) AND json_type(?1) = 'array'",
+        )?;
+        let rows = stmt.query_map([text], |r| {
+            Ok((int(lossy(r, 0)?), int(lossy(r, 1)?), int(lossy(r, 2)?)))
+        })?;
+        let port = |p: Option<i64>| p.and_then(|p| u16::try_from(p).ok());
+        Ok(rows
+            .flatten()
+            .filter_map(|(h, g, pid)| {
+                Some(Forward {
+                    host_port: port(h)?,
+                    guest_port: port(g)?,
+                    pid: pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 1),
+                })
+            })
+            .collect())
+    };
+    read().unwrap_or_default()
 }
 
 /// The DB is damaged or not a DB at all (as opposed to locked or unreadable for now):
@@ -569,8 +619,8 @@ mod tests {
         let p = scratch_db("pinned");
         let c = Connection::open(&p).unwrap();
         c.execute_batch(
-            "CREATE TABLE browser_sessions (session_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL REFERENCES vms(id));
-             INSERT INTO browser_sessions VALUES ('s1', 'sbx-b');",
+            "CREATE TABLE vm_leases (lease_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL REFERENCES vms(id));
+             INSERT INTO vm_leases VALUES ('l1', 'sbx-b');",
         )
         .unwrap();
         drop(c);
@@ -588,7 +638,7 @@ mod tests {
             out,
             [
                 RowOutcome::Deleted,
-                RowOutcome::Pinned("browser_sessions".into()),
+                RowOutcome::Pinned("vm_leases".into()),
                 RowOutcome::Deleted
             ]
         );
@@ -613,6 +663,30 @@ mod tests {
             b"definitely not sqlite, but long enough"
         );
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn forwards_json_is_read_and_anything_odd_skipped() {
+        let text = r#"[{"host_port": 8080, "guest_port": 80, "transport": "ssh", "pid": 4242},
+                       {"host_port": 9090, "guest_port": 90, "transport": "nftables"},
+                       {"host_port": 70000, "guest_port": 1}, "junk", {"pid": 1}]"#;
+        assert_eq!(
+            parse_forwards(text),
+            [
+                Forward {
+                    host_port: 8080,
+                    guest_port: 80,
+                    pid: Some(4242)
+                },
+                Forward {
+                    host_port: 9090,
+                    guest_port: 90,
+                    pid: None
+                }
+            ]
+        );
+        assert!(parse_forwards("not json").is_empty());
+        assert!(parse_forwards(r#"{"host_port": 1}"#).is_empty());
     }
 
     #[test]

@@ -516,12 +516,11 @@ fn a_row_pinned_by_a_foreign_key_fails_alone() {
     }
     w.conn()
         .execute_batch(
-            "CREATE TABLE browser_sessions (session_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL REFERENCES vms(id));
-             INSERT INTO browser_sessions VALUES ('s1', 'vm-pin00002');",
+            "CREATE TABLE vm_leases (lease_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL REFERENCES vms(id));
+             INSERT INTO vm_leases VALUES ('l1', 'vm-pin00002');",
         )
         .unwrap();
-    let failed =
-        "Failed:  vm-pin00002 (its state row is still referred to by table browser_sessions; row kept)\n";
+    let failed = "Failed:  vm-pin00002 (its state row is still referred to by table vm_leases; row kept)\n";
     w.run(&[]).expect(
         1,
         &format!(
@@ -537,8 +536,8 @@ fn a_row_pinned_by_a_foreign_key_fails_alone() {
         "its lease is kept with it"
     );
     assert!(!has_link("tap2") && !has_link("tap4"));
-    // Once the session row is gone, the next run finishes it.
-    w.conn().execute("DELETE FROM browser_sessions", []).unwrap();
+    // Once the referring row is gone, the next run finishes it.
+    w.conn().execute("DELETE FROM vm_leases", []).unwrap();
     let r = w.run(&[]);
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert!(w.ids().is_empty());

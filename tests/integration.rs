@@ -15,3 +15,4 @@ mod operator;
 mod orphans;
 mod partial;
 mod paths;
+mod releases;

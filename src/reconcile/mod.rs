@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use crate::model::{
-    ElemMeaning, FileRef, Inventory, Observed, ProcInfo, Project, Vm, socket_id, valid_tap_name, valid_vm_id,
+    ElemMeaning, FileRef, Inventory, Observed, ProcInfo, Project, Role, Vm, forward_file_id,
+    libkrun_config_id, socket_id, valid_tap_name, valid_vm_id,
 };
 
 use network::{rule_tap, rule_vm_id};
@@ -50,6 +51,9 @@ struct Index<'a> {
     elems_by_port: HashMap<(Project, u16), Vec<usize>>,
     /// Live (non-zombie) VMM processes by the one VM id each names.
     vmms_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
+    /// Live sidecar processes by the VM they are proven to serve: swtpm by the one VM id
+    /// its command line names, a port forward's ssh tunnel by its forwards JSON.
+    sidecars_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
     /// The files discovery listed, by the VM id their name carries (retained disks left out).
     files_by_id: HashMap<&'a str, Vec<FileRef>>,
     /// Ids named by a file only SmolVM makes (an `fc-/qmp-/vsock-<id>.sock` socket, a
@@ -74,23 +78,61 @@ impl<'a> Index<'a> {
         };
         ix.add_files(obs);
         ix.add_network(obs);
+        ix.add_tunnels(obs);
         for p in obs.vmms.iter().filter(|p| !p.is_zombie()) {
             let ids = named_ids(&p.cmdline, &obs.socket_dir, &obs.data_dirs);
             if ids.len() == 1
                 && let Some(id) = ids.into_iter().next()
             {
-                ix.vmms_by_id.entry(id).or_default().push(p);
+                let by_role = match p.role {
+                    Some(Role::Vmm) => &mut ix.vmms_by_id,
+                    Some(Role::Sidecar) => &mut ix.sidecars_by_id,
+                    None => continue,
+                };
+                by_role.entry(id).or_default().push(p);
             }
         }
         ix
     }
 
-    /// Sockets, logs, disks, locks, firmware directories, known-hosts files and claim
-    /// files, by VM id.
+    /// The `ssh -L` tunnels of the VMs' port forwards: the process at a pid a forwards
+    /// JSON records is the VM's sidecar when it is `ssh` forwarding exactly that port and
+    /// started no later than the JSON was written (else the pid was reused).
+    fn add_tunnels(&mut self, obs: &'a Observed) {
+        for (id, written, forwards) in obs.forwards.iter().flat_map(|fl| &fl.records) {
+            for f in forwards {
+                let Some(p) = f.pid.and_then(|pid| obs.procs.get(&pid)) else {
+                    continue;
+                };
+                let spec = format!("127.0.0.1:{}:127.0.0.1:{}", f.host_port, f.guest_port);
+                let ssh = p
+                    .cmdline
+                    .first()
+                    .is_some_and(|a| a.rsplit('/').next() == Some("ssh"));
+                let forwarding = p.cmdline.windows(2).any(|w| w[0] == "-L" && w[1] == spec);
+                if ssh && forwarding && !p.is_zombie() && p.start_unix <= written + START_SLACK_SECS {
+                    self.sidecars_by_id.entry(id.clone()).or_default().push(p);
+                }
+            }
+        }
+    }
+
+    /// Sockets, logs, disks, locks, firmware directories, known-hosts files, forwards
+    /// state and claim files, by VM id.
     fn add_files(&mut self, obs: &'a Observed) {
         let ix = self;
+        for fl in &obs.forwards {
+            for n in &fl.names {
+                if let Some(id) = forward_file_id(n) {
+                    ix.files_by_id
+                        .entry(id)
+                        .or_default()
+                        .push(FileRef::new(&fl.dir, n.as_str()));
+                }
+            }
+        }
         for n in &obs.socket_names {
-            if let Some(id) = socket_id(n) {
+            if let Some(id) = socket_id(n).or_else(|| libkrun_config_id(n)) {
                 let f = FileRef::new(&obs.socket_dir, n.as_str());
                 ix.files_by_id.entry(id).or_default().push(f);
                 ix.named_by_file.insert(id);
@@ -111,7 +153,11 @@ impl<'a> Index<'a> {
                 ix.files_by_id.entry(n.as_str()).or_default().push(f);
             }
             for n in &d.locks {
-                if let Some(id) = n.strip_suffix(".create.lock").filter(|id| valid_vm_id(id)) {
+                let id = n
+                    .strip_suffix(".create.lock")
+                    .or_else(|| n.strip_suffix(".snapshot.lock"))
+                    .filter(|id| valid_vm_id(id));
+                if let Some(id) = id {
                     let f = FileRef::new(&d.dir, format!("locks/{n}"));
                     ix.files_by_id.entry(id).or_default().push(f);
                     ix.named_by_file.insert(id);
@@ -127,8 +173,14 @@ impl<'a> Index<'a> {
             }
             let names: HashSet<&str> = d.disks.iter().map(String::as_str).collect();
             for n in &d.disks {
+                // A disk's companion (`<disk>.create-backup-<hex>`, 0.0.19+) goes with it.
+                let disk = n
+                    .split_once(".create-backup-")
+                    .map_or(n.as_str(), |(disk, _)| disk);
                 // A disk SmolVM marked to keep (`<disk>.retained`, newer releases) stays.
-                if let Some(id) = disk_id(n).filter(|_| !names.contains(format!("{n}.retained").as_str())) {
+                if let Some(id) =
+                    disk_id(disk).filter(|_| !names.contains(format!("{disk}.retained").as_str()))
+                {
                     let f = FileRef::new(&d.dir, format!("disks/{n}"));
                     ix.files_by_id.entry(id).or_default().push(f);
                 }
@@ -218,6 +270,9 @@ pub fn inventory(obs: &Observed) -> Inventory {
     // VM ids that something only SmolVM makes names (a VMM command line, a rule comment,
     // a socket, a create lock), with their VMMs. A log or disk name alone names no VM.
     let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = ix.vmms_by_id.clone();
+    for id in ix.sidecars_by_id.keys() {
+        evidence.entry(id.clone()).or_default();
+    }
     // A bridge TAP's alias names a VM only when no row claims the TAP.
     let claimed = claimed(obs);
     let aliased = ix

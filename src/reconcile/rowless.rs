@@ -203,6 +203,16 @@ fn rowless_vm(
                 start_ticks: p.start_ticks,
             })
             .collect(),
+        sidecars: ix
+            .sidecars_by_id
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|p| Vmm {
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+            })
+            .collect(),
         ..Vm::default()
     };
     attach_network(&mut vm, obs, ix, warnings);

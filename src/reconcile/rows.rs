@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use super::network::{Claims, attach_claims, attach_network, attach_row_elems};
 use super::{Index, START_SLACK_SECS, disk_id};
 use crate::model::{
-    FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Row, Stale, Status, Vm, Vmm,
-    is_vmm_argv0, socket_id, valid_tap_name, valid_vm_id,
+    FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Role, Row, Stale, Status, Vm, Vmm,
+    libkrun_config_id, socket_id, valid_tap_name, valid_vm_id,
 };
 
-/// The VM ids a VMM command line names: an API/QMP/vsock socket in the socket dir, a disk
-/// in a data dir's `disks/`, or `--id <id>`.
+/// The VM ids a VMM's or sidecar's command line names: an API/QMP/vsock socket or a
+/// libkrun config in the socket dir, a disk in a data dir's `disks/`, a path beneath a
+/// data dir's `firmware/<id>/` (swtpm's state), or `--id <id>`.
 pub fn named_ids(cmdline: &[String], socket_dir: &Path, data_dirs: &[PathBuf]) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     let mut prev = "";
@@ -31,9 +32,20 @@ pub fn named_ids(cmdline: &[String], socket_dir: &Path, data_dirs: &[PathBuf]) -
                 continue;
             };
             if parent == socket_dir
-                && let Some(id) = socket_id(name)
+                && let Some(id) = socket_id(name).or_else(|| libkrun_config_id(name))
             {
                 ids.insert(id.to_string());
+            }
+            for d in data_dirs {
+                let firmware = d.join("firmware");
+                let id = path
+                    .ancestors()
+                    .find(|a| a.parent() == Some(firmware.as_path()))
+                    .and_then(|a| a.file_name()?.to_str())
+                    .filter(|id| valid_vm_id(id));
+                if let Some(id) = id {
+                    ids.insert(id.to_string());
+                }
             }
             if data_dirs.iter().any(|d| parent == d.join("disks"))
                 && let Some(id) = disk_id(name)
@@ -45,9 +57,9 @@ pub fn named_ids(cmdline: &[String], socket_dir: &Path, data_dirs: &[PathBuf]) -
     ids
 }
 
-/// Is `p` this VM's VMM: a VMM binary whose command line names exactly this VM?
+/// Is `p` this VM's VMM: a VMM whose command line names exactly this VM?
 pub(super) fn names_only(p: &ProcInfo, id: &str, obs: &Observed, dirs: &[PathBuf]) -> bool {
-    if !p.cmdline.first().is_some_and(|a| is_vmm_argv0(a)) {
+    if p.role != Some(Role::Vmm) {
         return false;
     }
     let ids = named_ids(&p.cmdline, &obs.socket_dir, dirs);
@@ -186,6 +198,19 @@ pub(super) fn judge_vmm(
             start_ticks: p.start_ticks,
         });
     }
+    // Its sidecars: their command line names it, and they started after its row was
+    // made (one that started before is another VM's, reusing the id).
+    for p in ix.sidecars_by_id.get(vm.id.as_str()).into_iter().flatten() {
+        if vm
+            .created_unix
+            .is_none_or(|c| p.start_unix + START_SLACK_SECS >= c)
+        {
+            vm.sidecars.push(Vmm {
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+            });
+        }
+    }
     if expects && vm.vmms.is_empty() {
         vm.stale = stale_reason.or(Some(Stale::NoVmm));
     } else {
@@ -226,8 +251,10 @@ pub(super) fn attach_row_resources(
     // What discovery listed for this id in the socket dir and in its DBs' data dirs: a
     // missing file is already gone.
     let retain = rows.iter().any(|r| r.retain_disk);
+    let forwards = |f: &FileRef| obs.forwards.iter().any(|fl| fl.dir == f.root);
     let ours = |f: &&FileRef| {
-        (f.root == obs.socket_dir || dirs.contains(&f.root)) && !(retain && f.rel.starts_with("disks/"))
+        (f.root == obs.socket_dir || dirs.contains(&f.root) || forwards(f))
+            && !(retain && f.rel.starts_with("disks/"))
     };
     vm.files = ix
         .files_by_id
@@ -237,6 +264,20 @@ pub(super) fn attach_row_resources(
         .filter(ours)
         .cloned()
         .collect();
+    // Its browser sessions' directories (0.0.6+), in the data dir of its rows.
+    for row in rows {
+        let dir = obs.db_dirs.get(row.db);
+        for sid in row.browser_sessions.iter().filter(|s| safe_name(s)) {
+            let listed = obs
+                .data_listing
+                .iter()
+                .any(|d| Some(&d.dir) == dir && d.browser_sessions.contains(sid));
+            if let (true, Some(dir)) = (listed, dir) {
+                vm.files
+                    .push(FileRef::tree(dir, format!("browser-sessions/{sid}")));
+            }
+        }
+    }
     let claims = Claims {
         ips: rows.iter().filter_map(|r| r.guest_ip).collect(),
         ports: rows.iter().filter_map(|r| r.host_port).collect(),
@@ -257,6 +298,14 @@ pub(super) fn attach_row_resources(
             ));
         }
     }
+}
+
+/// A name from the DB that may be used as one path component: no separator, no dot
+/// name, nothing but `[A-Za-z0-9_-]` (SmolVM's session ids are `bs-<hex>`-like).
+fn safe_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
 
 /// What shows a VM alive when no VMM of its own can be seen: its socket still served, its

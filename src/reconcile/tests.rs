@@ -27,16 +27,19 @@ pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
         host_port: None,
         guest_port: None,
         vsock_cid: None,
+        browser_sessions: vec![],
     }
 }
 
 fn proc(pid: i32, start: f64, cmd: &[&str]) -> ProcInfo {
+    let cmdline: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
     ProcInfo {
         pid,
         state: 'S',
         start_ticks: pid as u64 * 10,
         start_unix: start,
-        cmdline: cmd.iter().map(|s| s.to_string()).collect(),
+        role: crate::model::vm_role(&cmdline),
+        cmdline,
         uid: 0,
         taps: vec![],
     }

@@ -160,3 +160,25 @@ pub fn spawn_unrelated() -> Child {
         .spawn()
         .expect("spawn sleep")
 }
+
+/// Starts a stand-in process whose command line is `argv` (its argv[0]'s base name is
+/// what /proc shows: `swtpm`, `ssh`, `python3`, `krunvm`), sleeping until killed, and
+/// waits until /proc shows that command line.
+pub fn spawn_as(scratch: &Path, argv: &[String]) -> Child {
+    let base = argv[0].rsplit('/').next().unwrap();
+    let child = Command::new(exe_in(scratch, base))
+        .arg0(&argv[0])
+        .args(&argv[1..])
+        .env(ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a stand-in process");
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    let pid = child.id();
+    wait_until("the stand-in's command line", Duration::from_secs(10), || {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want)
+    });
+    child
+}
