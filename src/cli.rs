@@ -28,6 +28,8 @@ pub struct Options {
     pub every: Option<Duration>,
     /// Prometheus text for node_exporter's textfile collector, rewritten after each run.
     pub metrics_file: Option<PathBuf>,
+    /// The PostgreSQL URL SmolVM 0.0.8-0.0.29 was given (`SMOLVM_DATABASE_URL`).
+    pub database_url: Option<String>,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             verbose: false,
             every: None,
             metrics_file: None,
+            database_url: None,
         }
     }
 }
@@ -122,6 +125,9 @@ Options:
                          that holds a DB]
       --db PATH          Use this state DB file only (its directory is the data dir)
       --socket-dir DIR   Where SmolVM puts fc-<id>.sock [default: /tmp]
+      --database-url URL The PostgreSQL URL SmolVM 0.0.8-0.0.29 keeps its state in: its
+                         rows are not read, so no leftover is taken and the run is
+                         incomplete [default: $SMOLVM_DATABASE_URL]
       --older-than DURATION
                          Leave VMs whose state row was created less than DURATION ago
                          alone, stale or not [default: off]
@@ -204,6 +210,13 @@ fn parse_cleanup(mode: Mode, mut parser: lexopt::Parser) -> Result<Action, Strin
             Long("check") => o.check = true,
             Long("every") => o.every = Some(duration_value(&mut parser, "--every")?),
             Long("metrics-file") => o.metrics_file = Some(path_value(&mut parser, "--metrics-file")?),
+            Long("database-url") => {
+                let v = parser
+                    .value()
+                    .and_then(|v| v.string())
+                    .map_err(|e| e.to_string())?;
+                o.database_url = Some(v);
+            }
             Long("json") => o.json = true,
             Short('v') | Long("verbose") => o.verbose = true,
             Long("timeout") => o.timeout = duration_value(&mut parser, "--timeout")?,

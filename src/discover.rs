@@ -47,6 +47,8 @@ pub struct Config<'a> {
     pub data_dirs: &'a [DataDir],
     /// The users' port-forward dirs (`~/.smolvm/forwards`, …).
     pub forwards_dirs: Vec<PathBuf>,
+    /// SmolVM's PostgreSQL state, as it may be shown (password hidden), with whence.
+    pub postgres: Option<(String, &'static str)>,
     /// Other data dirs (either project's), read only to know which VMs they own.
     pub other_dirs: &'a [DataDir],
     /// Who may own a data dir: root, the user we run as, and under sudo the invoking user.
@@ -177,6 +179,17 @@ fn open_roots(d: &mut Discovery, cfg: &Config<'_>) {
 /// Every state DB that exists: its rows, or why it could not be read (corrupt, or not
 /// read this time, which makes the run incomplete).
 fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
+    // SmolVM 0.0.8-0.0.29 could keep every row in PostgreSQL: none of them is read here,
+    // so every VM it describes would look like a leftover.
+    if let Some((url, whence)) = &cfg.postgres {
+        let why = format!(
+            "SmolVM's state is in PostgreSQL ({whence}{url}), which cleanup does not read: the VMs \
+             whose rows are there cannot be told from leftovers"
+        );
+        d.warnings.push(format!("{why}, so none is taken"));
+        d.unread.push(why);
+        d.obs.rows_incomplete = true;
+    }
     for dd in cfg.data_dirs.iter().filter(|dd| d.roots.get(&dd.dir).is_some()) {
         for (project, path) in &dd.dbs {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();

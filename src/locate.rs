@@ -22,6 +22,8 @@ pub struct Env {
     /// `SMOLVM_DATA_DIR`, `CELESTO_DATA_DIR`: the data dirs named by the projects' own
     /// variables (Celesto copies the first into the second when that is unset).
     pub named: Vec<(Project, PathBuf)>,
+    /// `SMOLVM_DATABASE_URL` (0.0.8-0.0.29: state in PostgreSQL when it names one).
+    pub database_url: Option<String>,
 }
 
 impl Env {
@@ -42,6 +44,9 @@ impl Env {
                 .into_iter()
                 .filter_map(|p| Some((p, var(p.names().data_dir_var)?)))
                 .collect(),
+            database_url: std::env::var("SMOLVM_DATABASE_URL")
+                .ok()
+                .filter(|u| !u.is_empty()),
         }
     }
 
@@ -109,6 +114,25 @@ pub fn candidates(env: &Env) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The PostgreSQL URL SmolVM's state is in, when it is (SmolVM's own test: a URL that
+/// starts with `postgresql` or `postgres://`), with its password hidden for messages.
+pub fn postgres(url: &str) -> Option<String> {
+    if !(url.starts_with("postgresql") || url.starts_with("postgres://")) {
+        return None;
+    }
+    let shown = match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    };
+    Some(shown)
 }
 
 /// Where the projects keep port-forward state (`~/.smolvm/forwards`, `~/.celesto/forwards`,
@@ -358,6 +382,19 @@ mod tests {
                 "/home/ci/.celesto/forwards"
             ]
         );
+    }
+
+    #[test]
+    fn postgres_urls_are_told_and_their_passwords_hidden() {
+        assert_eq!(
+            postgres("postgresql://ci:s3cret@db:5432/smolvm").as_deref(),
+            Some("postgresql://ci:***@db:5432/smolvm")
+        );
+        assert_eq!(
+            postgres("postgres://db/smolvm").as_deref(),
+            Some("postgres://db/smolvm")
+        );
+        assert_eq!(postgres("sqlite:///x.db"), None);
     }
 
     #[test]

@@ -241,6 +241,11 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     let cfg = discover::Config {
         data_dirs: &dirs,
         forwards_dirs: locate::forwards_dirs(&env),
+        postgres: match (&opts.database_url, &env.database_url) {
+            (Some(url), _) => locate::postgres(url).map(|u| (u, "--database-url ")),
+            (None, Some(url)) => locate::postgres(url).map(|u| (u, "SMOLVM_DATABASE_URL=")),
+            (None, None) => None,
+        },
         other_dirs: &other_dirs,
         owners: owners(&env),
         socket_dir: opts.socket_dir.clone(),

@@ -243,3 +243,50 @@ fn a_row_with_an_ssh_port_above_65535_is_read_and_cleaned() {
     );
     assert_eq!(w.ids(), ["keepme"]);
 }
+
+/// SmolVM 0.0.8–0.0.29 could keep its rows in PostgreSQL (`SMOLVM_DATABASE_URL`), which
+/// cleanup does not read: every VM there would look like a leftover, so none is taken,
+/// the run says why (password hidden) and is incomplete; the SQLite DB's VMs are cleaned.
+#[test]
+fn state_in_postgresql_takes_no_leftover() {
+    let Some(mut w) = World::new("postgres") else {
+        return;
+    };
+    w.add(VmSpec::stale("vm-sqlite01", 2));
+    // What a VM whose row is in PostgreSQL leaves: its TAP's rules, its socket.
+    crate::util::sh("ip tuntap add tap9 mode tap");
+    crate::util::nft(&crate::util::smolvm_vm_nft("sbx-pg", 9, 2209, "uplink0"));
+    drop(std::os::unix::net::UnixListener::bind(w.sock.join("fc-sbx-pg.sock")).unwrap());
+    let before_rules = crate::util::comments();
+    let r = crate::util::Run::from(
+        w.cmd(&[])
+            .env("SMOLVM_DATABASE_URL", "postgresql://ci:s3cret@db:5432/smolvm")
+            .output()
+            .unwrap(),
+    );
+    let why = "SmolVM's state is in PostgreSQL (SMOLVM_DATABASE_URL=postgresql://ci:***@db:5432/smolvm), \
+               which cleanup does not read: the VMs whose rows are there cannot be told from leftovers";
+    r.expect(
+        1,
+        &format!(
+            "Reconciled stale VMs: vm-sqlite01\nTargets (1):\n  - vm-sqlite01\nDeleted: vm-sqlite01\n\
+             Cleanup incomplete: {why}\n"
+        ),
+    );
+    assert!(!r.stderr.contains("s3cret") && !r.stdout.contains("s3cret"));
+    assert!(crate::util::has_link("tap9") && w.sock.join("fc-sbx-pg.sock").exists());
+    let left: Vec<String> = crate::util::comments()
+        .into_iter()
+        .filter(|c| c.contains("sbx-pg") || c.contains("tap9"))
+        .collect();
+    assert_eq!(left.len(), 5, "{before_rules:?}");
+    // --database-url says the same.
+    let r = w.run(&["--dry-run", "--database-url", "postgres://db/smolvm"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout
+            .contains("PostgreSQL (--database-url postgres://db/smolvm)"),
+        "{}",
+        r.stdout
+    );
+}

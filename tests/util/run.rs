@@ -27,7 +27,10 @@ pub fn bin_via(wrapper: &[&str]) -> Command {
         }
         None => Command::new(BIN),
     };
-    c.env_remove("SMOLVM_DATA_DIR").env_remove("SUDO_USER");
+    c.env_remove("SMOLVM_DATA_DIR")
+        .env_remove("CELESTO_DATA_DIR")
+        .env_remove("SMOLVM_DATABASE_URL")
+        .env_remove("SUDO_USER");
     c
 }
 
