@@ -56,7 +56,7 @@ impl Default for Options {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Run(Options),
+    Run(Box<Options>),
     Help(Mode),
     Version,
 }
@@ -231,7 +231,7 @@ fn parse_cleanup(mode: Mode, mut parser: lexopt::Parser) -> Result<Action, Strin
     if o.every.is_some_and(|e| e.is_zero()) {
         return Err("--every must be more than 0".into());
     }
-    Ok(Action::Run(o))
+    Ok(Action::Run(Box::new(o)))
 }
 
 fn path_value(parser: &mut lexopt::Parser, flag: &str) -> Result<PathBuf, String> {
@@ -278,7 +278,7 @@ mod tests {
 
     fn opts(args: &[&str]) -> Options {
         match run(Mode::Cleanup, args) {
-            Ok(Action::Run(o)) => o,
+            Ok(Action::Run(o)) => *o,
             other => panic!("{other:?}"),
         }
     }
