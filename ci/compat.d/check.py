@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The checkout: under /tmp it is bound into the private /tmp, and is no VM's state.
+REPO = HERE.parent.parent
 
 
 class Fail(Exception):
@@ -146,6 +148,7 @@ def snapshot(dirs, dbs):
                 out.add(("elem", o["family"], o["table"], o["name"], json.dumps(norm(e))))
     for d in dirs:
         for root, subdirs, files in os.walk(d):
+            subdirs[:] = [n for n in subdirs if Path(root, n) != REPO]
             for n in subdirs + files:
                 p = Path(root, n)
                 if ".db" not in n:
