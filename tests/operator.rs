@@ -85,6 +85,7 @@ fn json_reports_successes_a_failure_steps_and_hostile_strings() {
     assert_eq!(doc["mode"], "cleanup");
     assert_eq!(doc["prefix"], "vm-");
     assert_eq!(doc["state_dbs"][0]["read"], true);
+    assert_eq!(doc["state_dbs"][0]["family"], "SmolVM");
     // vm-late0001's socket is served: alive, so not stale, but a --prefix target.
     assert_eq!(doc["stale"], serde_json::json!(["vm-ok000001"]));
     assert_eq!(
@@ -394,7 +395,10 @@ fn kubernetes_manifest_parses_and_runs_on_the_hosts_namespaces() {
         .iter()
         .filter_map(|m| m["mountPath"].as_str())
         .collect();
-    assert_eq!(mounts, ["/var/lib/smolvm", "/tmp", "/textfile"]);
+    assert_eq!(
+        mounts,
+        ["/var/lib/smolvm", "/var/lib/celesto", "/tmp", "/textfile"]
+    );
     // Its metrics go to the node's textfile collector directory.
     let at = args
         .iter()
