@@ -92,14 +92,20 @@ pub fn open(cfg: &Config<'_>) -> Discovery {
 pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
     read_dbs(d, cfg);
     read_other_dbs(d, cfg);
+    let mut dirs: Vec<&std::path::Path> = cfg.data_dirs.iter().map(|dd| dd.dir.as_path()).collect();
+    dirs.push(&cfg.socket_dir);
     for row in &d.obs.rows {
         if let Some(pid) = row.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
-            && let Some(info) = d.procfs.read(pid)
+            && let Some(mut info) = d.procfs.read(pid)
         {
+            info.elsewhere = d.procfs.elsewhere(&info, &dirs);
             d.obs.procs.insert(pid, info);
         }
     }
     d.obs.vmms = d.procfs.scan_vmms();
+    for p in &mut d.obs.vmms {
+        p.elsewhere = d.procfs.elsewhere(p, &dirs);
+    }
     d.obs.pid_view = d.procfs.pid_view();
     read_network(d, cfg);
     list_files(d, cfg);

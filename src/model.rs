@@ -318,6 +318,9 @@ pub struct ProcInfo {
     pub taps: Vec<String>,
     /// What its command line makes it (None: not a process SmolVM starts).
     pub role: Option<Role>,
+    /// It lives in another filesystem view (a container with its own `/tmp`): the paths
+    /// its command line names are other files than ours, so it is no VM of ours.
+    pub elsewhere: bool,
 }
 
 impl ProcInfo {

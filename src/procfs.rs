@@ -95,7 +95,42 @@ impl Procfs {
             cmdline,
             uid,
             taps: Vec::new(),
+            elsewhere: false,
         })
+    }
+
+    /// Does `p` see another filesystem than ours where it matters? Only a process in
+    /// another mount namespace can: then a path its command line names under one of
+    /// `dirs` (the socket and data dirs) that exists through `/proc/PID/root` (its view)
+    /// but not here, or as another file, says that it does. A VMM in a container with its
+    /// own `/tmp` names `/tmp/fc-<id>.sock` too, and is another VM's. Unreadable (another
+    /// user's, without CAP_SYS_PTRACE) or nothing to compare: false.
+    pub fn elsewhere(&self, p: &ProcInfo, dirs: &[&Path]) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let proc = self.root.join(p.pid.to_string());
+        let mnt = |dir: &Path| std::fs::read_link(dir.join("ns/mnt")).ok();
+        match (mnt(&proc), mnt(&self.root.join("self"))) {
+            (Some(theirs), Some(ours)) if theirs != ours => {}
+            _ => return false,
+        }
+        let root = proc.join("root");
+        let tokens = p.cmdline.iter().skip(1).flat_map(|a| a.split(','));
+        for token in tokens {
+            let token = token.rsplit('=').next().unwrap_or(token);
+            let path = Path::new(token.strip_prefix("unix:").unwrap_or(token));
+            if !path.is_absolute() || !dirs.iter().any(|d| path.starts_with(d)) {
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix("/") else { continue };
+            let Ok(theirs) = std::fs::symlink_metadata(root.join(rel)) else {
+                continue;
+            };
+            match std::fs::symlink_metadata(path) {
+                Ok(ours) if (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino()) => {}
+                _ => return true,
+            }
+        }
+        false
     }
 
     /// The TAPs a process holds open: each fd on /dev/net/tun, and the interface its

@@ -378,3 +378,47 @@ fn an_empty_root_with_the_documented_mounts_cleans_real_state() {
     assert!(!w.data.join("vm-bbbb0002.log").exists() && w.data.join("keepme.log").exists());
     assert!(!w.sock.join("fc-vm-bbbb0002.sock").exists());
 }
+
+/// A VMM in another mount namespace (a container with its own socket dir) that names
+/// `fc-<id>.sock` of one of our VM ids serves another file than ours: it is another VM's,
+/// never signalled, and our stale VM of that id is cleaned as if it were not there.
+#[test]
+fn a_vmm_in_another_mount_namespace_naming_our_socket_path_is_not_ours() {
+    let Some(mut w) = World::new("mountns") else {
+        return;
+    };
+    w.add(VmSpec::stale("vm-twin0001", 2));
+    let exe = w.scratch.0.join("bin/firecracker");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &exe).unwrap();
+    let sock = w.socket_path("vm-twin0001");
+    let script = "mount -t tmpfs tmpfs \"$1\" && exec -a firecracker \"$2\" --api-sock \"$3\"";
+    let mut other = crate::util::Reaped(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "bash", "-c", script, "bash"])
+            .arg(&w.sock)
+            .arg(&exe)
+            .arg(&sock)
+            .env("SMOLVM_FAKE_VMM", "1")
+            .spawn()
+            .unwrap(),
+    );
+    let pid = other.id();
+    crate::util::wait_until(
+        "the other namespace's VMM",
+        std::time::Duration::from_secs(10),
+        || {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"firecracker\0"))
+                && std::fs::symlink_metadata(format!("/proc/{pid}/root{}", sock.display())).is_ok()
+        },
+    );
+    w.run(&[]).expect(
+        0,
+        "Reconciled stale VMs: vm-twin0001\nTargets (1):\n  - vm-twin0001\nDeleted: vm-twin0001\nCleanup complete.\n",
+    );
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other namespace's VMM runs on"
+    );
+    assert!(w.ids().is_empty() && !sock.exists());
+}

@@ -79,7 +79,7 @@ impl<'a> Index<'a> {
         ix.add_files(obs);
         ix.add_network(obs);
         ix.add_tunnels(obs);
-        for p in obs.vmms.iter().filter(|p| !p.is_zombie()) {
+        for p in obs.vmms.iter().filter(|p| !p.is_zombie() && !p.elsewhere) {
             let ids = named_ids(&p.cmdline, &obs.socket_dir, &obs.data_dirs);
             if ids.len() == 1
                 && let Some(id) = ids.into_iter().next()

@@ -59,7 +59,7 @@ pub fn named_ids(cmdline: &[String], socket_dir: &Path, data_dirs: &[PathBuf]) -
 
 /// Is `p` this VM's VMM: a VMM whose command line names exactly this VM?
 pub(super) fn names_only(p: &ProcInfo, id: &str, obs: &Observed, dirs: &[PathBuf]) -> bool {
-    if p.role != Some(Role::Vmm) {
+    if p.role != Some(Role::Vmm) || p.elsewhere {
         return false;
     }
     let ids = named_ids(&p.cmdline, &obs.socket_dir, dirs);

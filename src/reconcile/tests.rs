@@ -42,6 +42,7 @@ fn proc(pid: i32, start: f64, cmd: &[&str]) -> ProcInfo {
         cmdline,
         uid: 0,
         taps: vec![],
+        elsewhere: false,
     }
 }
 
