@@ -318,8 +318,12 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
         .collect();
     for name in obs.socket_names.iter().filter(|n| socket_id(n).is_some()) {
         let path = cfg.socket_dir.join(name);
-        if files::socket_has_listener(&path) {
-            obs.served.insert(path);
+        match files::probe_socket(&path) {
+            files::Probe::Served => {
+                obs.served.insert(path);
+            }
+            files::Probe::Denied => obs.probes_denied = true,
+            files::Probe::NotServed => {}
         }
     }
     for dd in cfg.data_dirs.iter().filter(|dd| roots.get(&dd.dir).is_some()) {

@@ -399,6 +399,33 @@ impl<'r> Remover<'r> {
     }
 }
 
+/// Whether removing `files` as `uid` takes CAP_FOWNER (a file another user owns in a
+/// sticky directory another user owns, as SmolVM's sockets in `/tmp`) or
+/// CAP_DAC_OVERRIDE (a directory `uid` may not write). Only looks (lstat by path); a
+/// file or directory that cannot be looked at calls for neither.
+pub fn access_needs<'a>(files: impl Iterator<Item = &'a FileRef>, uid: u32) -> (bool, bool) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut fowner, mut dac) = (false, false);
+    for f in files {
+        let path = f.path();
+        let (Some(parent), Ok(file)) = (path.parent(), std::fs::symlink_metadata(&path)) else {
+            continue;
+        };
+        let Ok(dir) = std::fs::symlink_metadata(parent) else {
+            continue;
+        };
+        let mode = dir.mode();
+        let writable = if dir.uid() == uid {
+            mode & 0o200 != 0
+        } else {
+            mode & 0o002 != 0
+        };
+        dac |= !writable;
+        fowner |= mode & 0o1000 != 0 && file.uid() != uid && dir.uid() != uid;
+    }
+    (fowner, dac)
+}
+
 /// Replaces `path` with `contents` atomically: a temporary file in the same directory
 /// (never a symlink followed, never an existing file reused), synced, then renamed over
 /// `path`; a reader sees the old file or the new one, never half of one, and no temporary
@@ -465,16 +492,26 @@ fn remove_tree(parent: &OwnedFd, name: &str, depth: u32) -> Result<(), Errno> {
     }
 }
 
+/// What a liveness probe of a socket found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Served,
+    NotServed,
+    /// We may not connect (another user's socket, without CAP_DAC_OVERRIDE): it tells
+    /// nothing, and the other evidence (the VMM's pid) decides.
+    Denied,
+}
+
 /// Is a process accepting connections on this Unix socket? A VMM's API socket whose owner
 /// died refuses connections (ECONNREFUSED); one still served belongs to a live VMM. Only
 /// a socket itself is tried, never what a symlink points to. The connect never blocks: a
 /// listener whose backlog is full (a frozen VMM, or anyone's `listen(0)` that never
 /// accepts) answers EAGAIN at once, and a probe that cannot finish counts as served,
 /// never as dead.
-pub fn socket_has_listener(path: &Path) -> bool {
+pub fn probe_socket(path: &Path) -> Probe {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, connect, socket_with};
     if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        return false;
+        return Probe::NotServed;
     }
     let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
     let probe = SocketAddrUnix::new(path).and_then(|addr| {
@@ -482,12 +519,11 @@ pub fn socket_has_listener(path: &Path) -> bool {
         connect(&fd, &addr)
     });
     match probe {
-        Ok(()) => true,
-        // Nobody listens; or we may not even try (another user's socket): the probe tells
-        // nothing, and the other evidence (the VMM's pid) decides.
-        Err(Errno::CONNREFUSED | Errno::NOENT | Errno::ACCESS | Errno::PERM) => false,
+        Ok(()) => Probe::Served,
+        Err(Errno::CONNREFUSED | Errno::NOENT) => Probe::NotServed,
+        Err(Errno::ACCESS | Errno::PERM) => Probe::Denied,
         // EAGAIN (a listener whose backlog is full), EINPROGRESS, …: something is there.
-        Err(_) => true,
+        Err(_) => Probe::Served,
     }
 }
 
@@ -612,10 +648,10 @@ mod tests {
         let path = d.join("fc-vm-1.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let f = fref(&d, "fc-vm-1.sock");
-        assert!(socket_has_listener(&f.path()));
+        assert_eq!(probe_socket(&f.path()), Probe::Served);
         drop(listener);
-        assert!(!socket_has_listener(&f.path()));
-        assert!(!socket_has_listener(&d.join("missing.sock")));
+        assert_eq!(probe_socket(&f.path()), Probe::NotServed);
+        assert_eq!(probe_socket(&d.join("missing.sock")), Probe::NotServed);
         assert_eq!(Remover::new(&roots_of(&d)).remove(&f).unwrap(), Removal::Deleted);
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -734,6 +770,35 @@ mod tests {
             .unwrap();
         assert_eq!(r, Removal::Deleted);
         assert!(!target.join("disks/vm-1.ext4").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Which capabilities removing a file takes, by its directory's mode and owners.
+    #[test]
+    fn access_needs_follow_the_kernels_rules() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let d = scratch("needs");
+        let own = |p: &Path, uid: u32| {
+            rustix::fs::chown(p, Some(rustix::fs::Uid::from_raw(uid)), None).unwrap();
+        };
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+        };
+        let (tmp, theirs, closed) = (d.join("tmp"), d.join("sticky"), d.join("closed"));
+        for (dir, owner, m) in [(&tmp, 0, 0o1777), (&theirs, 4242, 0o1777), (&closed, 4242, 0o755)] {
+            std::fs::create_dir_all(dir).unwrap();
+            own(dir, owner);
+            mode(dir, m);
+            std::fs::write(dir.join("f"), "x").unwrap();
+            own(&dir.join("f"), 4243);
+        }
+        let needs = |dir: &Path| access_needs([FileRef::new(dir, "f")].iter(), 0);
+        // Root's /tmp: root owns the directory, so the sticky bit does not stand in the way.
+        assert_eq!(needs(&tmp), (false, false));
+        assert_eq!(needs(&theirs), (true, false));
+        assert_eq!(needs(&closed), (false, true));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -92,26 +92,58 @@ fn repeat(opts: &Options, every: std::time::Duration) {
     }
 }
 
-/// Root with CAP_NET_ADMIN in the effective set (what TAP and nft changes need), and
-/// CAP_KILL when a VMM must be stopped. Read with capget, so it holds without /proc.
-fn privilege(stops_vmms: bool) -> report::Privilege {
+/// Root with every capability this run needs in the effective set, or which are missing.
+/// Read with capget, so it holds without /proc. NET_ADMIN is always needed; `wanted`
+/// names the others this run's targets and processes call for (`needed_caps`).
+fn privilege(wanted: &[&'static str]) -> report::Privilege {
     use rustix::thread::CapabilitySet;
     if !rustix::process::geteuid().is_root() {
         return report::Privilege::NotRoot;
     }
     let effective = rustix::thread::capabilities(None).map_or(CapabilitySet::empty(), |c| c.effective);
-    let mut missing = Vec::new();
-    if !effective.contains(CapabilitySet::NET_ADMIN) {
-        missing.push("NET_ADMIN");
-    }
-    if stops_vmms && !effective.contains(CapabilitySet::KILL) {
-        missing.push("KILL");
-    }
+    let cap = |name: &str| match name {
+        "NET_ADMIN" => CapabilitySet::NET_ADMIN,
+        "KILL" => CapabilitySet::KILL,
+        "FOWNER" => CapabilitySet::FOWNER,
+        "DAC_OVERRIDE" => CapabilitySet::DAC_OVERRIDE,
+        _ => CapabilitySet::SYS_PTRACE,
+    };
+    let missing: Vec<&'static str> = std::iter::once("NET_ADMIN")
+        .chain(wanted.iter().copied())
+        .filter(|c| !effective.contains(cap(c)))
+        .collect();
     if missing.is_empty() {
         report::Privilege::Full
     } else {
         report::Privilege::Missing(missing)
     }
+}
+
+/// The capabilities beyond NET_ADMIN that what this run will touch calls for, when it is
+/// not the user's own: KILL to stop another user's VMM, SYS_PTRACE to read which TAP
+/// another user's VMM holds (its fds) and what it sees (its root), FOWNER to remove
+/// another user's file from a sticky directory another user owns (root may remove any file
+/// from root's `/tmp`), DAC_OVERRIDE to remove a file from a directory root's uid may not
+/// write, or to probe whether another user's socket is served.
+fn needed_caps(plan: &model::Plan, obs: &model::Observed) -> Vec<&'static str> {
+    let me = rustix::process::geteuid().as_raw();
+    let mut out = Vec::new();
+    if stops_others_vmm(plan, obs) {
+        out.push("KILL");
+    }
+    if obs.vmms.iter().any(|p| p.uid != me) {
+        out.push("SYS_PTRACE");
+    }
+    let files = plan.targets.iter().flat_map(|t| &t.files);
+    let (fowner, dac) = files::access_needs(files, me);
+    if fowner {
+        out.push("FOWNER");
+    }
+    // Also to probe another user's socket: whether its VM lives is otherwise unknown.
+    if dac || obs.probes_denied {
+        out.push("DAC_OVERRIDE");
+    }
+    out
 }
 
 /// Who may own a data dir: root, the user cleanup runs as, and under sudo the user who
@@ -486,7 +518,7 @@ fn assemble(
     let obs = &found.obs;
     // Only JSON, --check and --verbose show a target's resources.
     let detail = opts.json || opts.check || opts.verbose || opts.metrics_file.is_some();
-    let privilege = privilege(stops_others_vmm(plan, obs));
+    let privilege = privilege(&needed_caps(plan, obs));
     Report {
         mode,
         privilege: privilege.clone(),
@@ -546,7 +578,7 @@ fn incomplete(found: &discover::Discovery, privilege: &report::Privilege) -> Vec
 fn without_proc(opts: &Options, mode: report::Mode, why: String) -> Report {
     Report {
         mode,
-        privilege: privilege(false),
+        privilege: privilege(&[]),
         all: opts.all,
         prefix: opts.prefix.clone(),
         older_than_secs: opts.older_than.map(|d| d.as_secs_f64()),

@@ -676,6 +676,8 @@ pub struct Observed {
     pub tables: Vec<Table>,
     /// Socket files that a live process still accepts connections on.
     pub served: BTreeSet<PathBuf>,
+    /// A socket we may not connect to (another user's): whether it is served is unknown.
+    pub probes_denied: bool,
     /// `locks/<id>.create.lock` files that a live process holds (a create in progress).
     pub held_locks: BTreeSet<PathBuf>,
     /// Which processes the /proc we read can show.

@@ -134,7 +134,8 @@ pub enum Privilege {
     #[default]
     Full,
     NotRoot,
-    /// Root, without these capabilities (`NET_ADMIN`, `KILL`).
+    /// Root, without these capabilities (`NET_ADMIN`, `KILL`, `FOWNER`, `DAC_OVERRIDE`,
+    /// `SYS_PTRACE`).
     Missing(Vec<&'static str>),
 }
 
@@ -150,12 +151,12 @@ impl Privilege {
         let names: Vec<String> = caps.iter().map(|c| format!("CAP_{c}")).collect();
         let what: Vec<&str> = caps
             .iter()
-            .map(|&c| {
-                if c == "KILL" {
-                    "VMM processes"
-                } else {
-                    "TAP/nftables resources"
-                }
+            .map(|&c| match c {
+                "KILL" => "VMM processes",
+                "FOWNER" => "other users' files in /tmp",
+                "DAC_OVERRIDE" => "files in directories root may not write",
+                "SYS_PTRACE" => "the TAPs other users' VMMs hold",
+                _ => "TAP/nftables resources",
             })
             .collect();
         let docker: Vec<String> = caps.iter().map(|c| format!("--cap-add {c}")).collect();
@@ -596,6 +597,16 @@ mod tests {
         assert!(two.contains("--cap-add NET_ADMIN --cap-add KILL"), "{two}");
         assert!(two.contains("TAP/nftables resources and VMM processes"), "{two}");
         assert_eq!(Privilege::Full.warning(), None);
+        let ptrace = Privilege::Missing(vec!["SYS_PTRACE", "DAC_OVERRIDE"])
+            .warning()
+            .unwrap();
+        assert_eq!(
+            ptrace,
+            "Warning: running as root without CAP_SYS_PTRACE and CAP_DAC_OVERRIDE. Cleanup may fail \
+             for the TAPs other users' VMMs hold and files in directories root may not write; grant \
+             them (docker run --cap-add SYS_PTRACE --cap-add DAC_OVERRIDE, or \
+             securityContext.capabilities.add: [\"SYS_PTRACE\", \"DAC_OVERRIDE\"] in Kubernetes)."
+        );
     }
 
     #[test]
