@@ -147,21 +147,58 @@ fn a_report_that_cannot_be_written_is_a_failure() {
     }
 }
 
-/// The man page names every option `--help` lists, and groff finds nothing to warn about.
-#[test]
-fn the_man_page_keeps_step_with_help_and_formats_cleanly() {
-    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/smolvm-cleanup.1")).unwrap();
+/// Every option `--help` lists (`--all`, `-v`, `--verbose`, …).
+fn help_options() -> Vec<String> {
     let help = run(None, &["--help"]).stdout;
-    let options: Vec<&str> = help
+    let options: Vec<String> = help
         .lines()
         .map(str::trim_start)
         .filter(|l| l.starts_with('-'))
         .flat_map(|l| l.split_whitespace().take(2))
-        .map(|w| w.trim_end_matches(','))
+        .map(|w| w.trim_end_matches(',').to_string())
         .filter(|w| w.starts_with('-'))
         .collect();
     assert!(options.len() >= 15, "{options:?}");
-    for opt in options {
+    options
+}
+
+/// The shell completions (bash, zsh, fish) offer every option `--help` lists, and bash
+/// parses its own.
+#[test]
+fn the_shell_completions_keep_step_with_help() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/completions");
+    let read = |name: &str| std::fs::read_to_string(format!("{dir}/{name}")).unwrap();
+    let (bash, zsh, fish) = (
+        read("smolvm-cleanup.bash"),
+        read("_smolvm-cleanup"),
+        read("smolvm-cleanup.fish"),
+    );
+    for opt in help_options() {
+        let word = |text: &str| {
+            text.split(|c: char| c.is_whitespace() || "'\"[{},".contains(c))
+                .any(|w| w == opt)
+        };
+        assert!(word(&bash), "bash completion lacks {opt}");
+        assert!(word(&zsh), "zsh completion lacks {opt}");
+        let fish_has = match opt.strip_prefix("--") {
+            Some(long) => fish.contains(&format!(" -l {long} ")) || fish.contains(&format!(" -l {long}\n")),
+            None => fish.contains(&format!(" -s {} ", &opt[1..])),
+        };
+        assert!(fish_has, "fish completion lacks {opt}");
+    }
+    let out = Command::new("bash")
+        .arg("-n")
+        .arg(format!("{dir}/smolvm-cleanup.bash"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The man page names every option `--help` lists, and groff finds nothing to warn about.
+#[test]
+fn the_man_page_keeps_step_with_help_and_formats_cleanly() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/smolvm-cleanup.1")).unwrap();
+    for opt in help_options() {
         let roff = opt.replace('-', "\\-");
         assert!(page.contains(&roff), "the man page lacks {opt}");
     }
