@@ -530,6 +530,22 @@ fn github_workflows_and_the_action_are_well_formed() {
     assert!(
         steps.contains("./ci/release") && steps.contains("gh release upload") && steps.contains("dist/*")
     );
+    // The image job: the context ci/image stages from dist/, both platforms, pushed under
+    // the repository's own name to its registry.
+    let image = &release["jobs"]["image"];
+    assert_eq!(image["needs"].as_str(), Some("release"));
+    assert_eq!(release["permissions"]["packages"].as_str(), Some("write"));
+    assert!(runs(&image["steps"]).contains("./ci/image --context"));
+    assert!(runs(&image["steps"]).contains("ghcr.io/${GITHUB_REPOSITORY,,}"));
+    let push = image["steps"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("docker/build-push-action")))
+        .expect("a build-push step");
+    assert_eq!(push["with"]["platforms"].as_str(), Some("linux/amd64,linux/arm64"));
+    assert_eq!(push["with"]["file"].as_str(), Some("deploy/image/Dockerfile"));
+    assert_eq!(push["with"]["context"].as_str(), Some("target/image-context"));
 
     let action = yaml("action.yml");
     assert!(action["name"].as_str().is_some() && action["description"].as_str().is_some());
