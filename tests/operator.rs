@@ -541,9 +541,16 @@ fn github_workflows_and_the_action_are_well_formed() {
         .as_vec()
         .unwrap()
         .iter()
-        .find(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("docker/build-push-action")))
+        .find(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("docker/build-push-action"))
+        })
         .expect("a build-push step");
-    assert_eq!(push["with"]["platforms"].as_str(), Some("linux/amd64,linux/arm64"));
+    assert_eq!(
+        push["with"]["platforms"].as_str(),
+        Some("linux/amd64,linux/arm64")
+    );
     assert_eq!(push["with"]["file"].as_str(), Some("deploy/image/Dockerfile"));
     assert_eq!(push["with"]["context"].as_str(), Some("target/image-context"));
 

@@ -60,7 +60,7 @@ def daemonset():
 def readme_docker_run():
     """The README's `docker run` line: its flags, as podman takes them."""
     text = (REPO / "README.md").read_text()
-    line = re.search(r"docker run (--rm .*?) smolvm-cleanup --dry-run", text, re.S).group(1)
+    line = re.search(r"docker run (--rm .*?) \S*smolvm-cleanup\S* --dry-run", text, re.S).group(1)
     return line.replace("\\\n", " ").split()
 
 
