@@ -566,6 +566,20 @@ fn cleans_a_host_mid_upgrade_from_smolvm_to_celesto() {
         .expect(0, "No leaked SmolVM resources.\n");
 }
 
+/// The mixed host's Celesto VM `sbx-tesla` made live: a stand-in VMM serving its socket
+/// and holding `tap2` (which the stale SmolVM VM `vm-0a1b2c3d` has too), its row saying so.
+fn live_tesla_on_tap2(host: &Host) -> crate::util::Reaped {
+    let sock = host.sock.join("fc-sbx-tesla.sock");
+    let vmm = crate::util::Reaped(fake_vmm::spawn_holding(&host.scratch.0, &sock, Some("tap2")));
+    let c = rusqlite::Connection::open(host.cdata.join("celesto.db")).unwrap();
+    c.execute(
+        "UPDATE vms SET pid = ?1, updated_at = ?2 WHERE id = 'sbx-tesla'",
+        rusqlite::params![vmm.id(), crate::util::now_iso(1)],
+    )
+    .unwrap();
+    vmm
+}
+
 /// Celesto's allocator hands a live Celesto VM the TAP, IP and port of a stale SmolVM VM:
 /// everything of the stale VM goes, in SmolVM's tables, and what the live VM uses (the
 /// TAP it holds, Celesto's elements and policy table) stays, and the run says so.
@@ -576,13 +590,7 @@ fn a_stale_smolvm_vm_and_a_live_celesto_vm_on_one_tap() {
     };
     let sock = host.sock.join("fc-sbx-tesla.sock");
     std::fs::remove_file(&sock).unwrap();
-    let mut vmm = crate::util::Reaped(fake_vmm::spawn_holding(&host.scratch.0, &sock, Some("tap2")));
-    let c = rusqlite::Connection::open(host.cdata.join("celesto.db")).unwrap();
-    c.execute(
-        "UPDATE vms SET pid = ?1, updated_at = ?2 WHERE id = 'sbx-tesla'",
-        rusqlite::params![vmm.id(), crate::util::now_iso(1)],
-    )
-    .unwrap();
+    let mut vmm = live_tesla_on_tap2(&host);
     let r = host.run_found(&[]);
     r.expect(
         0,
@@ -659,14 +667,7 @@ fn a_smolvm_leftover_on_the_tap_of_a_live_celesto_vm_goes() {
     ] {
         std::fs::remove_file(host.sock.join(f)).unwrap();
     }
-    let sock = host.sock.join("fc-sbx-tesla.sock");
-    let mut vmm = crate::util::Reaped(fake_vmm::spawn_holding(&host.scratch.0, &sock, Some("tap2")));
-    let c = rusqlite::Connection::open(host.cdata.join("celesto.db")).unwrap();
-    c.execute(
-        "UPDATE vms SET pid = ?1, updated_at = ?2 WHERE id = 'sbx-tesla'",
-        rusqlite::params![vmm.id(), crate::util::now_iso(1)],
-    )
-    .unwrap();
+    let mut vmm = live_tesla_on_tap2(&host);
     let r = host.run_found(&[]);
     r.expect(
         0,

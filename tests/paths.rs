@@ -2,7 +2,7 @@
 //! recipe), a corrupt DB, `disks/` and data dirs behind symlinks (followed only when
 //! that cannot hand a removal to someone else), and no file left where no SmolVM state is.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::orphans::{ALL_FOUR, assert_host_clean};
 use crate::util::{Run, Scratch, World, bin, comments, has_link, probe_world, sh};
@@ -171,16 +171,24 @@ fn a_truncated_db_gives_the_recipe_and_the_recipe_reclaims_the_host() {
     corrupt_db_then_recipe("truncated", |db| db[..db.len() / 2].to_vec(), "malformed");
 }
 
+/// The data dir's `disks/` moved to `<scratch>/volume` and a symlink left in its place
+/// (made by root): the volume, and the link.
+fn disks_on_a_volume(w: &World) -> (PathBuf, PathBuf) {
+    let volume = w.scratch.0.join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::rename(w.data.join("disks"), volume.join("disks")).unwrap();
+    let link = w.data.join("disks");
+    std::os::unix::fs::symlink(volume.join("disks"), &link).unwrap();
+    (volume, link)
+}
+
 /// `disks/` on a bigger volume, linked by root: the disks behind it go with their VMs.
 #[test]
 fn the_disks_behind_a_root_owned_disks_symlink_are_removed() {
     let Some(w) = probe_world("disks-root", false) else {
         return;
     };
-    let volume = w.scratch.0.join("volume");
-    std::fs::create_dir_all(&volume).unwrap();
-    std::fs::rename(w.data.join("disks"), volume.join("disks")).unwrap();
-    std::os::unix::fs::symlink(volume.join("disks"), w.data.join("disks")).unwrap();
+    let (volume, _) = disks_on_a_volume(&w);
     w.run(&[]).expect(
         0,
         "Reconciled stale VMs: vm-bbbb0002, vm-dddd0004\n\
@@ -199,11 +207,7 @@ fn a_disks_symlink_owned_by_another_user_is_refused_and_its_vms_fail() {
     let Some(w) = probe_world("disks-user", false) else {
         return;
     };
-    let volume = w.scratch.0.join("volume");
-    std::fs::create_dir_all(&volume).unwrap();
-    std::fs::rename(w.data.join("disks"), volume.join("disks")).unwrap();
-    let link = w.data.join("disks");
-    std::os::unix::fs::symlink(volume.join("disks"), &link).unwrap();
+    let (volume, link) = disks_on_a_volume(&w);
     sh(&format!("chown -h 1000 {}", link.display()));
     let why = format!("{} is a symlink owned by uid 1000; not followed", link.display());
     let r = w.run(&[]);
