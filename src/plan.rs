@@ -214,12 +214,26 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
 /// VM with no row there is a target: while one stays, any of them may be its.
 fn free_claims_for(inv: &Inventory, chosen: &[usize], is_target: &[bool]) -> BTreeMap<usize, Vec<FileRef>> {
     let mut out: BTreeMap<usize, Vec<FileRef>> = BTreeMap::new();
-    let in_dir = |v: &Vm, dir: &std::path::Path| v.rowless && v.files.iter().any(|f| f.root == dir);
+    if inv.free_claims.is_empty() {
+        return out;
+    }
+    // Per data dir: the first target with no row that has files there, unless a VM with no
+    // row that stays has files there too.
+    let mut owner: BTreeMap<&std::path::Path, Option<usize>> = BTreeMap::new();
+    let rowless = |i: usize| inv.vms[i].rowless;
+    for i in (0..inv.vms.len()).filter(|&i| rowless(i) && !is_target[i]) {
+        for f in &inv.vms[i].files {
+            owner.insert(&f.root, None);
+        }
+    }
+    for &i in chosen.iter().filter(|&&i| rowless(i)) {
+        for f in &inv.vms[i].files {
+            owner.entry(&f.root).or_insert(Some(i));
+        }
+    }
     for f in &inv.free_claims {
-        let kept = (0..inv.vms.len()).any(|i| !is_target[i] && in_dir(&inv.vms[i], &f.root));
-        let owner = chosen.iter().copied().find(|&i| in_dir(&inv.vms[i], &f.root));
-        if let (false, Some(i)) = (kept, owner) {
-            out.entry(i).or_default().push(f.clone());
+        if let Some(Some(i)) = owner.get(f.root.as_path()) {
+            out.entry(*i).or_default().push(f.clone());
         }
     }
     out
