@@ -254,6 +254,7 @@ impl Db {
     ) -> Result<Vec<RowOutcome>> {
         let action = || format!("update state DB {}", self.path.display());
         let children: Vec<&str> = CHILD_TABLES.into_iter().filter(|t| self.has_table(t)).collect();
+        let snapshots = self.has_table("snapshots");
         self.write(|conn| {
             let mut mark = conn.prepare(
                 "UPDATE vms SET status = 'error', pid = NULL, updated_at = ?1 \
@@ -266,6 +267,13 @@ impl Db {
             for (id, updated) in deletes {
                 // One savepoint per VM: a row that cannot go leaves the others to finish.
                 conn.execute_batch("SAVEPOINT vm")?;
+                // A snapshot is the user's data (no foreign key names its VM in any
+                // release): the VM it was taken of keeps its row, as a foreign key would.
+                if snapshots && snapshot_of(conn, id)? {
+                    conn.execute_batch("RELEASE vm")?;
+                    out.push(RowOutcome::Pinned("snapshots".into()));
+                    continue;
+                }
                 match delete_vm(conn, &children, id, *updated) {
                     Ok(outcome) => {
                         conn.execute_batch("RELEASE vm")?;
@@ -345,6 +353,12 @@ fn delete_vm(
     conn.prepare_cached("DELETE FROM vms WHERE id = ?1")?
         .execute(params![id])?;
     Ok(RowOutcome::Deleted)
+}
+
+/// Does a `snapshots` row name VM `id` as the VM it was taken of?
+fn snapshot_of(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM snapshots WHERE vm_id = ?1")?
+        .exists(params![id])
 }
 
 fn is_foreign_key(e: &rusqlite::Error) -> bool {
@@ -516,7 +530,7 @@ mod tests {
         INSERT INTO ssh_forwards VALUES ('sbx-a', 2200, 22, 'x');
         INSERT INTO vsock_cids VALUES ('sbx-a', 3, 'x');
         INSERT INTO tap_allocations VALUES ('sbx-b', 'svmb0a1b2c3d', 'bridge', 'br0', 'x');
-        INSERT INTO snapshots VALUES ('s1', 'sbx-a');
+        INSERT INTO snapshots VALUES ('s1', 'sbx-deleted-long-ago');
     ";
 
     fn scratch_db(name: &str) -> PathBuf {
@@ -648,6 +662,33 @@ mod tests {
         assert_eq!(
             count(&p, "SELECT count(*) FROM tap_allocations WHERE vm_id = 'sbx-b'"),
             1
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_row_a_snapshot_was_taken_of_stays_and_the_others_go() {
+        let p = scratch_db("snapshot");
+        Connection::open(&p)
+            .unwrap()
+            .execute("INSERT INTO snapshots VALUES ('s2', 'sbx-c')", [])
+            .unwrap();
+        let db = Db::open(&p, &p, false, far()).unwrap();
+        let rows = db.load(0, Project::SmolVM).unwrap();
+        let stamp = |i: usize| rows[i].updated_at.as_deref();
+        let out = db
+            .finish(
+                &[("sbx-a", stamp(0)), ("sbx-c", stamp(2))],
+                &[],
+                "2026-11-28T12:00:00.000000+00:00",
+            )
+            .unwrap();
+        assert_eq!(out, [RowOutcome::Deleted, RowOutcome::Pinned("snapshots".into())]);
+        assert_eq!(count(&p, "SELECT count(*) FROM vms WHERE id = 'sbx-c'"), 1);
+        assert_eq!(
+            count(&p, "SELECT count(*) FROM snapshots"),
+            2,
+            "snapshots are the user's"
         );
         std::fs::remove_file(&p).unwrap();
     }

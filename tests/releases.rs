@@ -290,3 +290,31 @@ fn state_in_postgresql_takes_no_leftover() {
         r.stdout
     );
 }
+
+/// Snapshots (0.0.7+: `snapshots` rows, `snapshots/<sid>/`) are the user's data: never
+/// removed, and the VM one was taken of keeps its row (no foreign key says so in any
+/// release), failing with the table named, while everything else of it goes.
+#[test]
+fn a_vm_with_a_snapshot_keeps_its_row_and_the_snapshot_stays() {
+    let Some(mut w) = World::new("snapshot") else { return };
+    w.add(VmSpec::stale("vm-snap0001", 2));
+    w.add(VmSpec::stale("vm-plain001", 3));
+    w.conn()
+        .execute_batch(
+            "CREATE TABLE snapshots (snapshot_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL, snapshot_path TEXT);
+             INSERT INTO snapshots VALUES ('snap-0a1b2c3d', 'vm-snap0001', NULL);",
+        )
+        .unwrap();
+    std::fs::create_dir_all(w.data.join("snapshots/snap-0a1b2c3d")).unwrap();
+    std::fs::write(w.data.join("snapshots/snap-0a1b2c3d/mem"), "memory").unwrap();
+    w.run(&[]).expect(
+        1,
+        "Reconciled stale VMs: vm-plain001, vm-snap0001\nTargets (2):\n  - vm-plain001\n  - vm-snap0001\n\
+         Deleted: vm-plain001\n\
+         Failed:  vm-snap0001 (its state row is still referred to by table snapshots; row kept)\n\
+         Cleanup completed with 1 failure(s).\n",
+    );
+    assert_eq!(w.ids(), ["vm-snap0001"]);
+    assert!(w.data.join("snapshots/snap-0a1b2c3d/mem").exists());
+    assert!(!crate::util::has_link("tap2") && !w.data.join("vm-snap0001.log").exists());
+}
