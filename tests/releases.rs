@@ -296,7 +296,9 @@ fn state_in_postgresql_takes_no_leftover() {
 /// release), failing with the table named, while everything else of it goes.
 #[test]
 fn a_vm_with_a_snapshot_keeps_its_row_and_the_snapshot_stays() {
-    let Some(mut w) = World::new("snapshot") else { return };
+    let Some(mut w) = World::new("snapshot") else {
+        return;
+    };
     w.add(VmSpec::stale("vm-snap0001", 2));
     w.add(VmSpec::stale("vm-plain001", 3));
     w.conn()
