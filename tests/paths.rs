@@ -314,8 +314,8 @@ fn a_run_creates_no_file_where_no_smolvm_state_is() {
     std::fs::create_dir_all(etc.0.join("disks")).unwrap();
     std::fs::write(etc.0.join("disks/golden.ext4"), b"an image").unwrap();
     let before = tree(&etc.0);
-    for args in [&[][..], &["--dry-run"][..], &["--check"][..], &["--all"][..]] {
-        let r = Run::from(
+    let run = |args: &[&str]| {
+        Run::from(
             bin()
                 .arg("--state-dir")
                 .arg(&etc.0)
@@ -324,22 +324,17 @@ fn a_run_creates_no_file_where_no_smolvm_state_is() {
                 .args(args)
                 .output()
                 .unwrap(),
-        );
+        )
+    };
+    for args in [&[][..], &["--dry-run"][..], &["--check"][..], &["--all"][..]] {
+        let r = run(args);
         assert_eq!(r.code, 0, "{args:?}: {}{}", r.stdout, r.stderr);
         assert_eq!(tree(&etc.0), before, "{args:?}");
     }
     assert_eq!(std::fs::read(etc.0.join("dpkg.log")).unwrap(), b"the host's");
     // Refused (another owner): nothing created either.
     sh(&format!("chown 4242 {}", etc.0.display()));
-    let r = Run::from(
-        bin()
-            .arg("--state-dir")
-            .arg(&etc.0)
-            .arg("--socket-dir")
-            .arg(&w.sock)
-            .output()
-            .unwrap(),
-    );
+    let r = run(&[]);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert_eq!(tree(&etc.0), before);
     assert!(tree(&w.sock) == [".".to_string()], "{:?}", tree(&w.sock));
