@@ -43,6 +43,16 @@ pub fn is_vmm_argv0(argv0: &str) -> bool {
     base == "firecracker" || base.starts_with("qemu-system-") || base == "qemu-kvm" || base == "krunvm"
 }
 
+/// The paths a VMM's or sidecar's command line names, as SmolVM passes them: whole
+/// arguments, and the parts of `--api-sock=/p`, QEMU's `file=/p,format=raw`,
+/// `unix:/p,server` and swtpm's `dir=/p`. Only compared, never opened.
+pub fn argv_paths(cmdline: &[String]) -> impl Iterator<Item = &std::path::Path> {
+    cmdline.iter().skip(1).flat_map(|a| a.split(',')).map(|token| {
+        let token = token.rsplit('=').next().unwrap_or(token);
+        std::path::Path::new(token.strip_prefix("unix:").unwrap_or(token))
+    })
+}
+
 /// What a process is to a VM, by its command line alone (which VM is `reconcile`'s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::{PidView, ProcInfo, vm_role};
+use crate::model::{PidView, ProcInfo, argv_paths, vm_role};
 
 /// The inode of the host's first pid namespace (`PROC_PID_INIT_INO`), fixed since Linux 3.8.
 const HOST_PID_NS: &str = "pid:[4026531836]";
@@ -65,6 +65,8 @@ pub struct Procfs {
     pub root: PathBuf,
     boot_unix: f64,
     ticks_per_sec: f64,
+    /// Our own mount namespace (`mnt:[…]`), read once.
+    own_mnt: Option<PathBuf>,
 }
 
 impl Procfs {
@@ -73,6 +75,7 @@ impl Procfs {
             root: root.to_path_buf(),
             boot_unix: boot_time(root, now_unix).unwrap_or(0.0),
             ticks_per_sec: rustix::param::clock_ticks_per_second() as f64,
+            own_mnt: std::fs::read_link(root.join("self/ns/mnt")).ok(),
         }
     }
 
@@ -108,16 +111,12 @@ impl Procfs {
     pub fn elsewhere(&self, p: &ProcInfo, dirs: &[&Path]) -> bool {
         use std::os::unix::fs::MetadataExt;
         let proc = self.root.join(p.pid.to_string());
-        let mnt = |dir: &Path| std::fs::read_link(dir.join("ns/mnt")).ok();
-        match (mnt(&proc), mnt(&self.root.join("self"))) {
-            (Some(theirs), Some(ours)) if theirs != ours => {}
+        match (std::fs::read_link(proc.join("ns/mnt")).ok(), &self.own_mnt) {
+            (Some(theirs), Some(ours)) if &theirs != ours => {}
             _ => return false,
         }
         let root = proc.join("root");
-        let tokens = p.cmdline.iter().skip(1).flat_map(|a| a.split(','));
-        for token in tokens {
-            let token = token.rsplit('=').next().unwrap_or(token);
-            let path = Path::new(token.strip_prefix("unix:").unwrap_or(token));
+        for path in argv_paths(&p.cmdline) {
             if !path.is_absolute() || !dirs.iter().any(|d| path.starts_with(d)) {
                 continue;
             }

@@ -8,7 +8,7 @@ use super::network::{Claims, attach_claims, attach_network, attach_row_elems};
 use super::{Index, START_SLACK_SECS, disk_id};
 use crate::model::{
     FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Role, Row, Stale, Status, Vm, Vmm,
-    libkrun_config_id, socket_id, valid_tap_name, valid_vm_id,
+    argv_paths, libkrun_config_id, socket_id, valid_tap_name, valid_vm_id,
 };
 
 /// The VM ids a VMM's or sidecar's command line names: an API/QMP/vsock socket or a
@@ -22,34 +22,29 @@ pub fn named_ids(cmdline: &[String], socket_dir: &Path, data_dirs: &[PathBuf]) -
             ids.insert(arg.clone());
         }
         prev = arg;
-        // `--api-sock=/p`, QEMU's `file=/p,format=raw` and `unix:/p,server`.
-        for token in arg.split(',') {
-            let token = token.rsplit('=').next().unwrap_or(token);
-            let token = token.strip_prefix("unix:").unwrap_or(token);
-            let path = Path::new(token);
-            let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
-            else {
-                continue;
-            };
-            if parent == socket_dir
-                && let Some(id) = socket_id(name).or_else(|| libkrun_config_id(name))
-            {
-                ids.insert(id.to_string());
-            }
-            for d in data_dirs {
-                let firmware = d.join("firmware");
-                let id = path
-                    .ancestors()
-                    .find(|a| a.parent() == Some(firmware.as_path()))
-                    .and_then(|a| a.file_name()?.to_str())
-                    .filter(|id| valid_vm_id(id));
-                if let Some(id) = id {
-                    ids.insert(id.to_string());
-                }
-            }
-            if data_dirs.iter().any(|d| parent == d.join("disks"))
-                && let Some(id) = disk_id(name)
-            {
+    }
+    for path in argv_paths(cmdline) {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+            continue;
+        };
+        if parent == socket_dir
+            && let Some(id) = socket_id(name).or_else(|| libkrun_config_id(name))
+        {
+            ids.insert(id.to_string());
+        }
+        if data_dirs.iter().any(|d| parent == d.join("disks"))
+            && let Some(id) = disk_id(name)
+        {
+            ids.insert(id.to_string());
+        }
+        for d in data_dirs {
+            let firmware = d.join("firmware");
+            let id = path
+                .ancestors()
+                .find(|a| a.parent() == Some(firmware.as_path()))
+                .and_then(|a| a.file_name()?.to_str())
+                .filter(|id| valid_vm_id(id));
+            if let Some(id) = id {
                 ids.insert(id.to_string());
             }
         }
