@@ -10,7 +10,8 @@ use crate::error::{Error, Fault};
 use crate::files;
 use crate::locate::DataDir;
 use crate::model::{
-    DirListing, ForwardsListing, Observed, Project, forward_file_id, libkrun_config_id, socket_id,
+    DirListing, ForwardsListing, ForwardsRecord, Observed, Project, data_file_id, forward_file_id,
+    libkrun_config_id, socket_id,
 };
 use crate::netlink::{self, link, nft};
 use crate::procfs::Procfs;
@@ -92,24 +93,90 @@ pub fn open(cfg: &Config<'_>) -> Discovery {
 pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
     read_dbs(d, cfg);
     read_other_dbs(d, cfg);
-    let mut dirs: Vec<&std::path::Path> = cfg.data_dirs.iter().map(|dd| dd.dir.as_path()).collect();
-    dirs.push(&cfg.socket_dir);
+    let dirs = view_dirs(cfg);
     for row in &d.obs.rows {
         if let Some(pid) = row.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
             && let Some(mut info) = d.procfs.read(pid)
         {
-            info.elsewhere = d.procfs.elsewhere(&info, &dirs);
+            if info.role.is_some() {
+                info.view = d.procfs.view(&info, &dirs);
+            }
             d.obs.procs.insert(pid, info);
         }
     }
     d.obs.vmms = d.procfs.scan_vmms();
     for p in &mut d.obs.vmms {
-        p.elsewhere = d.procfs.elsewhere(p, &dirs);
+        p.view = d.procfs.view(p, &dirs);
     }
     d.obs.pid_view = d.procfs.pid_view();
     read_network(d, cfg);
     list_files(d, cfg);
     list_forwards(d, cfg);
+    read_owners(d);
+}
+
+/// Who owns each listed file that no row's id names (a row's files are its data dir's):
+/// evidence of a VM with no row counts only for files of its own owner.
+fn read_owners(d: &mut Discovery) {
+    let obs = &mut d.obs;
+    let rows: std::collections::HashSet<&str> = obs
+        .rows
+        .iter()
+        .chain(&obs.other_rows)
+        .map(|r| r.id.as_str())
+        .collect();
+    let mut wanted: Vec<(&std::path::Path, String)> = Vec::new();
+    for n in &obs.socket_names {
+        if socket_id(n)
+            .or_else(|| libkrun_config_id(n))
+            .is_some_and(|id| !rows.contains(id))
+        {
+            wanted.push((&obs.socket_dir, n.clone()));
+        }
+    }
+    for dl in &obs.data_listing {
+        let subs = [
+            ("", &dl.top),
+            ("disks", &dl.disks),
+            ("locks", &dl.locks),
+            ("firmware", &dl.firmware),
+            ("ssh-known-hosts", &dl.known_hosts),
+        ];
+        for (sub, names) in subs {
+            for n in names
+                .iter()
+                .filter(|n| data_file_id(sub, n).is_some_and(|id| !rows.contains(id)))
+            {
+                let rel = if sub.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{sub}/{n}")
+                };
+                wanted.push((&dl.dir, rel));
+            }
+        }
+    }
+    for fl in &obs.forwards {
+        for n in fl
+            .names
+            .iter()
+            .filter(|n| forward_file_id(n).is_some_and(|id| !rows.contains(id)))
+        {
+            wanted.push((&fl.dir, n.clone()));
+        }
+    }
+    let owners = wanted
+        .into_iter()
+        .filter_map(|(dir, rel)| Some((dir.join(&rel), d.roots.owner(dir, &rel)?)))
+        .collect();
+    obs.owners = owners;
+}
+
+/// The directories a process must see as we do to be one of ours (`Procfs::view`).
+fn view_dirs<'a>(cfg: &'a Config<'_>) -> Vec<&'a std::path::Path> {
+    let mut dirs: Vec<&std::path::Path> = cfg.data_dirs.iter().map(|dd| dd.dir.as_path()).collect();
+    dirs.push(&cfg.socket_dir);
+    dirs
 }
 
 /// The port-forward dirs: their files, each `<id>.json`'s forwards, and the processes at
@@ -132,20 +199,32 @@ fn list_forwards(d: &mut Discovery, cfg: &Config<'_>) {
         }
         let mut records = Vec::new();
         for n in names.iter().filter(|n| n.ends_with(".json")) {
-            let (Some(id), Some((bytes, written))) = (forward_file_id(n), d.roots.read(dir, n, 1 << 20))
+            let (Some(id), Some((bytes, written, owner))) =
+                (forward_file_id(n), d.roots.read(dir, n, 1 << 20))
             else {
                 continue;
             };
             let forwards = crate::state::parse_forwards(&String::from_utf8_lossy(&bytes));
             for pid in forwards.iter().filter_map(|f| f.pid) {
-                if let Some(info) = d.procfs.read(pid) {
+                if let Some(mut info) = d.procfs.read(pid) {
+                    info.view = d.procfs.view(&info, &view_dirs(cfg));
                     d.obs.procs.insert(pid, info);
                 }
             }
-            records.push((id.to_string(), written, forwards));
+            records.push(ForwardsRecord {
+                id: id.to_string(),
+                written,
+                owner,
+                forwards,
+            });
         }
         d.obs.forwards.push(ForwardsListing {
             dir: dir.clone(),
+            owner: d
+                .roots
+                .get(dir)
+                .and_then(|fd| rustix::fs::fstat(fd).ok())
+                .map(|st| st.st_uid),
             names,
             records,
         });

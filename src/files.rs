@@ -227,9 +227,26 @@ impl Roots {
         ))
     }
 
+    /// Who owns `rel` (`name`, or `sub/name`) beneath the root `dir`, the entry itself
+    /// (never followed): None when it is gone or its directory is not reachable.
+    pub fn owner(&self, dir: &Path, rel: &str) -> Option<u32> {
+        let (sub, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let at = if sub.is_empty() {
+            self.fds.get(dir)?
+        } else {
+            match self.subs.get(&dir.join(sub))? {
+                Sub::Held(fd) | Sub::Refused(_, Some(fd)) => fd,
+                _ => return None,
+            }
+        };
+        let st = rustix::fs::statat(at, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        Some(st.st_uid)
+    }
+
     /// The bytes of a small regular file `name` directly in the root `dir` (never through
-    /// a symlink, at most `max` bytes) and when it was last written (Unix seconds).
-    pub fn read(&self, dir: &Path, name: &str, max: u64) -> Option<(Vec<u8>, f64)> {
+    /// a symlink, at most `max` bytes), when it was last written (Unix seconds) and who
+    /// owns it.
+    pub fn read(&self, dir: &Path, name: &str, max: u64) -> Option<(Vec<u8>, f64, u32)> {
         use std::io::Read;
         let root = self.fds.get(dir)?;
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -244,7 +261,7 @@ impl Roots {
         std::fs::File::from(fd).take(max).read_to_end(&mut bytes).ok()?;
         #[allow(clippy::cast_precision_loss)]
         let written = st.st_mtime as f64 + f64::from(u32::try_from(st.st_mtime_nsec).unwrap_or(0)) / 1e9;
-        Some((bytes, written))
+        Some((bytes, written, st.st_uid))
     }
 
     /// A path to `name` in `dir` that goes through the held fd (`/proc/self/fd/N/name`),

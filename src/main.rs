@@ -248,6 +248,8 @@ struct Survey {
     report: Report,
     timing: process::Timing,
     stop: &'static std::sync::atomic::AtomicBool,
+    /// VMMs whose view of the host could not be read (`Inventory::uninspected`).
+    uninspected: Vec<String>,
     _lock: lock::Held,
 }
 
@@ -329,6 +331,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         report,
         timing,
         stop,
+        uninspected: inv.uninspected.clone(),
         _lock: held,
     })
 }
@@ -372,6 +375,12 @@ fn take_lock(
 fn check(opts: &Options, diag: &mut Diag) -> Result<Report, Stop> {
     let s = survey(opts, report::Mode::Check, diag)?;
     let mut report = s.report;
+    // Asked to vouch for every VM, it cannot for a VMM whose view it could not read.
+    if opts.all {
+        report
+            .incomplete
+            .extend(s.uninspected.iter().map(|u| format!("not fully inspected: {u}")));
+    }
     // A check vouches for nothing it could not list, whoever runs it.
     let failed = [s.found.link_error.as_ref(), s.found.nft_error.as_ref()];
     for e in failed.into_iter().flatten() {

@@ -104,6 +104,32 @@ pub fn libkrun_config_id(name: &str) -> Option<&str> {
     (hex_ok && valid_vm_id(id)).then_some(id)
 }
 
+/// `<id>.ext4` / `<id>.qcow2` → id: a VM's disk in a data dir's `disks/`.
+pub fn disk_id(name: &str) -> Option<&str> {
+    let id = name
+        .strip_suffix(".ext4")
+        .or_else(|| name.strip_suffix(".qcow2"))?;
+    valid_vm_id(id).then_some(id)
+}
+
+/// The VM id an entry of a data dir carries by its name, by where it is (`sub`): `<id>.log`
+/// (""), `disks/<id>.ext4|qcow2` and a disk's `<disk>.create-backup-<hex>` companion
+/// (0.0.19+), `locks/<id>.create.lock|.snapshot.lock`, `firmware/<id>` and
+/// `ssh-known-hosts/<id>.known_hosts`.
+pub fn data_file_id<'a>(sub: &str, name: &'a str) -> Option<&'a str> {
+    let id = match sub {
+        "" => name.strip_suffix(".log"),
+        "disks" => return disk_id(name.split_once(".create-backup-").map_or(name, |(disk, _)| disk)),
+        "locks" => name
+            .strip_suffix(".create.lock")
+            .or_else(|| name.strip_suffix(".snapshot.lock")),
+        "firmware" => Some(name),
+        "ssh-known-hosts" => name.strip_suffix(".known_hosts"),
+        _ => None,
+    }?;
+    valid_vm_id(id).then_some(id)
+}
+
 /// `fc-<id>.sock` → id, for the socket names SmolVM uses.
 pub fn socket_id(name: &str) -> Option<&str> {
     ["fc-", "qmp-", "vsock-"].iter().find_map(|p| {
@@ -328,15 +354,28 @@ pub struct ProcInfo {
     pub taps: Vec<String>,
     /// What its command line makes it (None: not a process SmolVM starts).
     pub role: Option<Role>,
-    /// It lives in another filesystem view (a container with its own `/tmp`): the paths
-    /// its command line names are other files than ours, so it is no VM of ours.
-    pub elsewhere: bool,
+    /// Whether it sees the host as we do (read for VMMs and sidecars only).
+    pub view: View,
 }
 
 impl ProcInfo {
     pub fn is_zombie(&self) -> bool {
         matches!(self.state, 'Z' | 'X' | 'x')
     }
+}
+
+/// Whether a process lives in our view of the host: our network namespace, and the
+/// socket and data dirs its command line names are the very directories we read. Only a
+/// process in our view can be a VM of ours; one we cannot inspect is never acted on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum View {
+    #[default]
+    Ours,
+    /// Another container's or namespace's (why, for `-v`): its TAPs, sockets and disks are
+    /// other objects than ours of the same names.
+    Elsewhere(String),
+    /// Its namespaces or root could not be read (why): cannot tell, so never acted on.
+    Unknown(String),
 }
 
 /// A network link from the rtnetlink dump.
@@ -641,6 +680,9 @@ pub enum Refusal {
     Unidentified(Life),
     /// Its VMM cannot be seen from this pid namespace.
     OutOfView,
+    /// A VMM that names it runs in another view of the host, or one we cannot inspect
+    /// (pid, why): whose VM it runs cannot be told.
+    OtherView(i32, String),
 }
 
 impl fmt::Display for Refusal {
@@ -658,6 +700,7 @@ impl fmt::Display for Refusal {
                 write!(f, " by a process that is not a VMM we can identify; not touched")
             }
             Refusal::OutOfView => write!(f, "its VMM is not visible from this pid namespace; not touched"),
+            Refusal::OtherView(pid, why) => write!(f, "VMM pid {pid} names it, but {why}; not touched"),
         }
     }
 }
@@ -698,6 +741,9 @@ pub struct Observed {
     pub data_listing: Vec<DirListing>,
     /// The port-forward state in the users' homes.
     pub forwards: Vec<ForwardsListing>,
+    /// Who owns the files listed above that no row's id names (`FileRef::path`): a VM
+    /// with no row takes a file only when the same owner (or root) made what names it.
+    pub owners: std::collections::HashMap<PathBuf, u32>,
     /// A state DB exists but could not be read for a reason other than corruption
     /// (locked, permissions): a host resource with no row may then be a hidden row's, so
     /// no rowless leftover is touched.
@@ -719,9 +765,21 @@ pub struct Forward {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ForwardsListing {
     pub dir: PathBuf,
+    /// Who owns the directory: the user whose home it is in.
+    pub owner: Option<u32>,
     pub names: Vec<String>,
-    /// (VM id, when its JSON was last written in Unix seconds, its forwards).
-    pub records: Vec<(String, f64, Vec<Forward>)>,
+    pub records: Vec<ForwardsRecord>,
+}
+
+/// One `<id>.json` of a forwards dir.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardsRecord {
+    pub id: String,
+    /// When it was last written (Unix seconds): its writer sets this, so it proves an age
+    /// only together with its owner.
+    pub written: f64,
+    pub owner: u32,
+    pub forwards: Vec<Forward>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -801,6 +859,9 @@ pub struct Inventory {
     pub unattributed: Vec<FileRef>,
     /// SDK claim files no process holds and no row or VM has: some gone SDK VM's.
     pub free_claims: Vec<FileRef>,
+    /// VMMs that name a VM with no row but whose view of the host could not be read:
+    /// nothing they name is touched, and a check of everything is not complete.
+    pub uninspected: Vec<String>,
 }
 
 /// A state row to delete or mark, as it was read: its DB (index into the opened DBs),

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::{PidView, ProcInfo, argv_paths, vm_role};
+use crate::model::{PidView, ProcInfo, View, argv_paths, vm_role};
 
 /// The inode of the host's first pid namespace (`PROC_PID_INIT_INO`), fixed since Linux 3.8.
 const HOST_PID_NS: &str = "pid:[4026531836]";
@@ -61,12 +61,21 @@ pub fn boot_time(root: &Path, now_unix: f64) -> Option<f64> {
     Some(now_unix - secs)
 }
 
+/// One of this thread's namespaces, read by `read` (a test's thread has a network
+/// namespace of its own; a /proc without thread-self has only the process's).
+fn own<T>(root: &Path, kind: &str, read: impl Fn(&Path) -> Option<T>) -> Option<T> {
+    read(&root.join("thread-self/ns").join(kind)).or_else(|| read(&root.join("self/ns").join(kind)))
+}
+
 pub struct Procfs {
     pub root: PathBuf,
     boot_unix: f64,
     ticks_per_sec: f64,
-    /// Our own mount namespace (`mnt:[…]`), read once.
+    /// Our own mount and network namespaces (`mnt:[…]`, `net:[…]`), read once.
     own_mnt: Option<PathBuf>,
+    own_net: Option<PathBuf>,
+    /// Our network namespace's nsfs (device, inode), as a tun fd's namespace is compared.
+    own_net_id: Option<(u64, u64)>,
 }
 
 impl Procfs {
@@ -75,7 +84,12 @@ impl Procfs {
             root: root.to_path_buf(),
             boot_unix: boot_time(root, now_unix).unwrap_or(0.0),
             ticks_per_sec: rustix::param::clock_ticks_per_second() as f64,
-            own_mnt: std::fs::read_link(root.join("self/ns/mnt")).ok(),
+            own_mnt: own(root, "mnt", |p| std::fs::read_link(p).ok()),
+            own_net: own(root, "net", |p| std::fs::read_link(p).ok()),
+            own_net_id: own(root, "net", |p| {
+                let st = rustix::fs::stat(p).ok()?;
+                Some((st.st_dev, st.st_ino))
+            }),
         }
     }
 
@@ -98,43 +112,82 @@ impl Procfs {
             cmdline,
             uid,
             taps: Vec::new(),
-            elsewhere: false,
+            view: View::Ours,
         })
     }
 
-    /// Does `p` see another filesystem than ours where it matters? Only a process in
-    /// another mount namespace can: then a path its command line names under one of
-    /// `dirs` (the socket and data dirs) that exists through `/proc/PID/root` (its view)
-    /// but not here, or as another file, says that it does. A VMM in a container with its
-    /// own `/tmp` names `/tmp/fc-<id>.sock` too, and is another VM's. Unreadable (another
-    /// user's, without CAP_SYS_PTRACE) or nothing to compare: false.
-    pub fn elsewhere(&self, p: &ProcInfo, dirs: &[&Path]) -> bool {
+    /// Does `p` see the host as we do? Not when it is in another network namespace (its
+    /// TAPs are other links than ours of those names), nor when a directory its command
+    /// line names a path under (the socket dir, a data dir, and the path's own directory
+    /// beneath it), seen through `/proc/PID/root`, is another directory than ours or one
+    /// it lacks: a VMM in a container with its own `/tmp` names `/tmp/fc-<id>.sock` too,
+    /// whether or not its socket exists yet. In another mount namespace and naming none of
+    /// our directories, it names nothing of ours. What cannot be read (another user's
+    /// process without CAP_SYS_PTRACE) is `Unknown`: cannot tell.
+    pub fn view(&self, p: &ProcInfo, dirs: &[&Path]) -> View {
         use std::os::unix::fs::MetadataExt;
         let proc = self.root.join(p.pid.to_string());
-        match (std::fs::read_link(proc.join("ns/mnt")).ok(), &self.own_mnt) {
-            (Some(theirs), Some(ours)) if &theirs != ours => {}
-            _ => return false,
+        let unreadable = |what: &str, e: std::io::Error| {
+            let why = e
+                .raw_os_error()
+                .map_or_else(|| e.to_string(), crate::error::errno_text);
+            View::Unknown(format!("its {what} cannot be read ({why})"))
+        };
+        let ns = |kind: &str| std::fs::read_link(proc.join("ns").join(kind));
+        let (net, mnt) = match (ns("net"), ns("mnt")) {
+            (Ok(net), Ok(mnt)) => (net, mnt),
+            (Err(e), _) | (_, Err(e)) => return unreadable("namespaces", e),
+        };
+        if self.own_net.as_ref().is_some_and(|ours| *ours != net) {
+            return View::Elsewhere("it runs in another network namespace".into());
         }
-        let root = proc.join("root");
-        for path in argv_paths(&p.cmdline) {
-            if !path.is_absolute() || !dirs.iter().any(|d| path.starts_with(d)) {
-                continue;
-            }
-            let Ok(rel) = path.strip_prefix("/") else { continue };
-            let Ok(theirs) = std::fs::symlink_metadata(root.join(rel)) else {
+        let mut named: Vec<&Path> = Vec::new();
+        for path in argv_paths(&p.cmdline).filter(|p| p.is_absolute()) {
+            let Some(dir) = dirs
+                .iter()
+                .filter(|d| path.starts_with(d))
+                .max_by_key(|d| d.as_os_str().len())
+            else {
                 continue;
             };
-            match std::fs::symlink_metadata(path) {
-                Ok(ours) if (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino()) => {}
-                _ => return true,
+            let parent = path.parent().filter(|p| p.starts_with(dir) && p != dir);
+            for d in std::iter::once(*dir).chain(parent) {
+                if !named.contains(&d) {
+                    named.push(d);
+                }
             }
         }
-        false
+        let root = proc.join("root");
+        let mut compared = false;
+        for dir in named {
+            let (Ok(ours), Ok(rel)) = (std::fs::metadata(dir), dir.strip_prefix("/")) else {
+                continue;
+            };
+            match std::fs::metadata(root.join(rel)) {
+                Ok(theirs) if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) => compared = true,
+                Ok(_) => {
+                    return View::Elsewhere(format!("its {} is another directory than ours", dir.display()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return View::Elsewhere(format!("it has no {}", dir.display()));
+                }
+                Err(e) => return unreadable("root", e),
+            }
+        }
+        if !compared && self.own_mnt.as_ref().is_some_and(|ours| *ours != mnt) {
+            return View::Elsewhere(
+                "it runs in another mount namespace and names none of our directories".into(),
+            );
+        }
+        View::Ours
     }
 
-    /// The TAPs a process holds open: each fd on /dev/net/tun, and the interface its
-    /// fdinfo names (`iff:\ttap3`). Reading another user's fds takes root (or
-    /// CAP_SYS_PTRACE); a process whose fds cannot be read holds none that we know of.
+    /// The TAPs a process holds open in our network namespace: each fd on /dev/net/tun,
+    /// and the interface its fdinfo names (`iff:\ttap3`), unless the kernel says that
+    /// interface is in another namespace (an unprivileged user's TAP named like one of
+    /// ours, made in a user+net namespace, whose fd may even be passed to a process in
+    /// ours). Reading another user's fds takes root (or CAP_SYS_PTRACE); a process whose
+    /// fds cannot be read holds none that we know of.
     pub fn held_taps(&self, pid: i32) -> Vec<String> {
         let dir = self.root.join(pid.to_string());
         let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
@@ -145,6 +198,11 @@ impl Procfs {
             if std::fs::read_link(fd.path()).is_ok_and(|t| t == Path::new("/dev/net/tun"))
                 && let Ok(info) = std::fs::read_to_string(dir.join("fdinfo").join(fd.file_name()))
                 && let Some(name) = parse_fdinfo_iff(&info)
+                && fd
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse().ok())
+                    .is_none_or(|n| self.tun_netns_is_ours(pid, n) != Some(false))
             {
                 taps.push(name.to_string());
             }
@@ -152,6 +210,32 @@ impl Procfs {
         taps.sort();
         taps.dedup();
         taps
+    }
+
+    /// Is the device behind `pid`'s tun fd `fd` in our network namespace? The fd itself,
+    /// borrowed with pidfd_getfd, asked with TUNGETDEVNETNS (Linux 5.6 and 5.2). None: the
+    /// kernel cannot say (too old, or the fd may not be borrowed); the process's own
+    /// namespace then decides (`view`).
+    fn tun_netns_is_ours(&self, pid: i32, fd: i32) -> Option<bool> {
+        use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        /// `_IO('T', 227)`.
+        const TUNGETDEVNETNS: libc::Ioctl = 0x54e3;
+        let ours = self.own_net_id?;
+        let pidfd = pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()?;
+        let tun = pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).ok()?;
+        // SAFETY: TUNGETDEVNETNS takes no argument; on a tun fd it returns a new fd of the
+        // device's network namespace (or -1), which nothing else owns.
+        #[allow(unsafe_code)]
+        let ns = unsafe { libc::ioctl(tun.as_raw_fd(), TUNGETDEVNETNS) };
+        if ns < 0 {
+            return None;
+        }
+        // SAFETY: `ns` is a fresh fd the kernel just gave us (see above), owned only here.
+        #[allow(unsafe_code)]
+        let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+        let st = rustix::fs::fstat(&ns).ok()?;
+        Some((st.st_dev, st.st_ino) == ours)
     }
 
     /// Re-reads only the start time, to prove a pidfd still refers to the process we judged.

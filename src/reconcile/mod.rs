@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use crate::model::{
-    ElemMeaning, FileRef, Inventory, Observed, ProcInfo, Project, Role, Vm, forward_file_id,
-    libkrun_config_id, socket_id, valid_tap_name, valid_vm_id,
+    ElemMeaning, FileRef, Inventory, Observed, ProcInfo, Project, Role, View, Vm, data_file_id,
+    forward_file_id, libkrun_config_id, socket_id, valid_tap_name, valid_vm_id,
 };
 
 use network::{rule_tap, rule_vm_id};
@@ -26,13 +26,6 @@ use rows::{judge_life, judge_row_vm, named_ids, out_of_view};
 
 /// Slack between a process's start time (from boot time + ticks) and the row's timestamp.
 const START_SLACK_SECS: f64 = 1.0;
-
-fn disk_id(name: &str) -> Option<&str> {
-    let id = name
-        .strip_suffix(".ext4")
-        .or_else(|| name.strip_suffix(".qcow2"))?;
-    valid_vm_id(id).then_some(id)
-}
 
 /// Lookups built once per run, so that judging N VMs costs O(N), not O(N × rules). Every
 /// nft object is keyed by the project whose table holds it.
@@ -51,14 +44,18 @@ struct Index<'a> {
     elems_by_port: HashMap<(Project, u16), Vec<usize>>,
     /// Live (non-zombie) VMM processes by the one VM id each names.
     vmms_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
+    /// Live VMMs and sidecars whose view of the host could not be read, by the one VM id
+    /// each names: cannot tell whose, so what they name is left alone.
+    uninspected_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
     /// Live sidecar processes by the VM they are proven to serve: swtpm by the one VM id
     /// its command line names, a port forward's ssh tunnel by its forwards JSON.
     sidecars_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
     /// The files discovery listed, by the VM id their name carries (retained disks left out).
     files_by_id: HashMap<&'a str, Vec<FileRef>>,
     /// Ids named by a file only SmolVM makes (an `fc-/qmp-/vsock-<id>.sock` socket, a
-    /// `locks/<id>.create.lock`): unlike a log or disk name, these corroborate a VM.
-    named_by_file: BTreeSet<&'a str>,
+    /// `locks/<id>.create.lock`), with those files: unlike a log or disk name, these
+    /// corroborate a VM, for files of their own owner.
+    named_by_file: BTreeMap<&'a str, Vec<FileRef>>,
     /// Bridge TAPs by the VM id their alias (`smolvm-bridge:<id>`, `celesto-bridge:<id>`) names.
     taps_by_alias: BTreeMap<&'a str, Vec<&'a str>>,
     /// The data dirs that hold each `locks/resources/<name>` claim file.
@@ -79,15 +76,18 @@ impl<'a> Index<'a> {
         ix.add_files(obs);
         ix.add_network(obs);
         ix.add_tunnels(obs);
-        for p in obs.vmms.iter().filter(|p| !p.is_zombie() && !p.elsewhere) {
+        // Another container's VMM names ids of its own; one we cannot inspect may be
+        // anyone's: neither is ever a VM of ours, and the latter keeps what it names.
+        for p in obs.vmms.iter().filter(|p| !p.is_zombie()) {
             let ids = named_ids(&p.cmdline, &obs.socket_dir, &obs.data_dirs);
             if ids.len() == 1
                 && let Some(id) = ids.into_iter().next()
             {
-                let by_role = match p.role {
-                    Some(Role::Vmm) => &mut ix.vmms_by_id,
-                    Some(Role::Sidecar) => &mut ix.sidecars_by_id,
-                    None => continue,
+                let by_role = match (&p.view, p.role) {
+                    (View::Elsewhere(_), _) | (_, None) => continue,
+                    (View::Unknown(_), _) => &mut ix.uninspected_by_id,
+                    (View::Ours, Some(Role::Vmm)) => &mut ix.vmms_by_id,
+                    (View::Ours, Some(Role::Sidecar)) => &mut ix.sidecars_by_id,
                 };
                 by_role.entry(id).or_default().push(p);
             }
@@ -96,11 +96,17 @@ impl<'a> Index<'a> {
     }
 
     /// The `ssh -L` tunnels of the VMs' port forwards: the process at a pid a forwards
-    /// JSON records is the VM's sidecar when it is `ssh` forwarding exactly that port and
-    /// started no later than the JSON was written (else the pid was reused).
+    /// JSON records is the VM's sidecar when it is `ssh` forwarding exactly that port,
+    /// started no later than the JSON was written (else the pid was reused), runs in our
+    /// view, and belongs to the user who wrote the JSON in their own forwards dir (a JSON
+    /// anyone may write names anyone's pid; its mtime is its writer's to set).
     fn add_tunnels(&mut self, obs: &'a Observed) {
-        for (id, written, forwards) in obs.forwards.iter().flat_map(|fl| &fl.records) {
-            for f in forwards {
+        let records = obs
+            .forwards
+            .iter()
+            .flat_map(|fl| fl.records.iter().filter(|r| fl.owner == Some(r.owner)));
+        for r in records {
+            for f in &r.forwards {
                 let Some(p) = f.pid.and_then(|pid| obs.procs.get(&pid)) else {
                     continue;
                 };
@@ -110,8 +116,14 @@ impl<'a> Index<'a> {
                     .first()
                     .is_some_and(|a| a.rsplit('/').next() == Some("ssh"));
                 let forwarding = p.cmdline.windows(2).any(|w| w[0] == "-L" && w[1] == spec);
-                if ssh && forwarding && !p.is_zombie() && p.start_unix <= written + START_SLACK_SECS {
-                    self.sidecars_by_id.entry(id.clone()).or_default().push(p);
+                let theirs = p.uid == r.owner && p.view == View::Ours;
+                if ssh
+                    && forwarding
+                    && theirs
+                    && !p.is_zombie()
+                    && p.start_unix <= r.written + START_SLACK_SECS
+                {
+                    self.sidecars_by_id.entry(r.id.clone()).or_default().push(p);
                 }
             }
         }
@@ -134,54 +146,47 @@ impl<'a> Index<'a> {
         for n in &obs.socket_names {
             if let Some(id) = socket_id(n).or_else(|| libkrun_config_id(n)) {
                 let f = FileRef::new(&obs.socket_dir, n.as_str());
-                ix.files_by_id.entry(id).or_default().push(f);
-                ix.named_by_file.insert(id);
+                ix.files_by_id.entry(id).or_default().push(f.clone());
+                ix.named_by_file.entry(id).or_default().push(f);
             }
         }
         for d in &obs.data_listing {
             for n in &d.resource_locks {
                 ix.resource_locks.entry(n.as_str()).or_default().push(&d.dir);
             }
-            for n in &d.known_hosts {
-                if let Some(id) = n.strip_suffix(".known_hosts").filter(|id| valid_vm_id(id)) {
-                    let f = FileRef::new(&d.dir, format!("ssh-known-hosts/{n}"));
-                    ix.files_by_id.entry(id).or_default().push(f);
-                }
-            }
-            for n in d.firmware.iter().filter(|n| valid_vm_id(n)) {
-                let f = FileRef::tree(&d.dir, format!("firmware/{n}"));
-                ix.files_by_id.entry(n.as_str()).or_default().push(f);
-            }
-            for n in &d.locks {
-                let id = n
-                    .strip_suffix(".create.lock")
-                    .or_else(|| n.strip_suffix(".snapshot.lock"))
-                    .filter(|id| valid_vm_id(id));
-                if let Some(id) = id {
-                    let f = FileRef::new(&d.dir, format!("locks/{n}"));
-                    ix.files_by_id.entry(id).or_default().push(f);
-                    ix.named_by_file.insert(id);
-                }
-            }
-            for n in &d.top {
-                if let Some(id) = n.strip_suffix(".log").filter(|id| valid_vm_id(id)) {
-                    ix.files_by_id
-                        .entry(id)
-                        .or_default()
-                        .push(FileRef::new(&d.dir, n.as_str()));
-                }
-            }
-            let names: HashSet<&str> = d.disks.iter().map(String::as_str).collect();
-            for n in &d.disks {
-                // A disk's companion (`<disk>.create-backup-<hex>`, 0.0.19+) goes with it.
-                let disk = n
-                    .split_once(".create-backup-")
-                    .map_or(n.as_str(), |(disk, _)| disk);
-                // A disk SmolVM marked to keep (`<disk>.retained`, newer releases) stays.
-                if let Some(id) =
-                    disk_id(disk).filter(|_| !names.contains(format!("{disk}.retained").as_str()))
-                {
-                    let f = FileRef::new(&d.dir, format!("disks/{n}"));
+            let retained: HashSet<&str> = d
+                .disks
+                .iter()
+                .filter_map(|n| n.strip_suffix(".retained"))
+                .collect();
+            let subs = [
+                ("ssh-known-hosts", &d.known_hosts),
+                ("firmware", &d.firmware),
+                ("locks", &d.locks),
+                ("", &d.top),
+                ("disks", &d.disks),
+            ];
+            for (sub, names) in subs {
+                for n in names {
+                    let Some(id) = data_file_id(sub, n) else { continue };
+                    let f = match sub {
+                        "" => FileRef::new(&d.dir, n.as_str()),
+                        "firmware" => FileRef::tree(&d.dir, format!("firmware/{n}")),
+                        // A disk SmolVM marked to keep (`<disk>.retained`, newer releases)
+                        // stays, and so does its companion.
+                        "disks"
+                            if retained.contains(
+                                n.split_once(".create-backup-")
+                                    .map_or(n.as_str(), |(disk, _)| disk),
+                            ) =>
+                        {
+                            continue;
+                        }
+                        _ => FileRef::new(&d.dir, format!("{sub}/{n}")),
+                    };
+                    if sub == "locks" {
+                        ix.named_by_file.entry(id).or_default().push(f.clone());
+                    }
                     ix.files_by_id.entry(id).or_default().push(f);
                 }
             }
@@ -280,12 +285,38 @@ pub fn inventory(obs: &Observed) -> Inventory {
         .iter()
         .filter(|(_, taps)| taps.iter().any(|t| !claimed.any.contains_key(t)))
         .map(|(id, _)| id);
-    for &id in ix.rules_by_id.keys().chain(&ix.named_by_file).chain(aliased) {
+    for &id in ix
+        .rules_by_id
+        .keys()
+        .chain(ix.named_by_file.keys())
+        .chain(aliased)
+    {
         evidence.entry(id.to_string()).or_default();
     }
     // A VM that another data dir's row describes is that data dir's, not a leftover.
     let others: BTreeSet<&str> = obs.other_rows.iter().map(|r| r.id.as_str()).collect();
     evidence.retain(|id, _| !by_id.contains_key(id) && !others.contains(id.as_str()));
+    // What a VMM we cannot inspect names may be its own: cannot tell, so never taken.
+    for (id, procs) in ix
+        .uninspected_by_id
+        .iter()
+        .filter(|(id, _)| !by_id.contains_key(*id))
+    {
+        evidence.remove(id);
+        for p in procs {
+            if let View::Unknown(why) = &p.view {
+                let argv0 = p.cmdline.first().map_or("?", String::as_str);
+                inv.uninspected
+                    .push(format!("pid {} ({argv0}) names {id}, but {why}", p.pid));
+            }
+        }
+    }
+    if !inv.uninspected.is_empty() {
+        inv.warnings.push(format!(
+            "not fully inspected, so left alone: {} (as root with CAP_SYS_PTRACE it can be read)",
+            inv.uninspected.join("; ")
+        ));
+    }
     let mut unattributed: Vec<FileRef> = ix
         .files_by_id
         .iter()
@@ -304,6 +335,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
         return inv;
     }
     add_rowless(&mut inv, obs, &ix, &by_id, &evidence, &claimed);
+    inv.unattributed.sort();
     inv
 }
 

@@ -77,15 +77,7 @@ pub(super) fn add_rowless(
     }
     let mut taken: BTreeSet<(Project, String)> = BTreeSet::new();
     for (id, vmms) in evidence {
-        let vm = rowless_vm(
-            id,
-            vmms,
-            tied.get(id.as_str()),
-            obs,
-            ix,
-            claimed,
-            &mut inv.warnings,
-        );
+        let vm = rowless_vm(id, vmms, tied.get(id.as_str()), obs, ix, claimed, inv);
         if vm.stale.is_none() {
             inv.warnings.push(format!(
                 "{}: has no state row but is alive ({}); left alone (--all stops it)",
@@ -185,7 +177,7 @@ fn rowless_vm(
     obs: &Observed,
     ix: &Index<'_>,
     claimed: &Claimed<'_>,
-    warnings: &mut Vec<String>,
+    inv: &mut Inventory,
 ) -> Vm {
     let projects: Vec<Project> = match ix.projects_by_id.get(id) {
         Some(p) if !p.is_empty() => p.iter().copied().collect(),
@@ -215,7 +207,7 @@ fn rowless_vm(
             .collect(),
         ..Vm::default()
     };
-    attach_network(&mut vm, obs, ix, warnings);
+    attach_network(&mut vm, obs, ix, &mut inv.warnings);
     let mut ips: BTreeSet<[u8; 4]> = vm.tap_names.iter().filter_map(|t| guest_ip_for_tap(t)).collect();
     for &ri in ix.rules_by_id.get(id).into_iter().flatten() {
         ips.extend(
@@ -226,7 +218,17 @@ fn rowless_vm(
         );
     }
     attach_elems_by_ip(&mut vm, &ips, &claimed.ips, ix);
-    vm.files = ix.files_by_id.get(id).cloned().unwrap_or_default();
+    let (files, foreign) = own_files(id, vmms, obs, ix);
+    vm.files = files;
+    if !foreign.is_empty() {
+        let list: Vec<String> = foreign.iter().map(|f| f.path().display().to_string()).collect();
+        inv.warnings.push(format!(
+            "{id}: no state row, and only a user's socket, lock or process names it: files of \
+             other owners are not its, so they are left alone: {}",
+            list.join(", ")
+        ));
+        inv.unattributed.extend(foreign);
+    }
     let claims = Claims {
         ips: ips.difference(&claimed.any_ips).copied().collect(),
         ..Claims::default()
@@ -234,6 +236,27 @@ fn rowless_vm(
     attach_claims(&mut vm, &claims, &obs.data_dirs, ix);
     judge_rowless(&mut vm, obs);
     vm
+}
+
+/// The files of a VM with no row (by the id their names carry) that what names the VM
+/// vouches for, and the rest. Root's or the kernel's word (a rule comment, a bridge alias,
+/// a root process or file) vouches for any; a user's socket, lock or process only for
+/// that user's own files: anyone may bind `/tmp/fc-<name>.sock`, and that must not cost
+/// root's `disks/<name>.ext4`.
+fn own_files(id: &str, vmms: &[&ProcInfo], obs: &Observed, ix: &Index<'_>) -> (Vec<FileRef>, Vec<FileRef>) {
+    let files = ix.files_by_id.get(id).cloned().unwrap_or_default();
+    let vouchers = ix.named_by_file.get(id).map_or(&[][..], Vec::as_slice);
+    let kernel = ix.rules_by_id.contains_key(id) || ix.taps_by_alias.contains_key(id);
+    let mut owners: BTreeSet<u32> = vmms.iter().map(|p| p.uid).collect();
+    owners.extend(ix.sidecars_by_id.get(id).into_iter().flatten().map(|p| p.uid));
+    owners.extend(vouchers.iter().filter_map(|f| obs.owners.get(&f.path())));
+    if kernel || owners.contains(&0) {
+        return (files, Vec::new());
+    }
+    // What names it is its own, whoever made it.
+    files
+        .into_iter()
+        .partition(|f| vouchers.contains(f) || obs.owners.get(&f.path()).is_some_and(|u| owners.contains(u)))
 }
 
 /// TAPs that only the projects' rules, policy tables or elements name, in projects where

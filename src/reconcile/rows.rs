@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::network::{Claims, attach_claims, attach_network, attach_row_elems};
-use super::{Index, START_SLACK_SECS, disk_id};
+use super::{Index, START_SLACK_SECS};
 use crate::model::{
-    FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Role, Row, Stale, Status, Vm, Vmm,
-    argv_paths, libkrun_config_id, socket_id, valid_tap_name, valid_vm_id,
+    FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Role, Row, Stale, Status, View, Vm, Vmm,
+    argv_paths, disk_id, libkrun_config_id, socket_id, valid_tap_name, valid_vm_id,
 };
 
 /// The VM ids a VMM's or sidecar's command line names: an API/QMP/vsock socket or a
@@ -52,13 +52,30 @@ pub fn named_ids(cmdline: &[String], socket_dir: &Path, data_dirs: &[PathBuf]) -
     ids
 }
 
-/// Is `p` this VM's VMM: a VMM whose command line names exactly this VM?
+/// Is `p` a VMM whose command line names exactly this VM (in whatever view it runs)?
 pub(super) fn names_only(p: &ProcInfo, id: &str, obs: &Observed, dirs: &[PathBuf]) -> bool {
-    if p.role != Some(Role::Vmm) || p.elsewhere {
+    if p.role != Some(Role::Vmm) {
         return false;
     }
     let ids = named_ids(&p.cmdline, &obs.socket_dir, dirs);
     ids.len() == 1 && ids.contains(id)
+}
+
+/// The live VMM at the pid a row records that names this VM but does not run in our view
+/// (pid, why): it may be this VM's, seen from a namespace we do not share, so the VM is
+/// neither stale nor ours to touch.
+fn row_vmm_elsewhere(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Option<(i32, String)> {
+    let p = row
+        .pid
+        .and_then(|raw| i32::try_from(raw).ok())
+        .and_then(|pid| obs.procs.get(&pid))?;
+    if p.is_zombie() || !names_only(p, &row.id, obs, dirs) {
+        return None;
+    }
+    match &p.view {
+        View::Ours => None,
+        View::Elsewhere(why) | View::Unknown(why) => Some((p.pid, why.clone())),
+    }
 }
 
 /// Judges the pid a row records. Ok: the VMM is alive and proven. Err: why it is stale.
@@ -76,7 +93,7 @@ pub(super) fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<V
     if p.is_zombie() {
         return Err(Stale::Zombie(pid));
     }
-    if !names_only(p, &row.id, obs, dirs) {
+    if !names_only(p, &row.id, obs, dirs) || p.view != View::Ours {
         let what = p.cmdline.first().map(String::as_str).unwrap_or("?");
         return Err(Stale::OtherProcess(pid, what.to_string()));
     }
@@ -154,11 +171,16 @@ pub(super) fn judge_vmm(
         .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
     let mut stale_reason = None;
     let mut expects = false;
+    let mut other_view = None;
     for (&ri, row) in vm.rows.iter().zip(rows) {
         if !row.status.expects_process() {
             continue;
         }
         expects = true;
+        if let Some(seen) = row_vmm_elsewhere(row, obs, dirs) {
+            other_view.get_or_insert(seen);
+            continue;
+        }
         match judge_pid(row, obs, dirs) {
             Ok(v) => {
                 if !vm.vmms.contains(&v) {
@@ -205,6 +227,18 @@ pub(super) fn judge_vmm(
                 start_ticks: p.start_ticks,
             });
         }
+    }
+    // A VMM naming it that we cannot inspect may be its own: cannot tell.
+    if let Some(p) = ix.uninspected_by_id.get(vm.id.as_str()).and_then(|ps| ps.first())
+        && let View::Unknown(why) = &p.view
+    {
+        other_view.get_or_insert((p.pid, why.clone()));
+    }
+    if let Some((pid, why)) = other_view {
+        vm.refuse = Some(Refusal::OtherView(pid, why));
+        vm.mark.clear();
+        vm.expects_vmm = expects;
+        return;
     }
     if expects && vm.vmms.is_empty() {
         vm.stale = stale_reason.or(Some(Stale::NoVmm));

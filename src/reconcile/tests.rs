@@ -6,7 +6,7 @@ use super::network::{guest_ip_for_tap, rule_tap, rule_vm_id, tap_for_guest_ip};
 use super::*;
 use crate::model::{
     DirListing, Elem, Life, Link, NFPROTO_INET, NFPROTO_IPV4, PidView, ProcInfo, Project, Refusal, Row, Rule,
-    Stale, Status, Table, Vmm,
+    Stale, Status, Table, View, Vmm,
 };
 
 pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
@@ -42,7 +42,7 @@ fn proc(pid: i32, start: f64, cmd: &[&str]) -> ProcInfo {
         cmdline,
         uid: 0,
         taps: vec![],
-        elsewhere: false,
+        view: crate::model::View::Ours,
     }
 }
 
@@ -340,6 +340,14 @@ fn with_no_rows_the_host_names_the_vms() {
     o.held_locks
         .insert("/var/lib/smolvm/locks/vm-6.create.lock".into());
     o.vmms = vec![fc(70, 1.0, "vm-5")];
+    for rel in [
+        "firmware/vm-4",
+        "locks/vm-4.create.lock",
+        "vm-4.log",
+        "disks/vm-4.ext4",
+    ] {
+        o.owners.insert(Path::new("/var/lib/smolvm").join(rel), 0);
+    }
     let inv = inventory(&o);
     let ids: Vec<&str> = inv.vms.iter().map(|v| v.id.as_str()).collect();
     assert_eq!(
@@ -783,4 +791,106 @@ fn the_tap_a_live_rowless_vmm_holds_is_that_vms() {
     let inv = inventory(&o);
     let sdk = inv.vms.iter().find(|v| v.id == "sbx-sdk").unwrap();
     assert!(sdk.taps.is_empty() && sdk.tables.is_empty());
+}
+
+/// A user may bind `/tmp/fc-<any name>.sock`: such a socket vouches for that user's own
+/// files only, never root's; root's (or the kernel's) word vouches for any.
+#[test]
+fn what_names_a_vm_with_no_row_vouches_only_for_files_of_its_own_owner() {
+    let mut o = obs(vec![]);
+    o.socket_names = vec!["fc-golden-image.sock".into()];
+    o.data_listing = vec![DirListing {
+        dir: "/var/lib/smolvm".into(),
+        top: vec!["golden-image.log".into()],
+        disks: vec!["golden-image.ext4".into()],
+        ..DirListing::default()
+    }];
+    let sock = PathBuf::from("/tmp/fc-golden-image.sock");
+    let log = PathBuf::from("/var/lib/smolvm/golden-image.log");
+    let disk = PathBuf::from("/var/lib/smolvm/disks/golden-image.ext4");
+    o.owners.insert(sock.clone(), 1000);
+    o.owners.insert(log.clone(), 0);
+    o.owners.insert(disk.clone(), 1000);
+    let inv = inventory(&o);
+    assert_eq!(inv.vms.len(), 1);
+    let files: Vec<PathBuf> = inv.vms[0].files.iter().map(FileRef::path).collect();
+    assert_eq!(
+        files,
+        [sock.clone(), disk.clone()],
+        "the user's own socket and disk only"
+    );
+    let lone: Vec<PathBuf> = inv.unattributed.iter().map(FileRef::path).collect();
+    assert_eq!(
+        lone,
+        std::slice::from_ref(&log),
+        "root's log is no file of the user's"
+    );
+    assert!(
+        inv.warnings.iter().any(|w| w.contains("golden-image.log")),
+        "{:?}",
+        inv.warnings
+    );
+
+    // A file whose owner could not be read is vouched for by nothing but root.
+    o.owners.remove(&disk);
+    let inv = inventory(&o);
+    assert_eq!(inv.vms[0].files.len(), 1);
+
+    // Root's socket, or a rule comment, vouches for every file of the id.
+    o.owners.insert(sock.clone(), 0);
+    assert_eq!(inventory(&o).vms[0].files.len(), 3);
+    o.owners.insert(sock, 1000);
+    o.rules = vec![ssh_rule("golden-image", 9, 10)];
+    assert_eq!(inventory(&o).vms[0].files.len(), 3);
+}
+
+/// A VMM in another view of the host (another network namespace, its own `/tmp`) runs
+/// another VM, whatever it names; one whose view cannot be read may be anyone's.
+#[test]
+fn a_vmm_outside_our_view_is_never_a_vm_of_ours() {
+    let elsewhere = View::Elsewhere("it runs in another network namespace".into());
+    let unknown = View::Unknown("its namespaces cannot be read (Permission denied)".into());
+    // With no row: no VM for what it names, and the socket it names stays.
+    for view in [elsewhere.clone(), unknown.clone()] {
+        let mut o = obs(vec![]);
+        o.vmms = vec![ProcInfo {
+            view: view.clone(),
+            ..fc(70, 1.0, "sbx-sdklive")
+        }];
+        o.socket_names = vec!["fc-sbx-sdklive.sock".into()];
+        o.owners.insert("/tmp/fc-sbx-sdklive.sock".into(), 0);
+        let inv = inventory(&o);
+        match view {
+            View::Elsewhere(_) => {
+                // Our own socket of that id is a leftover of ours, not its.
+                assert_eq!(inv.vms.len(), 1);
+                assert!(inv.vms[0].vmms.is_empty() && inv.vms[0].stale.is_some());
+                assert!(inv.uninspected.is_empty());
+            }
+            _ => {
+                assert!(inv.vms.is_empty(), "cannot tell: nothing is taken");
+                assert_eq!(inv.uninspected.len(), 1, "{:?}", inv.uninspected);
+                assert!(inv.uninspected[0].starts_with("pid 70 (firecracker) names sbx-sdklive, but"));
+            }
+        }
+    }
+    // At the pid a running row records, naming it: it may be its VMM, seen from a
+    // namespace we do not share: neither stale nor touched.
+    for view in [elsewhere, unknown] {
+        let mut o = obs(vec![row("vm-1", "running", Some(70))]);
+        o.procs.insert(
+            70,
+            ProcInfo {
+                view: view.clone(),
+                ..fc(70, 1.0, "vm-1")
+            },
+        );
+        let inv = inventory(&o);
+        let vm = &inv.vms[0];
+        assert!(
+            vm.stale.is_none() && vm.mark.is_empty() && vm.vmms.is_empty(),
+            "{vm:?}"
+        );
+        assert!(matches!(vm.refuse, Some(Refusal::OtherView(70, _))), "{vm:?}");
+    }
 }
