@@ -216,17 +216,6 @@ impl Roots {
         self.fds.get(dir)
     }
 
-    /// A fresh read-only fd of the root `dir`, for `flock` (the held one is O_PATH).
-    pub fn reopen(&self, dir: &Path) -> Option<Result<OwnedFd, Errno>> {
-        let fd = self.fds.get(dir)?;
-        Some(openat(
-            fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ))
-    }
-
     /// Who owns `rel` (`name`, or `sub/name`) beneath the root `dir`, the entry itself
     /// (never followed): None when it is gone or its directory is not reachable.
     pub fn owner(&self, dir: &Path, rel: &str) -> Option<u32> {

@@ -336,9 +336,9 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     })
 }
 
-/// The run's lock, on the data dirs as discovery opened them (or, with none, the socket
-/// dir): taken before anything is read, so a second run sees what the first one left.
-/// Exclusive for a cleanup, shared for a dry run or a check.
+/// The run's lock, keyed by the data dirs as discovery opened them (or, with none, the
+/// socket dir): taken before anything is read, so a second run sees what the first one
+/// left. Exclusive for a cleanup, shared for a dry run or a check.
 fn take_lock(
     found: &discover::Discovery,
     dirs: &[locate::DataDir],
@@ -356,10 +356,10 @@ fn take_lock(
     if places.is_empty() {
         places.push(socket_dir);
     }
-    let mut fds = Vec::new();
+    let mut keys = Vec::new();
     for dir in places {
-        match found.roots.reopen(dir) {
-            Some(Ok(fd)) => fds.push((dir.to_path_buf(), fd)),
+        match found.roots.get(dir).map(rustix::fs::fstat) {
+            Some(Ok(st)) => keys.push((dir.to_path_buf(), (st.st_dev, st.st_ino))),
             Some(Err(e)) => diag.warn(format!(
                 "{}; running without the cleanup lock",
                 error::Error::sys(format!("lock {}", dir.display()), e)
@@ -367,7 +367,9 @@ fn take_lock(
             None => {}
         }
     }
-    lock::acquire(fds, !read_only, deadline, stop, &mut |m| diag.warn(m))
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    let lock_dir = lock::dir_for(rustix::process::geteuid().as_raw(), runtime.as_deref());
+    lock::acquire(&lock_dir, keys, !read_only, deadline, stop, &mut |m| diag.warn(m))
         .map_err(|e| Stop::Fatal(e.to_string()))
 }
 
