@@ -305,7 +305,8 @@ mod tests {
         assert_eq!(parse_fdinfo_iff("pos:\t0\nflags:\t02\n"), None);
     }
 
-    /// A real TAP held the way Firecracker holds one: our own fd, read back from /proc.
+    /// A real TAP held the way Firecracker holds one: our own fd, read back from /proc,
+    /// and only in the network namespace its device is in.
     #[test]
     fn a_held_tap_is_read_from_proc() {
         if !crate::netlink::test_netns() {
@@ -335,6 +336,11 @@ mod tests {
         let fs = Procfs::new(Path::new("/proc"), 0.0);
         let me = rustix::process::getpid().as_raw_nonzero().get();
         assert_eq!(fs.held_taps(me), ["tap77"]);
+        // The same fd seen from another network namespace (as a process there holding an
+        // fd passed to it): its tap77 is not that namespace's tap77.
+        assert!(crate::netlink::test_netns());
+        let elsewhere = Procfs::new(Path::new("/proc"), 0.0);
+        assert!(elsewhere.held_taps(me).is_empty());
         drop(tun);
         assert!(fs.held_taps(me).is_empty());
     }

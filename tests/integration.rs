@@ -16,3 +16,4 @@ mod orphans;
 mod partial;
 mod paths;
 mod releases;
+mod shared_hosts;

@@ -13,7 +13,9 @@ use super::{Proc, World, wait_until};
 const ENV: &str = "SMOLVM_FAKE_VMM";
 const ENV_IGNORE_TERM: &str = "SMOLVM_FAKE_VMM_IGNORE_TERM";
 /// The TAP the stand-in holds open, as Firecracker holds its guest's.
-const ENV_TAP: &str = "SMOLVM_FAKE_VMM_TAP";
+pub const ENV_TAP: &str = "SMOLVM_FAKE_VMM_TAP";
+/// Set: it never binds its socket, as a VMM that has not got that far yet.
+pub const ENV_NO_BIND: &str = "SMOLVM_FAKE_VMM_NO_BIND";
 
 // SAFETY: a constructor runs before main with no Rust runtime guarantees; `hook` only
 // reads the environment and /proc, and returns at once unless SMOLVM_FAKE_VMM is set,
@@ -57,6 +59,7 @@ fn run() -> ! {
     }
     // The TAP first: once the socket is there, the TAP is held.
     let _tap = std::env::var(ENV_TAP).ok().map(|t| super::netns::hold_tap(&t));
+    let sock = sock.filter(|_| std::env::var_os(ENV_NO_BIND).is_none());
     let _listener = sock.map(|p| std::os::unix::net::UnixListener::bind(p).expect("bind API socket"));
     loop {
         std::thread::sleep(Duration::from_secs(3600));

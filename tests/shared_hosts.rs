@@ -1,0 +1,354 @@
+//! Shared hosts: evidence made by another principal (a container with its own `/tmp`, a
+//! user in a user namespace, a local user binding sockets or writing JSON) never leads to
+//! an action, and the same setups made by the right owner in the right view still clean.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util::fake_vmm::{ENV_NO_BIND, ENV_TAP};
+use crate::util::{Reaped, Run, VmSpec, World, has_link, hold_tap, pid_alive, sh, wait_until};
+
+/// uid and gid of the other local user.
+const NOBODY: u32 = 65534;
+
+/// The test binary as a stand-in `firecracker` (for commands run through `sh`).
+fn firecracker_exe(w: &World) -> PathBuf {
+    let exe = w.scratch.0.join("bin/firecracker");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    if !exe.exists() {
+        std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &exe).unwrap();
+    }
+    exe
+}
+
+/// The socket dir as SmolVM's `/tmp` is: anyone may create in it, sticky.
+fn world_writable(dir: &Path) {
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+}
+
+/// Starts `script` (`bash -c`, with the stand-in's path as `$1` and `args` after it) as a
+/// stand-in VMM (`SMOLVM_FAKE_VMM`), and waits until /proc shows it as `firecracker`.
+fn spawn_vmm(script: &str, args: &[&Path], env: &[(&str, &str)], uid: Option<u32>) -> Reaped {
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg(script)
+        .arg("bash")
+        .args(args)
+        .env("SMOLVM_FAKE_VMM", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    if let Some(uid) = uid {
+        c.uid(uid).gid(uid);
+    }
+    let child = Reaped(c.stdin(Stdio::null()).spawn().unwrap());
+    let pid = child.id();
+    wait_until("the stand-in VMM", Duration::from_secs(10), || {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"firecracker\0"))
+    });
+    child
+}
+
+/// Case 1: a VMM in a container with its own `/tmp` (another mount namespace), started but
+/// not yet serving `fc-<id>.sock`, names a path that exists in neither view. It is not a
+/// row-less VM of ours: `--check --all` finds no leak and `--all` leaves it running. The
+/// same VMM in another network namespace is not ours either; in our view it is.
+#[test]
+fn a_vmm_in_another_container_whose_socket_is_not_there_yet_is_not_ours() {
+    let Some(w) = World::new("container") else {
+        return;
+    };
+    let exe = firecracker_exe(&w);
+    let sock = w.socket_path("sbx-cont");
+    let own_tmp = "mount -t tmpfs tmpfs \"$2\" && exec -a firecracker \"$1\" --api-sock \"$3\"";
+    let vmm = spawn_vmm(
+        &format!("exec unshare -m --propagation private bash -c '{own_tmp}' bash \"$@\""),
+        &[&exe, &w.sock, &sock],
+        &[(ENV_NO_BIND, "1")],
+        None,
+    );
+    w.run(&["--check", "--all"])
+        .expect(0, "No leaked SmolVM resources.\n");
+    w.run(&["--all"]).expect(0, "No matching VMs to clean.\n");
+    assert!(pid_alive(vmm.id()), "the container's VMM runs on");
+    drop(vmm);
+
+    // Another network namespace, sharing our /tmp: its TAPs are other links. Not ours.
+    let vmm = spawn_vmm(
+        "exec unshare -n bash -c 'exec -a firecracker \"$1\" --api-sock \"$2\"' bash \"$@\"",
+        &[&exe, &sock],
+        &[(ENV_NO_BIND, "1")],
+        None,
+    );
+    w.run(&["--check", "--all"])
+        .expect(0, "No leaked SmolVM resources.\n");
+    assert!(pid_alive(vmm.id()));
+    drop(vmm);
+
+    // Control: another mount namespace that shares our socket dir and data dir (a
+    // container given the host's /tmp): its VM is ours, and --all takes it.
+    let vmm = spawn_vmm(
+        "exec unshare -m --propagation private bash -c 'exec -a firecracker \"$1\" --api-sock \"$2\"' bash \"$@\"",
+        &[&exe, &sock],
+        &[(ENV_NO_BIND, "1")],
+        None,
+    );
+    let r = w.run(&["--check", "--all"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("sbx-cont"), "{}", r.stdout);
+    w.run(&["--all"]).expect(
+        0,
+        "Targets (1):\n  - sbx-cont\nDeleted: sbx-cont\nCleanup complete.\n",
+    );
+    let pid = vmm.id();
+    wait_until("the stopped VMM", Duration::from_secs(5), || !pid_alive(pid));
+}
+
+/// Binds and closes `sock` as `uid`: an unserved socket file that user owns.
+fn forge_socket(sock: &Path, uid: u32) {
+    let script = "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])";
+    let ok = Command::new("python3")
+        .args(["-c", script])
+        .arg(sock)
+        .uid(uid)
+        .gid(uid)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "bind {} as uid {uid}", sock.display());
+}
+
+/// Case 2: any user can bind and close `/tmp/fc-golden-image.sock`. That unserved socket
+/// names a row-less VM, but it vouches only for that user's own files: root's base image
+/// and log stay, and only the user's socket goes. Root's socket vouches for root's files.
+#[test]
+fn a_users_forged_socket_costs_only_that_users_files() {
+    let Some(w) = World::new("forged") else {
+        return;
+    };
+    world_writable(&w.sock);
+    let disk = w.data.join("disks/golden-image.ext4");
+    let log = w.data.join("golden-image.log");
+    let theirs = w.data.join("disks/golden-image.qcow2");
+    std::fs::write(&disk, "the operator's base image").unwrap();
+    std::fs::write(&log, "the operator's log").unwrap();
+    std::fs::write(&theirs, "the user's own disk").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    let sock = w.socket_path("golden-image");
+    forge_socket(&sock, NOBODY);
+    let r = w.run(&[]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: golden-image\nTargets (1):\n  - golden-image\nDeleted: golden-image\nCleanup complete.\n",
+    );
+    assert!(
+        r.stderr
+            .contains("only a user's socket, lock or process names it")
+            && r.stderr.contains(&log.display().to_string()),
+        "{}",
+        r.stderr
+    );
+    assert!(disk.exists() && log.exists(), "root's files stay");
+    assert!(
+        !sock.exists() && !theirs.exists(),
+        "the user's own socket and disk go"
+    );
+
+    // Control: the same socket made by root names root's VM, whose files all go.
+    forge_socket(&sock, 0);
+    w.run(&[]).expect(
+        0,
+        "Reconciled stale VMs: golden-image\nTargets (1):\n  - golden-image\nDeleted: golden-image\nCleanup complete.\n",
+    );
+    assert!(!disk.exists() && !log.exists() && !sock.exists());
+}
+
+/// `~/.smolvm/forwards/<id>.json` written by `owner`, recording `pid` as the tunnel of
+/// 127.0.0.1:8080 → 80, and its lock, in a forwards dir `owner` owns.
+fn forwards_json(w: &World, id: &str, pid: u32, owner: u32) -> PathBuf {
+    let dir = w.scratch.0.join(".smolvm/forwards");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = format!(r#"[{{"host_port": 8080, "guest_port": 80, "transport": "ssh", "pid": {pid}}}]"#);
+    std::fs::write(dir.join(format!("{id}.json")), json).unwrap();
+    std::fs::write(dir.join(format!("{id}.lock")), "").unwrap();
+    for p in [w.scratch.0.join(".smolvm"), dir.clone()] {
+        std::os::unix::fs::chown(&p, Some(owner), Some(owner)).unwrap();
+    }
+    for f in [format!("{id}.json"), format!("{id}.lock")] {
+        std::os::unix::fs::chown(dir.join(f), Some(owner), Some(owner)).unwrap();
+    }
+    dir
+}
+
+/// A stand-in `ssh -L 127.0.0.1:8080:127.0.0.1:80` run by `uid`.
+fn tunnel_as(w: &World, uid: u32) -> Reaped {
+    let exe = w.scratch.0.join("bin/ssh");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    if !exe.exists() {
+        std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &exe).unwrap();
+    }
+    let child = Command::new(&exe)
+        .arg0("ssh")
+        .args(["-N", "-L", "127.0.0.1:8080:127.0.0.1:80", "root@127.0.0.1"])
+        .env("SMOLVM_FAKE_VMM", "1")
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_until("the tunnel", Duration::from_secs(10), || {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"ssh\0"))
+    });
+    Reaped(child)
+}
+
+/// Case 3: a user who may run `sudo smolvm-cleanup` writes a forwards JSON naming another
+/// user's `ssh -L` tunnel (pids and command lines are anyone's to read). Root signals
+/// nothing. Control: the JSON's own writer's tunnel, in their own forwards dir, is that
+/// user's stale row-less VM's sidecar, and goes with it.
+#[test]
+fn a_forwards_json_naming_another_users_tunnel_signals_nothing() {
+    let Some(w) = World::new("fwdforge") else {
+        return;
+    };
+    let other = tunnel_as(&w, NOBODY);
+    let dir = forwards_json(&w, "vm-evil", other.id(), 1000);
+    let run = |w: &World| Run::from(w.cmd(&[]).env("SUDO_UID", "1000").output().unwrap());
+    run(&w).expect(0, "No matching VMs to clean.\n");
+    assert!(pid_alive(other.id()), "the other user's ssh runs on");
+    assert!(dir.join("vm-evil.json").exists());
+    drop(other);
+
+    let own = tunnel_as(&w, 1000);
+    forwards_json(&w, "vm-evil", own.id(), 1000);
+    run(&w).expect(
+        0,
+        "Reconciled stale VMs: vm-evil\nTargets (1):\n  - vm-evil\nDeleted: vm-evil\nCleanup complete.\n",
+    );
+    let pid = own.id();
+    wait_until("the stopped tunnel", Duration::from_secs(5), || !pid_alive(pid));
+    assert!(!dir.join("vm-evil.json").exists() && !dir.join("vm-evil.lock").exists());
+}
+
+/// Case 4: an unprivileged user makes a user+net namespace, a TAP there named like one of
+/// the host's (`tap7`, another tool's, held open, named by no row or rule), and holds it
+/// from a `firecracker --api-sock /tmp/fc-evil.sock`. The host's tap7 is never tied to that
+/// "VM": `--all` leaves it, and the process in the other namespace runs on.
+#[test]
+fn a_tap_named_from_a_user_namespace_is_not_the_hosts() {
+    let Some(w) = World::new("userns") else {
+        return;
+    };
+    world_writable(&w.sock);
+    sh("ip tuntap add tap7 mode tap && ip link set tap7 up");
+    let _other_tool = hold_tap("tap7");
+    let exe = firecracker_exe(&w);
+    let sock = w.socket_path("evil");
+    // Debian makes /dev/net/tun 0666; this host's is 0600: give the user a 0666 one, in a
+    // mount namespace of its own, before it drops to its uid.
+    let tun = w.scratch.0.join("tun");
+    sh(&format!("mknod -m 0666 {} c 10 200", tun.display()));
+    let inner = w.scratch.0.join("inner.sh");
+    std::fs::write(
+        &inner,
+        "ip tuntap add tap7 mode tap && exec -a firecracker \"$1\" --api-sock \"$2\"\n",
+    )
+    .unwrap();
+    let vmm = spawn_vmm(
+        "exec unshare -m --propagation private bash -c 'mount --bind \"$3\" /dev/net/tun && \
+         exec setpriv --reuid 65534 --regid 65534 --clear-groups \
+         unshare --user --map-root-user --net bash \"$4\" \"$1\" \"$2\"' bash \"$@\"",
+        &[&exe, &sock, &tun, &inner],
+        &[(ENV_TAP, "tap7")],
+        None,
+    );
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{}", vmm.id()))
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap(),
+        NOBODY
+    );
+    wait_until("the user's socket", Duration::from_secs(10), || sock.exists());
+    let r = w.run(&["--all"]);
+    assert!(
+        has_link("tap7"),
+        "the host's tap7 stays: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(pid_alive(vmm.id()), "the other namespace's process runs on");
+    assert!(
+        r.stdout.contains("Failed:  evil (") && r.stdout.contains("not touched"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// The lock file a root run takes for `dir` (`lock::dir_for`, keyed by device and inode).
+fn lock_file(dir: &Path) -> PathBuf {
+    let st = rustix::fs::stat(dir).unwrap();
+    PathBuf::from(format!("/run/smolvm-cleanup/{:x}-{}.lock", st.st_dev, st.st_ino))
+}
+
+/// Case 5: any user who can open the data dir could hold a flock on it; that no longer
+/// holds root's run off. Control: another cleanup's lock (root's) is waited for, named by
+/// its pid, and still held at the deadline the run fails having changed nothing.
+#[test]
+fn no_other_user_can_hold_a_run_off_and_another_cleanup_is_named() {
+    let Some(mut w) = World::new("holdoff") else {
+        return;
+    };
+    w.add(VmSpec::stale("vm-held0001", 2));
+    // -o: flock itself holds the lock, not the sleep it runs.
+    let script = "exec flock -o -s \"$1\" sleep 60";
+    let hold = |uid: u32, path: &Path| {
+        let mut c = Command::new("sh");
+        c.args(["-c", script, "sh"]).arg(path).uid(uid).gid(uid);
+        let child = Reaped(c.spawn().unwrap());
+        let pid = child.id();
+        wait_until("the flock holder", Duration::from_secs(10), || {
+            std::fs::read_to_string("/proc/locks").is_ok_and(|l| l.contains(&format!(" {pid} ")))
+        });
+        child
+    };
+    let _nobody = hold(NOBODY, &w.data);
+    let r = w.run(&["--dry-run", "--timeout", "5s"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let before = w.snapshot();
+    // Root's lock file is root's alone.
+    let denied = Command::new("flock")
+        .args(["-n", "/run/smolvm-cleanup", "true"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!denied.success());
+    let key = lock_file(&w.data);
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&key)
+        .unwrap();
+    let other = hold(0, &key);
+    let r = w.run(&["--timeout", "300ms"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "another cleanup (pid {}) still holds it at the --timeout deadline",
+            other.id()
+        )),
+        "{}",
+        r.stderr
+    );
+    w.snapshot().assert_same(&before);
+    drop(other);
+    w.run(&["--timeout", "5s"]).expect(
+        0,
+        "Reconciled stale VMs: vm-held0001\nTargets (1):\n  - vm-held0001\nDeleted: vm-held0001\nCleanup complete.\n",
+    );
+}
