@@ -117,21 +117,35 @@ pub fn candidates(env: &Env) -> Vec<PathBuf> {
 }
 
 /// The PostgreSQL URL SmolVM's state is in, when it is (SmolVM's own test: a URL that
-/// starts with `postgresql` or `postgres://`), with its password hidden for messages.
+/// starts with `postgresql` or `postgres://`), with every secret libpq reads from it
+/// hidden for messages: the password of the user-info part, and `password=` and
+/// `sslpassword=` in the query (`PGPASSWORD` is never read, so never shown).
 pub fn postgres(url: &str) -> Option<String> {
     if !(url.starts_with("postgresql") || url.starts_with("postgres://")) {
         return None;
     }
-    let shown = match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let mut shown = base.to_string();
+    if let Some(s) = base.find("://").map(|i| i + 3) {
+        // The authority ends at the path: an `@` past it is no user-info.
+        let end = base[s..].find('/').map_or(base.len(), |i| s + i);
+        if let Some(at) = base[s..end].rfind('@').map(|i| s + i)
+            && let Some((user, _)) = base[s..at].split_once(':')
+        {
+            shown = format!("{}{user}:***{}", &base[..s], &base[at..]);
         }
-        _ => url.to_string(),
-    };
+    }
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k == "password" || k == "sslpassword" => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&params.join("&"));
+    }
     Some(shown)
 }
 
@@ -395,6 +409,19 @@ mod tests {
             Some("postgres://db/smolvm")
         );
         assert_eq!(postgres("sqlite:///x.db"), None);
+        // libpq takes the password from the query too.
+        assert_eq!(
+            postgres("postgresql://u@h/db?sslmode=require&password=s3cret&sslpassword=k3y").as_deref(),
+            Some("postgresql://u@h/db?sslmode=require&password=***&sslpassword=***")
+        );
+        assert_eq!(
+            postgres("postgresql:///db?host=/run/postgresql&password=s3cret&options=-c%20a@b").as_deref(),
+            Some("postgresql:///db?host=/run/postgresql&password=***&options=-c%20a@b")
+        );
+        assert_eq!(
+            postgres("postgresql://u:p%40ss@h/db?application_name=x@y").as_deref(),
+            Some("postgresql://u:***@h/db?application_name=x@y")
+        );
     }
 
     #[test]

@@ -280,6 +280,27 @@ fn state_in_postgresql_takes_no_leftover() {
         .filter(|c| c.contains("sbx-pg") || c.contains("tap9"))
         .collect();
     assert_eq!(left.len(), 5, "{before_rules:?}");
+    // A password libpq takes from the query, or from PGPASSWORD, is never shown: not on
+    // stdout, stderr or in --json.
+    for args in [&["--dry-run"][..], &["--dry-run", "--json"][..], &["--check"][..]] {
+        let r = crate::util::Run::from(
+            w.cmd(args)
+                .env(
+                    "SMOLVM_DATABASE_URL",
+                    "postgresql://ci@db/smolvm?sslmode=require&password=s3cret&sslpassword=k3y",
+                )
+                .env("PGPASSWORD", "pgs3cret")
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            all.contains("?sslmode=require&password=***&sslpassword=***"),
+            "{all}"
+        );
+        assert!(!all.contains("s3cret") && !all.contains("k3y"), "{all}");
+    }
     // --database-url says the same.
     let r = w.run(&["--dry-run", "--database-url", "postgres://db/smolvm"]);
     assert_eq!(r.code, 1);
