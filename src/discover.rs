@@ -253,6 +253,9 @@ fn open_roots(d: &mut Discovery, cfg: &Config<'_>) {
             d.unread.push(format!("{why}: refused as a data dir"));
             d.obs.rows_incomplete = true;
         }
+        if let Some(st) = d.roots.get(&dd.dir).and_then(|fd| rustix::fs::fstat(fd).ok()) {
+            d.obs.read_owners.insert(st.st_uid);
+        }
     }
     if let Err(why) = d.roots.open(&cfg.socket_dir, None) {
         d.warnings
@@ -333,7 +336,12 @@ fn read_other_dbs(d: &mut Discovery, cfg: &Config<'_>) {
             continue;
         }
         match Db::open(path, path, true, cfg.deadline).and_then(|db| db.load(usize::MAX, *project)) {
-            Ok(rows) => d.obs.other_rows.extend(rows),
+            Ok(rows) => {
+                d.obs.other_rows.extend(rows);
+                if let Some(st) = path.parent().and_then(|dir| rustix::fs::stat(dir).ok()) {
+                    d.obs.read_owners.insert(st.st_uid);
+                }
+            }
             Err(e) => {
                 d.warnings.push(format!(
                     "{e}; the VMs of that data dir cannot be told apart from leftovers, so none is taken"

@@ -151,6 +151,14 @@ fn wait_for(
             Err(e) => return Err(Error::sys(format!("lock {}", path.display()), e)),
         }
         let who = holders(file);
+        // Said first, so a wait that ends at once is still named.
+        if !said {
+            warn(format!(
+                "waiting for another cleanup{who} to finish (lock {})",
+                path.display()
+            ));
+            said = true;
+        }
         if stop.load(Ordering::SeqCst) {
             return Err(Error::msg(
                 format!("take the cleanup lock {}", path.display()),
@@ -162,13 +170,6 @@ fn wait_for(
                 format!("take the cleanup lock {}", path.display()),
                 format!("another cleanup{who} still holds it at the --timeout deadline"),
             ));
-        }
-        if !said {
-            warn(format!(
-                "waiting for another cleanup{who} to finish (lock {})",
-                path.display()
-            ));
-            said = true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

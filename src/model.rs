@@ -390,6 +390,9 @@ pub struct Link {
     pub alias: Option<String>,
     /// IFLA_CARRIER: a TAP has carrier while a process holds it open.
     pub carrier: bool,
+    /// IFLA_TUN_OWNER: the user a persistent TAP was made for (`ip tuntap add … user
+    /// alice`, as SmolVM makes them for the user it runs as); None when it has none.
+    pub tun_owner: Option<u32>,
 }
 
 impl Link {
@@ -716,6 +719,9 @@ pub struct Observed {
     pub db_dirs: Vec<PathBuf>,
     /// Every data dir in use.
     pub data_dirs: Vec<PathBuf>,
+    /// Who owns the data dirs whose state was read (this run's and the others'): a TAP
+    /// SmolVM made for another user belongs to a data dir not read, so it is no leftover.
+    pub read_owners: BTreeSet<u32>,
     pub socket_dir: PathBuf,
     /// The processes at pids that rows record (a pid with no process is absent).
     pub procs: BTreeMap<i32, ProcInfo>,
@@ -982,6 +988,7 @@ mod tests {
             group: 0,
             alias: None,
             carrier: false,
+            tun_owner: None,
         };
         assert!(l.is_tap());
         l.tun_type = Some(1);

@@ -522,6 +522,7 @@ mod tests {
                 group: 0,
                 alias: None,
                 carrier: false,
+                tun_owner: None,
             })
             .collect();
         let obs = Observed {

@@ -352,3 +352,43 @@ fn no_other_user_can_hold_a_run_off_and_another_cleanup_is_named() {
         "Reconciled stale VMs: vm-held0001\nTargets (1):\n  - vm-held0001\nDeleted: vm-held0001\nCleanup complete.\n",
     );
 }
+
+/// Issue 25, case 1: Alice's stopped VM (its TAP made for her uid, its rules) is not a
+/// leftover of a root run that never read her data dir (the systemd unit's: no HOME, no
+/// sudo): it stays whole. Controls: root's own TAP with the same rules is an orphan and
+/// goes; once her data dir is read (and holds no row for it), hers goes too.
+#[test]
+fn another_users_tap_is_no_orphan_of_a_run_that_did_not_read_their_data_dir() {
+    let Some(w) = World::new("alicetap") else {
+        return;
+    };
+    sh("ip tuntap add tap2 mode tap user 1000 && ip tuntap add tap3 mode tap");
+    crate::util::nft(
+        "add rule inet smolvm_filter forward iifname \"tap2\" oifname \"uplink0\" counter accept comment \"smolvm:nat:tap:tap2:to:uplink0\"
+add rule inet smolvm_filter forward iifname \"tap3\" oifname \"uplink0\" counter accept comment \"smolvm:nat:tap:tap3:to:uplink0\"
+",
+    );
+    let r = w.run(&[]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: orphan-tap3\nTargets (1):\n  - orphan-tap3\nDeleted: orphan-tap3\nCleanup complete.\n",
+    );
+    assert!(
+        r.stderr
+            .contains("tap2: made for uid 1000, whose data dir this run did not read"),
+        "{}",
+        r.stderr
+    );
+    assert!(has_link("tap2") && !has_link("tap3"));
+    let comments = crate::util::comments();
+    assert!(comments.iter().any(|c| c.contains("tap:tap2:")), "{comments:?}");
+    assert!(!comments.iter().any(|c| c.contains("tap:tap3:")), "{comments:?}");
+
+    // Her data dir read (hers, under sudo from her), with no row for tap2: it is a leftover.
+    std::os::unix::fs::chown(&w.data, Some(1000), Some(1000)).unwrap();
+    Run::from(w.cmd(&[]).env("SUDO_UID", "1000").output().unwrap()).expect(
+        0,
+        "Reconciled stale VMs: orphan-tap2\nTargets (1):\n  - orphan-tap2\nDeleted: orphan-tap2\nCleanup complete.\n",
+    );
+    assert!(!has_link("tap2"));
+}

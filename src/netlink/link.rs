@@ -21,7 +21,9 @@ use super::{
 use crate::error::is_gone;
 use crate::model::Link;
 
-/// IFLA_TUN_TYPE inside IFLA_INFO_DATA when the kind is "tun" (1 tun, 2 tap).
+/// IFLA_TUN_OWNER and IFLA_TUN_TYPE inside IFLA_INFO_DATA when the kind is "tun" (the
+/// owner a u32, -1 for none; the type 1 tun, 2 tap).
+const IFLA_TUN_OWNER: u16 = 1;
 const IFLA_TUN_TYPE: u16 = 3;
 /// Requests per send when pipelining (errors, at most one per request, must fit the
 /// receive buffer).
@@ -103,6 +105,7 @@ fn decode(payload: &[u8]) -> Option<Link> {
         group: 0,
         alias: None,
         carrier: false,
+        tun_owner: None,
     };
     let u32_of = |p: &[u8]| p.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes);
     for (ty, p) in attrs(payload.get(IFINFOMSG_LEN..)?) {
@@ -115,7 +118,7 @@ fn decode(payload: &[u8]) -> Option<Link> {
                 for (t, q) in attrs(p) {
                     match t {
                         libc::IFLA_INFO_KIND => link.kind = Some(attr_str(q)),
-                        libc::IFLA_INFO_DATA => link.tun_type = tun_type(q),
+                        libc::IFLA_INFO_DATA => (link.tun_type, link.tun_owner) = tun_info(q),
                         _ => {}
                     }
                 }
@@ -125,15 +128,27 @@ fn decode(payload: &[u8]) -> Option<Link> {
     }
     // IFLA_INFO_DATA means something else for every kind: it is a tun type only for tun.
     if link.kind.as_deref() != Some("tun") {
-        link.tun_type = None;
+        (link.tun_type, link.tun_owner) = (None, None);
     }
     (!link.name.is_empty()).then_some(link)
 }
 
-fn tun_type(info_data: &[u8]) -> Option<u8> {
-    attrs(info_data)
-        .find(|(t, _)| *t == IFLA_TUN_TYPE)
-        .and_then(|(_, p)| p.first().copied())
+fn tun_info(info_data: &[u8]) -> (Option<u8>, Option<u32>) {
+    let (mut ty, mut owner) = (None, None);
+    for (t, p) in attrs(info_data) {
+        match t {
+            IFLA_TUN_TYPE => ty = p.first().copied(),
+            IFLA_TUN_OWNER => {
+                owner = p
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_ne_bytes)
+                    .filter(|&u| u != u32::MAX);
+            }
+            _ => {}
+        }
+    }
+    (ty, owner)
 }
 
 /// Sends one request per item, `PIPELINE` per send, and returns each one's answer.
@@ -400,7 +415,10 @@ mod tests {
             (l.index, l.name.as_str(), l.group, l.carrier),
             (7, "tap7", 9, true)
         );
-        assert_eq!((l.kind.as_deref(), l.tun_type), (Some("tun"), Some(2)));
+        assert_eq!(
+            (l.kind.as_deref(), l.tun_type, l.tun_owner),
+            (Some("tun"), Some(2), Some(0))
+        );
         assert!(l.is_tap());
         // Another kind's INFO_DATA attribute 3 is not a tun type.
         let bridge = nested(&[(libc::IFLA_INFO_KIND, b"bridge\0"), (libc::IFLA_INFO_DATA, &data)]);
@@ -410,6 +428,7 @@ mod tests {
             (libc::IFLA_LINKINFO, &bridge),
         ]));
         assert_eq!(decode(&p2).unwrap().tun_type, None);
+        assert_eq!(decode(&p2).unwrap().tun_owner, None);
         assert!(decode(&[0u8; 4]).is_none());
     }
 

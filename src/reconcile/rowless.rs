@@ -312,6 +312,22 @@ fn add_orphan_taps(
             ..Claims::default()
         };
         attach_claims(&mut vm, &claims, &obs.data_dirs, ix);
+        // A TAP SmolVM made for a user whose data dir this run did not read (root's
+        // periodic run, and Alice's stopped VM): that DB may well have it.
+        if let Some(owner) = vm
+            .taps
+            .iter()
+            .find_map(|&li| obs.links[li].tun_owner)
+            .filter(|&u| u != 0 && !obs.read_owners.contains(&u))
+        {
+            inv.warnings.push(format!(
+                "{tap}: made for uid {owner}, whose data dir this run did not read (no row \
+                 of it can be seen); left alone (run cleanup as that user, or under sudo from it)"
+            ));
+            inv.kept += 1;
+            inv.kept_projects.extend(projects);
+            continue;
+        }
         // A claim file a live SDK process holds: its VM lives, though no row names it.
         let held_claim = vm.files.iter().any(|f| obs.held_locks.contains(&f.path()));
         if vm.taps.iter().any(|&li| obs.links[li].carrier) || held_claim {

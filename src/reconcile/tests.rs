@@ -74,6 +74,7 @@ fn tap(index: i32, name: &str) -> Link {
         group: 0,
         alias: None,
         carrier: false,
+        tun_owner: None,
     }
 }
 
