@@ -278,18 +278,25 @@ fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
         d.unread.push(why);
         d.obs.rows_incomplete = true;
     }
-    for dd in cfg.data_dirs.iter().filter(|dd| d.roots.get(&dd.dir).is_some()) {
+    let held: Vec<&DataDir> = cfg
+        .data_dirs
+        .iter()
+        .filter(|dd| d.roots.get(&dd.dir).is_some())
+        .collect();
+    for dd in held {
         for (project, path) in &dd.dbs {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let Some(via) = d.roots.path_in(&dd.dir, name) else {
-                continue;
+            // No DB means no rows, not an error.
+            let via = match d.roots.db_path(&dd.dir, name) {
+                Ok(None) => continue,
+                Ok(Some(via)) if !via.exists() => continue,
+                Ok(Some(via)) => Ok(via),
+                Err(why) => Err(Error::msg(format!("open state DB {}", path.display()), why)),
             };
-            if !via.exists() {
-                continue; // No DB means no rows, not an error.
-            }
             let index = d.dbs.len();
             d.obs.db_dirs.push(dd.dir.clone());
-            let opened = Db::open(path, &via, cfg.read_only, cfg.deadline).and_then(|db| {
+            let opened = via.and_then(|via| {
+                let db = Db::open(path, &via, cfg.read_only, cfg.deadline)?;
                 let rows = db.load(index, *project)?;
                 Ok((db, rows))
             });

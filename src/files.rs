@@ -114,6 +114,8 @@ enum Sub {
 pub struct Roots {
     fds: HashMap<PathBuf, OwnedFd>,
     subs: HashMap<PathBuf, Sub>,
+    /// The directories of state DBs reached through a symlink (`db_path`), held open.
+    pinned: Vec<OwnedFd>,
 }
 
 impl Roots {
@@ -251,6 +253,71 @@ impl Roots {
         #[allow(clippy::cast_precision_loss)]
         let written = st.st_mtime as f64 + f64::from(u32::try_from(st.st_mtime_nsec).unwrap_or(0)) / 1e9;
         Some((bytes, written, st.st_uid))
+    }
+
+    /// A path SQLite may open the state DB `name` of the root `dir` by, None when there is
+    /// none. The DB file itself is held to the symlink rule of data dirs (`chase`): a
+    /// symlink in its place is followed only when root owns it, or when the link, the data
+    /// dir and the DB it leads to all belong to one user (Alice's `smolvm.db` pointing at
+    /// Bob's is refused). A followed one is reached through its own directory, held open
+    /// (SQLite writes its journal beside the DB), and proved to be the file judged.
+    pub fn db_path(&mut self, dir: &Path, name: &str) -> Result<Option<PathBuf>, String> {
+        use std::os::fd::AsRawFd;
+        let shown = dir.join(name);
+        let sys = |what: &str, e: Errno| Error::sys(format!("{what} {}", shown.display()), e).to_string();
+        let Some(root) = self.fds.get(dir) else {
+            return Ok(None);
+        };
+        let link = match statat(root, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(sys("stat", e)),
+        };
+        if FileType::from_raw_mode(link.st_mode) != FileType::Symlink {
+            return Ok(self.path_in(dir, name));
+        }
+        let target = match openat(root, name, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(sys("open", e)),
+        };
+        let st = rustix::fs::fstat(&target).map_err(|e| sys("stat", e))?;
+        let holder = rustix::fs::fstat(root).map_err(|e| sys("stat the directory holding", e))?;
+        let one_user = link.st_uid == holder.st_uid && holder.st_uid == st.st_uid;
+        if !(link.st_uid == 0 || one_user) {
+            return Err(format!(
+                "{} is a symlink owned by uid {} to a file of uid {}; not followed",
+                shown.display(),
+                link.st_uid,
+                st.st_uid
+            ));
+        }
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(format!(
+                "{} is a symlink to something not a file",
+                shown.display()
+            ));
+        }
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", target.as_raw_fd()))
+            .map_err(|e| Error::io(format!("resolve {}", shown.display()), &e).to_string())?;
+        let (Some(parent), Some(file)) = (real.parent(), real.file_name().and_then(|n| n.to_str())) else {
+            return Err(format!(
+                "{} leads to {}; not followed",
+                shown.display(),
+                real.display()
+            ));
+        };
+        let pinned = open_dir(None, parent, false).map_err(|e| sys("open the directory of", e))?;
+        let again = statat(&pinned, file, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| sys("stat", e))?;
+        if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(format!(
+                "{} was replaced while it was opened; not followed",
+                shown.display()
+            ));
+        }
+        let via = PathBuf::from(format!("/proc/self/fd/{}/{file}", pinned.as_raw_fd()));
+        self.pinned.push(pinned);
+        Ok(Some(via))
     }
 
     /// A path to `name` in `dir` that goes through the held fd (`/proc/self/fd/N/name`),

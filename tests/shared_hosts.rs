@@ -392,3 +392,56 @@ add rule inet smolvm_filter forward iifname \"tap3\" oifname \"uplink0\" counter
     );
     assert!(!has_link("tap2"));
 }
+
+/// Issue 25, case 3: Alice replaces her `smolvm.db` with a symlink to Bob's DB (0600, in a
+/// home she cannot read). Root's run refuses to open it as hers (the symlink rule of data
+/// dirs, applied to the DB): Bob's running `vm-` VM, its row and its VMM stay, and the run
+/// is incomplete. Control: the same symlink made by root is followed.
+#[test]
+fn a_state_db_behind_another_users_symlink_is_not_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(mut w) = World::new("dblink") else {
+        return;
+    };
+    w.add(VmSpec::running("vm-bob00001", 2));
+    let bob_vmm = w.vmm_pid("vm-bob00001");
+    for p in [&w.data, &w.db] {
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    std::fs::set_permissions(&w.data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let alice = w.scratch.0.join("alice");
+    std::fs::create_dir(&alice).unwrap();
+    std::os::unix::fs::chown(&alice, Some(1000), Some(1000)).unwrap();
+    let link = alice.join("smolvm.db");
+    std::os::unix::fs::symlink(&w.db, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(1000), Some(1000)).unwrap();
+    let run = |w: &World| {
+        let mut c = crate::util::bin();
+        c.arg("--state-dir")
+            .arg(&alice)
+            .arg("--socket-dir")
+            .arg(&w.sock)
+            .env("HOME", &w.scratch.0)
+            .env("SUDO_UID", "1000");
+        Run::from(c.output().unwrap())
+    };
+    let before = w.snapshot();
+    let r = run(&w);
+    let why = format!(
+        "Cleanup incomplete: cannot open state DB {}: {} is a symlink owned by uid 1000 to a file of uid {NOBODY}; not followed\n",
+        link.display(),
+        link.display()
+    );
+    r.expect(1, &why);
+    w.snapshot().assert_same(&before);
+    assert!(pid_alive(bob_vmm));
+    assert_eq!(w.ids(), ["vm-bob00001"]);
+
+    // Control: root's symlink is followed (root may point anywhere).
+    std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
+    run(&w).expect(
+        0,
+        "Targets (1):\n  - vm-bob00001\nDeleted: vm-bob00001\nCleanup complete.\n",
+    );
+    assert!(w.ids().is_empty());
+}
