@@ -165,11 +165,11 @@ fn read_owners(d: &mut Discovery) {
             wanted.push((&fl.dir, n.clone()));
         }
     }
-    let owners = wanted
+    let owners: Vec<(PathBuf, u32)> = wanted
         .into_iter()
         .filter_map(|(dir, rel)| Some((dir.join(&rel), d.roots.owner(dir, &rel)?)))
         .collect();
-    obs.owners = owners;
+    obs.owners.extend(owners);
 }
 
 /// The directories a process must see as we do to be one of ours (`Procfs::view`).
@@ -255,6 +255,7 @@ fn open_roots(d: &mut Discovery, cfg: &Config<'_>) {
         }
         if let Some(st) = d.roots.get(&dd.dir).and_then(|fd| rustix::fs::fstat(fd).ok()) {
             d.obs.read_owners.insert(st.st_uid);
+            d.obs.dir_owners.insert(dd.dir.clone(), st.st_uid);
         }
     }
     if let Err(why) = d.roots.open(&cfg.socket_dir, None) {
@@ -402,7 +403,7 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
             }
         }
     }
-    let roots = &d.roots;
+    let (roots, procfs) = (&d.roots, &d.procfs);
     let obs = &mut d.obs;
     // SmolVM's sockets, and which of them a live process still serves.
     obs.socket_names = roots
@@ -414,6 +415,10 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
         let path = cfg.socket_dir.join(name);
         match files::probe_socket(&path) {
             files::Probe::Served => {
+                // Whose it is decides whose life it shows (`reconcile`).
+                if let Some(uid) = roots.owner(&cfg.socket_dir, name) {
+                    obs.owners.insert(path.clone(), uid);
+                }
                 obs.served.insert(path);
             }
             files::Probe::Denied => obs.probes_denied = true,
@@ -438,6 +443,7 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
         );
         for path in held {
             if files::lock_is_held(&path) {
+                obs.lock_holders.insert(path.clone(), procfs.lock_holders(&path));
                 obs.held_locks.insert(path);
             }
         }

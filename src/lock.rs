@@ -181,7 +181,7 @@ fn holders(file: &OwnedFd) -> String {
         return String::new();
     };
     let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let pids = parse_holders(
+    let pids = crate::procfs::parse_locks(
         &locks,
         rustix::fs::major(st.st_dev),
         rustix::fs::minor(st.st_dev),
@@ -193,25 +193,6 @@ fn holders(file: &OwnedFd) -> String {
     } else {
         format!(" (pid {})", pids.join(", "))
     }
-}
-
-/// The pids of the FLOCK lines of `/proc/locks` on one inode: `1: FLOCK  ADVISORY  WRITE
-/// 1234 08:01:5678 0 EOF` (major and minor in hex; a waiter's line starts `1: ->`).
-fn parse_holders(locks: &str, major: u32, minor: u32, ino: u64) -> Vec<i32> {
-    let want = format!("{major:02x}:{minor:02x}:{ino}");
-    let mut pids: Vec<i32> = locks
-        .lines()
-        .filter(|l| !l.contains("->"))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_ascii_whitespace().collect();
-            (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
-                .then(|| f.get(4)?.parse().ok())
-                .flatten()
-        })
-        .collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids
 }
 
 #[cfg(test)]
@@ -327,17 +308,6 @@ mod tests {
         assert!(notes[0].contains("running without the cleanup lock"), "{notes:?}");
         std::fs::remove_dir_all(&d).unwrap();
         std::fs::remove_dir_all(&top).unwrap();
-    }
-
-    #[test]
-    fn proc_locks_name_the_holders() {
-        let locks = "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF\n\
-                     1: -> FLOCK  ADVISORY  WRITE 77 fd:01:1234 0 EOF\n\
-                     2: FLOCK  ADVISORY  READ 55 fd:01:1234 0 EOF\n\
-                     3: POSIX  ADVISORY  WRITE 9 fd:01:1234 0 EOF\n\
-                     4: FLOCK  ADVISORY  WRITE 8 fd:01:999 0 EOF\n";
-        assert_eq!(parse_holders(locks, 0xfd, 1, 1234), [55, 4242]);
-        assert!(parse_holders("", 1, 1, 1).is_empty());
     }
 
     #[test]

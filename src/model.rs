@@ -314,6 +314,8 @@ pub struct Row {
     pub taps: Vec<String>,
     /// `config.retain_disk_on_delete`.
     pub retain_disk: bool,
+    /// `config.backend` (`firecracker`, `qemu`, `libkrun`, …): which sockets its VMM serves.
+    pub backend: Option<String>,
     /// `network.guest_ip`, when it is an IPv4 address.
     pub guest_ip: Option<[u8; 4]>,
     /// The SSH forward's host port (`ssh_forwards.host_port`, else `network.ssh_host_port`).
@@ -739,6 +741,10 @@ pub struct Observed {
     pub probes_denied: bool,
     /// `locks/<id>.create.lock` files that a live process holds (a create in progress).
     pub held_locks: BTreeSet<PathBuf>,
+    /// Who holds each of those (the holders' uids; empty when none could be named).
+    pub lock_holders: BTreeMap<PathBuf, Vec<u32>>,
+    /// Who owns each data dir held: a row's VM is that user's.
+    pub dir_owners: BTreeMap<PathBuf, u32>,
     /// Which processes the /proc we read can show.
     pub pid_view: PidView,
     /// Names in the socket dir (one readdir).

@@ -120,7 +120,7 @@ impl Db {
         };
         let sql = format!(
             "SELECT id, status, {pid}, {sock}, {cat}, {uat}, {uunix}, {cunix}, {tap}, {retain}, \
-             {ip}, {port} FROM vms ORDER BY {order}, rowid",
+             {ip}, {port}, {backend} FROM vms ORDER BY {order}, rowid",
             pid = col("pid"),
             sock = col("socket_path"),
             cat = col("created_at"),
@@ -131,6 +131,7 @@ impl Db {
             retain = json("config", "$.retain_disk_on_delete"),
             ip = json("network", "$.guest_ip"),
             port = json("network", "$.ssh_host_port"),
+            backend = json("config", "$.backend"),
             order = col("created_at"),
         );
         // One read transaction: rows and leases from the same snapshot.
@@ -163,6 +164,7 @@ impl Db {
                     retain_disk: matches!(v(9)?, Value::Integer(1)),
                     guest_ip: text(v(10)?).and_then(|s| parse_ipv4(&s)),
                     host_port: int(v(11)?).and_then(|p| u16::try_from(p).ok()),
+                    backend: text(v(12)?),
                     guest_port: None,
                     vsock_cid: None,
                     browser_sessions: Vec::new(),

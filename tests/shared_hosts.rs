@@ -445,3 +445,89 @@ fn a_state_db_behind_another_users_symlink_is_not_read() {
     );
     assert!(w.ids().is_empty());
 }
+
+/// A process of `uid` listening on `sock` until the test ends.
+fn listen_as(sock: &Path, uid: u32) -> Reaped {
+    use std::io::BufRead;
+    let script = "import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\n\
+                  s.listen()\nprint('ready', flush=True)\ntime.sleep(120)";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(sock)
+        .uid(uid)
+        .gid(uid)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    Reaped(child)
+}
+
+/// Issue 25, case 2: a crashed Firecracker VM does not read as alive because another user
+/// listens on `/tmp/qmp-<id>.sock` (a socket a Firecracker VM never has) or holds its
+/// leftover create lock (SmolVM makes it 0644): it is reclaimed, and the other user's
+/// socket and the held lock are left alone. Control: its own kind of socket, served by
+/// its owner (root), keeps it alive.
+#[test]
+fn a_lone_served_socket_or_held_lock_of_another_user_shows_no_life() {
+    let Some(mut w) = World::new("lonelife") else {
+        return;
+    };
+    world_writable(&w.sock);
+    w.add(VmSpec::stale("sbx-crash", 2));
+    let qmp = w.sock.join("qmp-sbx-crash.sock");
+    let listener = listen_as(&qmp, NOBODY);
+    let lock = w.data.join("locks/sbx-crash.create.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, "").unwrap();
+    let mut holder = Command::new("flock");
+    holder
+        .args(["-o"])
+        .arg(&lock)
+        .args(["sleep", "120"])
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let holder = Reaped(holder.spawn().unwrap());
+    let hpid = holder.id();
+    wait_until("the lock holder", Duration::from_secs(10), || {
+        std::fs::read_to_string("/proc/locks").is_ok_and(|l| l.contains(&format!(" {hpid} ")))
+    });
+    let r = w.run(&["--check"]);
+    assert_eq!(r.code, 1, "a leak: {}{}", r.stdout, r.stderr);
+    let r = w.run(&[]);
+    r.expect(
+        0,
+        "Reconciled stale VMs: sbx-crash\nTargets (1):\n  - sbx-crash\nDeleted: sbx-crash\nCleanup complete.\n",
+    );
+    assert!(
+        r.stderr
+            .contains("is served by uid 65534, not by this VM's own VMM"),
+        "{}",
+        r.stderr
+    );
+    assert!(w.ids().is_empty() && !has_link("tap2"));
+    assert!(
+        qmp.exists() && lock.exists(),
+        "the other user's socket and held lock stay"
+    );
+    assert!(pid_alive(listener.id()) && pid_alive(hpid));
+    drop((listener, holder));
+
+    // Control: its own Firecracker socket served by root keeps a crashed-looking row
+    // alive. (What the first run left, no longer served or held, now goes: root's lock
+    // names sbx-crash.)
+    w.add(VmSpec::stale("sbx-again", 3));
+    let fc = w.socket_path("sbx-again");
+    std::fs::remove_file(&fc).unwrap();
+    let _own = listen_as(&fc, 0);
+    w.run(&[]).expect(
+        0,
+        "Reconciled stale VMs: sbx-crash\nTargets (1):\n  - sbx-crash\nDeleted: sbx-crash\nCleanup complete.\n",
+    );
+    assert_eq!(w.ids(), ["sbx-again"]);
+    assert!(has_link("tap3") && !qmp.exists() && !lock.exists());
+}

@@ -268,7 +268,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
         .map(|(t, ids)| (t.to_string(), ids.into_iter().map(str::to_string).collect()))
         .collect();
     for vm in &mut inv.vms {
-        judge_life(vm, obs, &live_taps);
+        judge_life(vm, obs, &live_taps, &mut inv.warnings);
     }
     out_of_view(&mut inv, obs);
 

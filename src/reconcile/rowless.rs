@@ -13,7 +13,7 @@ use super::network::{
     Claims, attach_claims, attach_elems_by_ip, attach_links, attach_network, attach_tap_objects,
     guest_ip_for_tap, tap_for_guest_ip,
 };
-use super::rows::signs_of_life;
+use super::rows::{Whose, signs_of_life};
 use crate::model::{
     FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Stale, Vm, Vmm, valid_tap_name,
 };
@@ -356,7 +356,7 @@ fn add_orphan_taps(
 /// A rowless VM is stale unless something shows it alive: its VMM (which `--all` may
 /// stop), or a served socket / a TAP held open by a process we cannot identify.
 pub(super) fn judge_rowless(vm: &mut Vm, obs: &Observed) {
-    let life = signs_of_life(vm, obs, |_| false);
+    let life = signs_of_life(vm, obs, &Whose::any(), |_| false);
     // A held create lock belongs to the create in progress, never to us.
     vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
     if let Some(v) = vm.vmms.first() {

@@ -135,9 +135,31 @@ pub(super) fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings
 /// socket, TAP or lock keeps it alive, so it is not stale whatever its pid says. A TAP
 /// that another VM with a live VMM also claims (a SmolVM and a Celesto VM given the same
 /// TAP) is that VM's sign of life, not this one's.
-pub(super) fn judge_life(vm: &mut Vm, obs: &Observed, live_taps: &BTreeMap<String, BTreeSet<String>>) {
+pub(super) fn judge_life(
+    vm: &mut Vm,
+    obs: &Observed,
+    live_taps: &BTreeMap<String, BTreeSet<String>>,
+    warnings: &mut Vec<String>,
+) {
+    let whose = Whose::of(vm, obs);
+    // A socket its VMM kind never serves, or one another user serves, shows nothing of
+    // it (anyone may listen on `/tmp/qmp-<id>.sock`): not its life, and not its file.
+    if vm.vmms.is_empty() {
+        let (foreign, own): (Vec<FileRef>, Vec<FileRef>) = std::mem::take(&mut vm.files)
+            .into_iter()
+            .partition(|f| obs.served.contains(&f.path()) && !whose.may_serve(f, obs));
+        vm.files = own;
+        for f in foreign {
+            let by = obs.owners.get(&f.path()).map_or("?".to_string(), u32::to_string);
+            warnings.push(format!(
+                "{}: {} is served by uid {by}, not by this VM's own VMM; it shows nothing of it and is left alone",
+                vm.id,
+                f.path().display()
+            ));
+        }
+    }
     if vm.vmms.is_empty()
-        && let Some(life) = signs_of_life(vm, obs, |tap| {
+        && let Some(life) = signs_of_life(vm, obs, &whose, |tap| {
             live_taps
                 .get(tap)
                 .is_some_and(|ids| ids.iter().any(|id| *id != vm.id))
@@ -337,17 +359,79 @@ fn safe_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
 
-/// What shows a VM alive when no VMM of its own can be seen: its socket still served, its
-/// TAP held open (unless `held_by_another` says whose it is), its create lock held.
-pub(super) fn signs_of_life(vm: &Vm, obs: &Observed, held_by_another: impl Fn(&str) -> bool) -> Option<Life> {
-    if let Some(f) = vm.files.iter().find(|f| obs.served.contains(&f.path())) {
+/// Whose a VM with rows is, for its signs of life: the owner of its rows' data dir, and
+/// the sockets its VMM kind serves (`config.backend`). `any`: a VM with no row.
+pub(super) struct Whose {
+    owner: Option<u32>,
+    sockets: Option<&'static [&'static str]>,
+}
+
+impl Whose {
+    pub(super) fn any() -> Whose {
+        Whose {
+            owner: None,
+            sockets: None,
+        }
+    }
+
+    fn of(vm: &Vm, obs: &Observed) -> Whose {
+        let rows: Vec<&Row> = vm.rows.iter().map(|&i| &obs.rows[i]).collect();
+        let owner = rows
+            .iter()
+            .find_map(|r| obs.db_dirs.get(r.db).and_then(|d| obs.dir_owners.get(d)))
+            .copied();
+        let sockets: Option<&'static [&'static str]> = match rows.iter().find_map(|r| r.backend.as_deref()) {
+            Some("firecracker") => Some(&["fc-", "vsock-"]),
+            Some("qemu") => Some(&["qmp-"]),
+            _ => None,
+        };
+        Whose { owner, sockets }
+    }
+
+    /// Root, or the VM's owner (an owner that cannot be read is given the benefit: alive).
+    fn by_owner(&self, uid: Option<u32>) -> bool {
+        match (self.owner, uid) {
+            (Some(owner), Some(uid)) => uid == 0 || uid == owner,
+            _ => true,
+        }
+    }
+
+    /// May `f`, served, be this VM's VMM's socket?
+    fn may_serve(&self, f: &FileRef, obs: &Observed) -> bool {
+        let kind = f.root != obs.socket_dir
+            || self
+                .sockets
+                .is_none_or(|ps| ps.iter().any(|p| f.rel.starts_with(p)));
+        kind && self.by_owner(obs.owners.get(&f.path()).copied())
+    }
+
+    /// May a lock held by `holders` be held by this VM's create?
+    fn may_hold(&self, holders: &[u32]) -> bool {
+        holders.is_empty() || holders.iter().any(|&u| self.by_owner(Some(u)))
+    }
+}
+
+/// What shows a VM alive when no VMM of its own can be seen: its socket still served (by
+/// its VMM kind and its owner or root), its TAP held open (unless `held_by_another` says
+/// whose it is), its create lock held (by its owner or root).
+pub(super) fn signs_of_life(
+    vm: &Vm,
+    obs: &Observed,
+    whose: &Whose,
+    held_by_another: impl Fn(&str) -> bool,
+) -> Option<Life> {
+    let served = |f: &&FileRef| obs.served.contains(&f.path()) && whose.may_serve(f, obs);
+    if let Some(f) = vm.files.iter().find(served) {
         return Some(Life::Served(f.path()));
     }
     let held = |li: usize| obs.links[li].carrier && !held_by_another(&obs.links[li].name);
     if let Some(&li) = vm.taps.iter().find(|&&li| held(li)) {
         return Some(Life::TapHeld(obs.links[li].name.clone()));
     }
-    let lock = vm.files.iter().find(|f| obs.held_locks.contains(&f.path()))?;
+    let lock = vm.files.iter().find(|f| {
+        obs.held_locks.contains(&f.path())
+            && whose.may_hold(obs.lock_holders.get(&f.path()).map_or(&[][..], Vec::as_slice))
+    })?;
     Some(Life::LockHeld(lock.path()))
 }
 

@@ -23,6 +23,7 @@ pub fn row(id: &str, status: &str, pid: Option<i64>) -> Row {
         created_unix: Some(900.0),
         taps: vec![],
         retain_disk: false,
+        backend: None,
         guest_ip: None,
         host_port: None,
         guest_port: None,
