@@ -703,6 +703,58 @@ fn a_smolvm_leftover_on_the_tap_of_a_live_celesto_vm_goes() {
     );
 }
 
+/// After a reboot: Celesto's `sbx-tesla` keeps a `running` row on tap2 whose VMM died,
+/// and a live SmolVM 0.0.36 SDK VM (no row: `vm-0a1b2c3d`'s row gone) now holds tap2,
+/// 172.16.0.2 and port 2200. The TAP's holder decides whose per-TAP objects are: the SDK
+/// VM keeps tap2, SmolVM's policy table and elements for it; the dead Celesto VM goes
+/// with Celesto's.
+#[test]
+fn a_live_sdk_vm_on_the_tap_of_a_dead_row_of_the_other_project_keeps_its_network() {
+    let Some(host) = Host::load("celesto-0.1.10-mixed") else {
+        return;
+    };
+    let s = rusqlite::Connection::open(host.data.join("smolvm.db")).unwrap();
+    s.execute_batch(
+        "DELETE FROM ip_leases WHERE vm_id = 'vm-0a1b2c3d'; DELETE FROM ssh_forwards WHERE vm_id = 'vm-0a1b2c3d';
+         DELETE FROM tap_allocations WHERE vm_id = 'vm-0a1b2c3d'; DELETE FROM vms WHERE id = 'vm-0a1b2c3d';",
+    )
+    .unwrap();
+    let sock = host.sock.join("fc-vm-0a1b2c3d.sock");
+    std::fs::remove_file(&sock).unwrap();
+    let mut sdk = crate::util::Reaped(fake_vmm::spawn_holding(&host.scratch.0, &sock, Some("tap2")));
+    let smolvm_before: Vec<String> = elements_of("smolvm")
+        .into_iter()
+        .filter(|e| e.contains("0.2") || e.contains("tap2"))
+        .collect();
+    assert_eq!(smolvm_before.len(), 5, "{smolvm_before:?}");
+    let r = host.run_found(&[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Deleted: sbx-tesla\n"), "{}", r.stdout);
+    assert!(!r.stdout.contains("orphan-tap2"), "{}", r.stdout);
+    assert!(sdk.try_wait().unwrap().is_none(), "the SDK VM's VMM runs on");
+    assert!(links().contains(&"tap2".to_string()));
+    let tables = policy_tables();
+    assert!(tables.contains(&"smolvm_policy_tap2".to_string()), "{tables:?}");
+    assert!(!tables.contains(&"celesto_policy_tap2".to_string()), "{tables:?}");
+    let smolvm_after: Vec<String> = elements_of("smolvm")
+        .into_iter()
+        .filter(|e| e.contains("0.2") || e.contains("tap2"))
+        .collect();
+    assert_eq!(smolvm_after, smolvm_before, "the live SDK VM's elements stay");
+    assert!(
+        !elements_of("celesto")
+            .iter()
+            .any(|e| e.contains("0.2") || e.contains("tap2")),
+        "the dead Celesto VM's elements go"
+    );
+    assert!(
+        !host
+            .crows("SELECT id FROM vms")
+            .contains(&"sbx-tesla".to_string())
+    );
+    assert!(sock.exists());
+}
+
 /// A user's legacy `~/.local/state/smolvm` that Celesto kept writing into (it holds no
 /// `~/.local/state/celesto`): `smolvm.db` and `celesto.db` side by side over one `disks/`
 /// and `locks/`. Each file goes with the VM whose row, in either DB, names it.

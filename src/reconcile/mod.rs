@@ -263,10 +263,29 @@ pub fn inventory(obs: &Observed) -> Inventory {
             live_taps.entry(tap.as_str()).or_default().insert(vm.id.as_str());
         }
     }
-    let live_taps: BTreeMap<String, BTreeSet<String>> = live_taps
+    let mut live_taps: BTreeMap<String, BTreeSet<String>> = live_taps
         .into_iter()
         .map(|(t, ids)| (t.to_string(), ids.into_iter().map(str::to_string).collect()))
         .collect();
+    // The TAPs of rows' VMs that are not stale (alive, or stopped and protected): a VM
+    // with no row never takes those.
+    let row_held: BTreeSet<String> = inv
+        .vms
+        .iter()
+        .filter(|v| v.stale.is_none())
+        .flat_map(|v| v.tap_names.iter().cloned())
+        .collect();
+    // What a live VMM with no row holds is its own, whatever a dead row says (a SmolVM
+    // SDK VM on the TAP a Celesto VM that died with the reboot was given).
+    for (id, procs) in ix.vmms_by_id.iter().filter(|(id, _)| !by_id.contains_key(*id)) {
+        for tap in procs
+            .iter()
+            .flat_map(|p| &p.taps)
+            .filter(|t| !row_held.contains(*t))
+        {
+            live_taps.entry(tap.clone()).or_default().insert(id.clone());
+        }
+    }
     for vm in &mut inv.vms {
         judge_life(vm, obs, &live_taps, &mut inv.warnings);
     }
@@ -334,7 +353,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
         }
         return inv;
     }
-    add_rowless(&mut inv, obs, &ix, &by_id, &evidence, &claimed);
+    add_rowless(&mut inv, obs, &ix, &by_id, &evidence, &claimed, &row_held);
     inv.unattributed.sort();
     inv
 }

@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::Index;
 use super::network::{
     Claims, attach_claims, attach_elems_by_ip, attach_links, attach_network, attach_tap_objects,
-    guest_ip_for_tap, tap_for_guest_ip,
+    guest_ip_for_tap, rule_tap, tap_for_guest_ip,
 };
 use super::rows::{Whose, signs_of_life};
 use crate::model::{
-    FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Stale, Vm, Vmm, valid_tap_name,
+    ElemMeaning, FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Stale, Vm, Vmm,
+    valid_tap_name,
 };
 
 /// What the rows (this run's and other data dirs') claim.
@@ -69,8 +70,9 @@ pub(super) fn add_rowless(
     by_id: &BTreeMap<String, usize>,
     evidence: &BTreeMap<String, Vec<&ProcInfo>>,
     claimed: &Claimed<'_>,
+    row_held: &BTreeSet<String>,
 ) {
-    let ties = ties(obs, ix, by_id, claimed);
+    let ties = ties(obs, ix, by_id, claimed, row_held);
     let mut tied: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (tap, id) in &ties {
         tied.entry(id.as_str()).or_default().push(tap.clone());
@@ -129,27 +131,30 @@ fn free_claims(inv: &mut Inventory, obs: &Observed, ix: &Index<'_>, claimed: &Cl
     }
 }
 
-/// TAPs tied to a VM with no row: the TAP its live VMM holds open, the TAP of the guest
-/// IP its SSH rule carries, and a bridge TAP whose alias names it. A TAP a row has is
-/// never tied.
+/// TAPs tied to a VM with no row: the TAP its live VMM holds open (the holder decides,
+/// unless a row's VM that is not stale has it), the TAP of the guest IP its SSH rule carries,
+/// and a bridge TAP whose alias names it. Otherwise a TAP a row has is never tied.
 fn ties(
     obs: &Observed,
     ix: &Index<'_>,
     by_id: &BTreeMap<String, usize>,
     claimed: &Claimed<'_>,
+    row_held: &BTreeSet<String>,
 ) -> BTreeMap<String, String> {
     let mut ties: BTreeMap<String, String> = BTreeMap::new();
+    // What its VMM holds (an SDK VM's TAP: no row, and 0.0.8+ rules name no VM).
+    for (id, procs) in ix.vmms_by_id.iter().filter(|(id, _)| !by_id.contains_key(*id)) {
+        for tap in procs.iter().flat_map(|p| &p.taps) {
+            if valid_tap_name(tap) && !row_held.contains(tap) {
+                ties.entry(tap.clone()).or_insert_with(|| id.clone());
+            }
+        }
+    }
     let mut tie = |tap: &str, id: &str| {
         if valid_tap_name(tap) && !claimed.any.contains_key(tap) {
             ties.entry(tap.to_string()).or_insert_with(|| id.to_string());
         }
     };
-    // What its VMM holds (an SDK VM's TAP: no row, and 0.0.8+ rules name no VM).
-    for (id, procs) in ix.vmms_by_id.iter().filter(|(id, _)| !by_id.contains_key(*id)) {
-        for tap in procs.iter().flat_map(|p| &p.taps) {
-            tie(tap, id);
-        }
-    }
     for (&id, rules) in ix.rules_by_id.iter().filter(|(id, _)| !by_id.contains_key(**id)) {
         let ips = rules.iter().flat_map(|&ri| &obs.rules[ri].ipv4);
         for tap in ips.filter_map(|ip| tap_for_guest_ip(*ip)) {
@@ -208,6 +213,7 @@ fn rowless_vm(
         ..Vm::default()
     };
     attach_network(&mut vm, obs, ix, &mut inv.warnings);
+    leave_rows_tap_objects(&mut vm, obs, claimed);
     let mut ips: BTreeSet<[u8; 4]> = vm.tap_names.iter().filter_map(|t| guest_ip_for_tap(t)).collect();
     for &ri in ix.rules_by_id.get(id).into_iter().flatten() {
         ips.extend(
@@ -236,6 +242,29 @@ fn rowless_vm(
     attach_claims(&mut vm, &claims, &obs.data_dirs, ix);
     judge_rowless(&mut vm, obs);
     vm
+}
+
+/// A TAP its VMM holds that a dead row of a project was given (a SmolVM SDK VM on the
+/// TAP of a Celesto VM that died with the reboot): the holder takes the TAP and its own
+/// project's per-TAP objects; that project's per-TAP objects are the row's VM's.
+fn leave_rows_tap_objects(vm: &mut Vm, obs: &Observed, claimed: &Claimed<'_>) {
+    let rows = |p: Project, tap: &str| claimed.by.contains(&(p, tap));
+    vm.tables.retain(|&ti| {
+        let t = &obs.tables[ti];
+        Project::of_policy_table(t.family, &t.name).is_none_or(|(p, tap)| !rows(p, tap))
+    });
+    vm.elems.retain(|&ei| {
+        let e = &obs.elems[ei];
+        match (e.project(), e.meaning()) {
+            (Some(p), ElemMeaning::Tap(tap)) => !rows(p, &tap),
+            _ => true,
+        }
+    });
+    vm.rules.retain(|&ri| {
+        let r = &obs.rules[ri];
+        let named = r.comment.as_deref().and_then(rule_tap);
+        !matches!((r.project(), named), (Some(p), Some((_, tap))) if rows(p, tap))
+    });
 }
 
 /// The files of a VM with no row (by the id their names carry) that what names the VM
