@@ -531,3 +531,29 @@ fn a_lone_served_socket_or_held_lock_of_another_user_shows_no_life() {
     assert_eq!(w.ids(), ["sbx-again"]);
     assert!(has_link("tap3") && !qmp.exists() && !lock.exists());
 }
+
+/// Issue 27, case 2: a `firecracker --id <uuid>` that the jailer, firecracker-containerd
+/// or a test harness started (its socket elsewhere, holding a TAP of its own) is no VM of
+/// SmolVM's: `--all` neither stops it nor deletes its TAP.
+#[test]
+fn another_products_firecracker_is_never_stopped() {
+    let Some(w) = World::new("otherfc") else {
+        return;
+    };
+    sh("ip tuntap add tap9 mode tap && ip link set tap9 up");
+    let exe = firecracker_exe(&w);
+    let other = w.scratch.0.join("fc-containerd");
+    std::fs::create_dir_all(&other).unwrap();
+    let sock = other.join("firecracker.sock");
+    let vmm = spawn_vmm(
+        "exec -a firecracker \"$1\" --id 3f2b1c4d-0000-4000-8000-00000000abcd --api-sock \"$2\"",
+        &[&exe, &sock],
+        &[(ENV_TAP, "tap9")],
+        None,
+    );
+    wait_until("its socket", Duration::from_secs(10), || sock.exists());
+    w.run(&["--check", "--all"])
+        .expect(0, "No leaked SmolVM resources.\n");
+    w.run(&["--all"]).expect(0, "No matching VMs to clean.\n");
+    assert!(pid_alive(vmm.id()) && has_link("tap9"));
+}

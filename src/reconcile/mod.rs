@@ -2,9 +2,10 @@
 //! per VM id with the resources that are provably that VM's, and decides which VMs are
 //! stale. No I/O here, so every rule is unit-tested without root.
 //!
-//! A process is a VM's VMM only when its command line names the VM (API socket, disk or
-//! `--id`) and it started no later than the row was last written; anything else at a
-//! recorded pid is someone else's process that reused the pid.
+//! A process is a VM's VMM only when its command line names the VM by a path of SmolVM's
+//! (API or QMP socket, disk), it runs in our view of the host, and it started no later
+//! than the row was last written; anything else at a recorded pid is someone else's
+//! process that reused the pid.
 
 mod network;
 mod rowless;

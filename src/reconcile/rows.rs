@@ -13,16 +13,11 @@ use crate::model::{
 
 /// The VM ids a VMM's or sidecar's command line names: an API/QMP/vsock socket or a
 /// libkrun config in the socket dir, a disk in a data dir's `disks/`, a path beneath a
-/// data dir's `firmware/<id>/` (swtpm's state), or `--id <id>`.
+/// data dir's `firmware/<id>/` (swtpm's state). Only paths of SmolVM's own: no release
+/// passes `--id`, so a `firecracker --id <uuid>` of the jailer, firecracker-containerd,
+/// Kata or a test harness names no VM of SmolVM's.
 pub fn named_ids(cmdline: &[String], socket_dir: &Path, data_dirs: &[PathBuf]) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
-    let mut prev = "";
-    for arg in cmdline.iter().skip(1) {
-        if prev == "--id" && valid_vm_id(arg) {
-            ids.insert(arg.clone());
-        }
-        prev = arg;
-    }
     for path in argv_paths(cmdline) {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
             continue;

@@ -698,7 +698,9 @@ fn named_ids_forms() {
         .len(),
         1
     );
-    assert_eq!(ids(&["firecracker", "--id", "vm-7"]), ["vm-7".to_string()].into());
+    // Another product's Firecracker: `--id` is no SmolVM name.
+    assert!(ids(&["firecracker", "--id", "3f2b1c4d-0000-4000-8000-00000000abcd"]).is_empty());
+    assert!(ids(&["firecracker", "--id", "vm-7", "--api-sock", "/run/fc/vm-7.sock"]).is_empty());
     assert!(ids(&["firecracker", "--api-sock", "/tmp/fc-../x.sock"]).is_empty());
 }
 
