@@ -3,6 +3,7 @@
 //! one dump of both projects' shared nft tables, the table list, and which VM sockets
 //! are still served. Reads only; decides nothing (that is `reconcile`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,8 +11,8 @@ use crate::error::{Error, Fault};
 use crate::files;
 use crate::locate::DataDir;
 use crate::model::{
-    DirListing, ForwardsListing, ForwardsRecord, Observed, Project, data_file_id, forward_file_id,
-    libkrun_config_id, socket_id,
+    DirListing, ForwardsListing, ForwardsRecord, Observed, ProcInfo, Project, View, data_file_id,
+    forward_file_id, libkrun_config_id, socket_id,
 };
 use crate::netlink::{self, link, nft};
 use crate::procfs::Procfs;
@@ -93,26 +94,87 @@ pub fn open(cfg: &Config<'_>) -> Discovery {
 pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
     read_dbs(d, cfg);
     read_other_dbs(d, cfg);
-    let dirs = view_dirs(cfg);
     for row in &d.obs.rows {
         if let Some(pid) = row.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
-            && let Some(mut info) = d.procfs.read(pid)
+            && let Some(info) = d.procfs.read(pid)
         {
-            if info.role.is_some() {
-                info.view = d.procfs.view(&info, &dirs);
-            }
             d.obs.procs.insert(pid, info);
         }
     }
     d.obs.vmms = d.procfs.scan_vmms();
-    for p in &mut d.obs.vmms {
-        p.view = d.procfs.view(p, &dirs);
-    }
     d.obs.pid_view = d.procfs.pid_view();
     read_network(d, cfg);
     list_files(d, cfg);
     list_forwards(d, cfg);
+    read_views(d, cfg);
     read_owners(d);
+}
+
+/// Each VMM's, sidecar's and tunnel's view of the host (`Procfs::view`), read on a
+/// worker thread: a path seen through another mount namespace can block (a FUSE mount
+/// there that does not answer), so a view that has not answered within a quarter of the
+/// run's time left is "cannot tell" and the run goes on (the worker is left behind).
+fn read_views(d: &mut Discovery, cfg: &Config<'_>) {
+    let tunnels: std::collections::BTreeSet<i32> = d
+        .obs
+        .forwards
+        .iter()
+        .flat_map(|fl| &fl.records)
+        .flat_map(|r| &r.forwards)
+        .filter_map(|f| f.pid)
+        .collect();
+    let mut asked: Vec<ProcInfo> = d.obs.vmms.clone();
+    asked.extend(
+        d.obs
+            .procs
+            .values()
+            .filter(|p| p.role.is_some() || tunnels.contains(&p.pid))
+            .filter(|p| !d.obs.vmms.iter().any(|v| v.pid == p.pid))
+            .cloned(),
+    );
+    if asked.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let until = now + cfg.deadline.saturating_duration_since(now) / 4;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let procfs = d.procfs.clone();
+    let dirs: Vec<PathBuf> = view_dirs(cfg)
+        .into_iter()
+        .map(std::path::Path::to_path_buf)
+        .collect();
+    let pids: Vec<i32> = asked.iter().map(|p| p.pid).collect();
+    let worker = std::thread::Builder::new().name("views".into()).spawn(move || {
+        let dirs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+        for p in &asked {
+            if tx.send((p.pid, procfs.view(p, &dirs))).is_err() {
+                return;
+            }
+        }
+    });
+    let mut views: BTreeMap<i32, View> = BTreeMap::new();
+    if worker.is_ok() {
+        while views.len() < pids.len() {
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok((pid, view)) => {
+                    views.insert(pid, view);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    let late = View::Unknown(
+        "its view of the host did not answer in time (a stuck filesystem in its namespace?)".into(),
+    );
+    let view_of = |pid: i32| views.get(&pid).cloned().unwrap_or_else(|| late.clone());
+    for p in &mut d.obs.vmms {
+        p.view = view_of(p.pid);
+    }
+    for (pid, p) in &mut d.obs.procs {
+        if p.role.is_some() || tunnels.contains(pid) {
+            p.view = view_of(*pid);
+        }
+    }
 }
 
 /// Who owns each listed file that no row's id names (a row's files are its data dir's):
@@ -206,8 +268,7 @@ fn list_forwards(d: &mut Discovery, cfg: &Config<'_>) {
             };
             let forwards = crate::state::parse_forwards(&String::from_utf8_lossy(&bytes));
             for pid in forwards.iter().filter_map(|f| f.pid) {
-                if let Some(mut info) = d.procfs.read(pid) {
-                    info.view = d.procfs.view(&info, &view_dirs(cfg));
+                if let Some(info) = d.procfs.read(pid) {
                     d.obs.procs.insert(pid, info);
                 }
             }

@@ -86,6 +86,7 @@ fn own<T>(root: &Path, kind: &str, read: impl Fn(&Path) -> Option<T>) -> Option<
     read(&root.join("thread-self/ns").join(kind)).or_else(|| read(&root.join("self/ns").join(kind)))
 }
 
+#[derive(Clone)]
 pub struct Procfs {
     pub root: PathBuf,
     boot_unix: f64,

@@ -557,3 +557,51 @@ fn another_products_firecracker_is_never_stopped() {
     w.run(&["--all"]).expect(0, "No matching VMs to clean.\n");
     assert!(pid_alive(vmm.id()) && has_link("tap9"));
 }
+
+/// Issue 27, case 3: a VMM in another mount namespace whose view of our socket dir is a
+/// FUSE mount that never answers (its server holds `/dev/fuse` and reads nothing). Its
+/// view cannot be read, so it is "cannot tell": the run finishes within `--timeout`,
+/// touches nothing of it, and `--check --all` says it is not fully inspected.
+#[test]
+fn a_stuck_filesystem_in_another_namespace_is_cannot_tell_within_the_timeout() {
+    let Some(w) = World::new("stuckfuse") else {
+        return;
+    };
+    let exe = firecracker_exe(&w);
+    let sock = w.socket_path("sbx-fuse");
+    // Mounts a FUSE filesystem over the socket dir (this namespace's view of it) whose
+    // server is this very process, which never reads a request, then becomes the VMM.
+    let script = "import ctypes, os, sys\n\
+                  fd = os.open('/dev/fuse', os.O_RDWR)\n\
+                  libc = ctypes.CDLL(None, use_errno=True)\n\
+                  opts = f'fd={fd},rootmode=40000,user_id=0,group_id=0'.encode()\n\
+                  if libc.mount(b'stuck', sys.argv[2].encode(), b'fuse', 0, opts) != 0:\n\
+                  \x20   sys.exit('mount: ' + os.strerror(ctypes.get_errno()))\n\
+                  os.set_inheritable(fd, True)\n\
+                  os.execv(sys.argv[1], ['firecracker', '--api-sock', sys.argv[3]])\n";
+    let py = w.scratch.0.join("stuck.py");
+    std::fs::write(&py, script).unwrap();
+    let vmm = spawn_vmm(
+        "exec unshare -m --propagation private python3 \"$4\" \"$1\" \"$2\" \"$3\"",
+        &[&exe, &w.sock, &sock, &py],
+        &[(ENV_NO_BIND, "1")],
+        None,
+    );
+    let t = std::time::Instant::now();
+    let r = w.run(&["--check", "--all", "--timeout", "4s"]);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("Check incomplete: not fully inspected: pid")
+            && r.stdout
+                .contains("names sbx-fuse, but its view of the host did not answer in time"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let t = std::time::Instant::now();
+    w.run(&["--all", "--timeout", "4s"])
+        .expect(0, "No matching VMs to clean.\n");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(pid_alive(vmm.id()));
+}
