@@ -688,6 +688,9 @@ pub enum Refusal {
     /// A VMM that names it runs in another view of the host, or one we cannot inspect
     /// (pid, why): whose VM it runs cannot be told.
     OtherView(i32, String),
+    /// A VMM names its id, which another DB's VM has too, and nothing it names tells
+    /// which of the two it runs.
+    Ambiguous(i32),
 }
 
 impl fmt::Display for Refusal {
@@ -706,6 +709,10 @@ impl fmt::Display for Refusal {
             }
             Refusal::OutOfView => write!(f, "its VMM is not visible from this pid namespace; not touched"),
             Refusal::OtherView(pid, why) => write!(f, "VMM pid {pid} names it, but {why}; not touched"),
+            Refusal::Ambiguous(pid) => write!(
+                f,
+                "VMM pid {pid} names its id, which another data dir's VM has too, and nothing tells whose it is; not touched"
+            ),
         }
     }
 }
@@ -811,10 +818,14 @@ pub struct DirListing {
     pub browser_sessions: Vec<String>,
 }
 
-/// One VM id with every resource that is provably its own.
+/// One VM (a state DB's id, or an id only the host shows) with every resource that is
+/// provably its own.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Vm {
     pub id: String,
+    /// Whose it is, when another VM has the same id (another project's or data dir's
+    /// DB): shown after the id (`sbx-tesla (Celesto)`).
+    pub label: Option<String>,
     /// Whose VM it is: its rows' projects; for a VM with no row, the projects whose
     /// objects name it (all, when only a shared name such as a socket does). Only these
     /// projects' nft objects are attributed to it.
@@ -855,6 +866,16 @@ pub struct Vm {
     pub expects_vmm: bool,
     /// When its row was created (Unix seconds; the oldest row when several DBs have one).
     pub created_unix: Option<f64>,
+}
+
+impl Vm {
+    /// The id as the output shows it: with its label where the id is shared.
+    pub fn shown(&self) -> String {
+        match &self.label {
+            Some(l) => format!("{} ({l})", self.id),
+            None => self.id.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

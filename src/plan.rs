@@ -131,7 +131,7 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
         .vms
         .iter()
         .filter(|v| v.stale.is_some() && !young(v))
-        .map(|v| v.id.clone())
+        .map(Vm::shown)
         .collect();
     stale.sort();
     let mut chosen: Vec<usize> = (0..inv.vms.len())
@@ -145,7 +145,7 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
         })
         .collect();
     if !sel.all {
-        chosen.sort_by(|&a, &b| inv.vms[a].id.cmp(&inv.vms[b].id));
+        chosen.sort_by_key(|&i| inv.vms[i].shown());
     }
     let mut is_target = vec![false; inv.vms.len()];
     for &i in &chosen {
@@ -166,6 +166,9 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
                 .flat_map(|r| r.taps.iter().map(String::as_str)),
         )
         .collect();
+    // Files two VMs share (one id in two DBs: its socket in the shared socket dir, or
+    // both DBs in one legacy data dir) stay while either VM does.
+    let kept_files: BTreeSet<&FileRef> = keep.iter().flat_map(|v| &v.files).collect();
     let kept_rules: BTreeSet<usize> = keep.iter().flat_map(|v| v.rules.iter().copied()).collect();
     let kept_tables: BTreeSet<usize> = keep.iter().flat_map(|v| v.tables.iter().copied()).collect();
     let kept_elems: BTreeSet<usize> = keep.iter().flat_map(|v| v.elems.iter().copied()).collect();
@@ -201,6 +204,7 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
             vm.taps
                 .retain(|&li| links.get(li).is_some_and(|l| vm.tap_names.contains(&l.name)));
         }
+        vm.files.retain(|f| !kept_files.contains(f));
         vm.rules.retain(|r| !kept_rules.contains(r));
         vm.tables.retain(|t| !kept_tables.contains(t));
         vm.elems.retain(|e| !kept_elems.contains(e));
@@ -269,7 +273,7 @@ fn resolve(vm: Vm, obs: &Observed) -> Target {
         rows: vm.rows.iter().map(|&ri| row(ri)).collect(),
         marks: vm.mark.iter().map(|&ri| row(ri)).collect(),
         nft,
-        id: vm.id,
+        id: vm.shown(),
         stale: vm.stale,
         refuse: vm.refuse,
         vmms: [vm.vmms, vm.sidecars].concat(),

@@ -755,6 +755,106 @@ fn a_live_sdk_vm_on_the_tap_of_a_dead_row_of_the_other_project_keeps_its_network
     assert!(sock.exists());
 }
 
+/// Renames SmolVM's stopped `sbx-curie` of the mixed host to `sbx-tesla`, the id of
+/// Celesto's crashed VM there (both projects draw ids from one generator, and each checks
+/// only its own DB), rows and files; with `status`, its row says that too.
+fn twin_tesla(host: &Host, status: Option<(&str, i64)>) {
+    let s = rusqlite::Connection::open(host.data.join("smolvm.db")).unwrap();
+    s.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+    for t in [
+        "vms SET id",
+        "ip_leases SET vm_id",
+        "ssh_forwards SET vm_id",
+        "vsock_cids SET vm_id",
+        "tap_allocations SET vm_id",
+    ] {
+        let col = t.rsplit(' ').next().unwrap();
+        s.execute(&format!("UPDATE {t} = 'sbx-tesla' WHERE {col} = 'sbx-curie'"), [])
+            .unwrap();
+    }
+    if let Some((status, pid)) = status {
+        s.execute(
+            "UPDATE vms SET status = ?1, pid = ?2 WHERE id = 'sbx-tesla'",
+            rusqlite::params![status, pid],
+        )
+        .unwrap();
+    }
+    for f in [
+        "disks/sbx-curie.ext4",
+        "locks/sbx-curie.create.lock",
+        "sbx-curie.log",
+    ] {
+        std::fs::rename(host.data.join(f), host.data.join(f.replace("curie", "tesla"))).unwrap();
+    }
+}
+
+const TWIN_FILES: [&str; 3] = [
+    "disks/sbx-tesla.ext4",
+    "locks/sbx-tesla.create.lock",
+    "sbx-tesla.log",
+];
+
+/// One id in both families is two VMs. SmolVM's `sbx-tesla` is stopped (protected: its
+/// disk is the user's data) and Celesto's `sbx-tesla` crashed: the Celesto VM goes whole,
+/// said as `sbx-tesla (Celesto)`; the SmolVM VM keeps its row, TAP and every file.
+#[test]
+fn one_id_in_both_families_is_two_vms_and_a_crash_of_one_never_takes_the_other() {
+    let Some(host) = Host::load("celesto-0.1.10-mixed") else {
+        return;
+    };
+    twin_tesla(&host, None);
+    let r = host.run_found(&[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("  - sbx-tesla (Celesto)\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Deleted: sbx-tesla (Celesto)\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("sbx-tesla (SmolVM)"), "{}", r.stdout);
+    assert_eq!(host.rows("SELECT id FROM vms"), ["sbx-tesla"]);
+    assert_eq!(host.rows("SELECT vm_id FROM ip_leases"), ["sbx-tesla"]);
+    assert!(
+        !host
+            .crows("SELECT id FROM vms")
+            .contains(&"sbx-tesla".to_string())
+    );
+    for f in TWIN_FILES {
+        assert!(host.data.join(f).exists(), "SmolVM's {f} stays");
+        assert!(!host.cdata.join(f).exists(), "Celesto's {f} goes");
+    }
+    assert!(
+        links().contains(&"tap3".to_string()),
+        "the stopped VM's TAP stays"
+    );
+    assert!(policy_tables().contains(&"smolvm_policy_tap3".to_string()));
+}
+
+/// Both stale: both go, each with its own files; `--all` (on a fresh host) the same.
+#[test]
+fn one_id_in_both_families_both_stale_both_go_each_with_its_own_files() {
+    for args in [&[][..], &["--all"][..]] {
+        let Some(host) = Host::load("celesto-0.1.10-mixed") else {
+            return;
+        };
+        twin_tesla(&host, Some(("running", crate::util::dead_pid())));
+        let r = host.run_found(args);
+        assert_eq!(r.code, 0, "{args:?}: {}{}", r.stdout, r.stderr);
+        for line in ["Deleted: sbx-tesla (Celesto)\n", "Deleted: sbx-tesla (SmolVM)\n"] {
+            assert!(r.stdout.contains(line), "{args:?}: {}", r.stdout);
+        }
+        assert!(!host.rows("SELECT id FROM vms").contains(&"sbx-tesla".to_string()));
+        assert!(
+            !host
+                .crows("SELECT id FROM vms")
+                .contains(&"sbx-tesla".to_string())
+        );
+        for f in TWIN_FILES {
+            assert!(!host.data.join(f).exists() && !host.cdata.join(f).exists(), "{f}");
+        }
+    }
+}
+
 /// A user's legacy `~/.local/state/smolvm` that Celesto kept writing into (it holds no
 /// `~/.local/state/celesto`): `smolvm.db` and `celesto.db` side by side over one `disks/`
 /// and `locks/`. Each file goes with the VM whose row, in either DB, names it.

@@ -359,9 +359,14 @@ pub fn inventory(obs: &Observed) -> Inventory {
     inv
 }
 
-/// One VM per valid row id, in DB order; a row with a hostile id is refused and kept.
+/// One VM per valid row id of each state DB, in DB order: a VM is (its DB's project and
+/// data dir, id), so one id in SmolVM's and Celesto's DBs (both draw ids from one
+/// generator and each checks only its own DB) is two VMs, each judged on its own and
+/// labelled with its project (or data dir) wherever it is shown. A row with a hostile id
+/// is refused and kept. Returns, per id, its first VM.
 fn add_rows(inv: &mut Inventory, obs: &Observed) -> BTreeMap<String, usize> {
     let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_db: BTreeMap<(usize, &str), usize> = BTreeMap::new();
     for (i, row) in obs.rows.iter().enumerate() {
         if !valid_vm_id(&row.id) {
             inv.warnings.push(format!(
@@ -372,7 +377,7 @@ fn add_rows(inv: &mut Inventory, obs: &Observed) -> BTreeMap<String, usize> {
             inv.kept_projects.insert(row.project);
             continue;
         }
-        let k = *by_id.entry(row.id.clone()).or_insert_with(|| {
+        let k = *by_db.entry((row.db, row.id.as_str())).or_insert_with(|| {
             inv.vms.push(Vm {
                 id: row.id.clone(),
                 status: Some(row.status),
@@ -380,7 +385,32 @@ fn add_rows(inv: &mut Inventory, obs: &Observed) -> BTreeMap<String, usize> {
             });
             inv.vms.len() - 1
         });
+        by_id.entry(row.id.clone()).or_insert(k);
         inv.vms[k].rows.push(i);
     }
+    label_shared_ids(inv, obs);
     by_id
+}
+
+/// Where one id stands for two VMs, each says whose it is: its project when theirs
+/// differ (`sbx-tesla (Celesto)`), else its data dir.
+fn label_shared_ids(inv: &mut Inventory, obs: &Observed) {
+    let mut count: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (k, vm) in inv.vms.iter().enumerate() {
+        count.entry(vm.id.clone()).or_default().push(k);
+    }
+    for ks in count.values().filter(|ks| ks.len() > 1) {
+        let rows: Vec<&crate::model::Row> = ks.iter().map(|&k| &obs.rows[inv.vms[k].rows[0]]).collect();
+        let projects: BTreeSet<Project> = rows.iter().map(|r| r.project).collect();
+        for (&k, row) in ks.iter().zip(rows) {
+            let label = if projects.len() == ks.len() {
+                row.project.title().to_string()
+            } else {
+                obs.db_dirs
+                    .get(row.db)
+                    .map_or_else(|| row.project.title().to_string(), |d| d.display().to_string())
+            };
+            inv.vms[k].label = Some(label);
+        }
+    }
 }

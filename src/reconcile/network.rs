@@ -80,7 +80,15 @@ pub(super) fn attach_links(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings
 /// and `allowed_taps` elements of its TAPs.
 pub(super) fn attach_network(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings: &mut Vec<String>) {
     attach_links(vm, obs, ix, warnings);
-    vm.rules = ix.rules_by_id.get(vm.id.as_str()).cloned().unwrap_or_default();
+    // Its own comments, in its projects' tables (a shared id's other VM has the rest).
+    vm.rules = ix
+        .rules_by_id
+        .get(vm.id.as_str())
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|&ri| obs.rules[ri].project().is_some_and(|p| vm.projects.contains(&p)))
+        .collect();
     let taps = vm.tap_names.clone();
     attach_tap_objects(vm, &taps, ix);
 }

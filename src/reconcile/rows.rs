@@ -116,7 +116,11 @@ pub(super) fn judge_row_vm(vm: &mut Vm, obs: &Observed, ix: &Index<'_>, warnings
         d
     };
     let mut projects: BTreeSet<Project> = rows.iter().map(|r| r.project).collect();
-    projects.extend(ix.projects_by_id.get(vm.id.as_str()).into_iter().flatten());
+    // An id another DB's VM has too: what names the id is not told apart by it, so the
+    // VM is only its rows' projects'.
+    if vm.label.is_none() {
+        projects.extend(ix.projects_by_id.get(vm.id.as_str()).into_iter().flatten());
+    }
     vm.projects = projects.into_iter().collect();
     vm.created_unix = rows
         .iter()
@@ -221,6 +225,12 @@ pub(super) fn judge_vmm(
         if vm.vmms.iter().any(|v| v.pid == p.pid) {
             continue;
         }
+        // The id is another DB's VM's too: the VMM is this one's only when its command
+        // line names a path in this VM's data dir (its disk); otherwise whose cannot be told.
+        if vm.label.is_some() && !argv_paths(&p.cmdline).any(|a| dirs.iter().any(|d| a.starts_with(d))) {
+            vm.refuse.get_or_insert(Refusal::Ambiguous(p.pid));
+            continue;
+        }
         if let Some(t) = newest_write
             && p.start_unix > t + START_SLACK_SECS
         {
@@ -297,7 +307,15 @@ pub(super) fn attach_row_resources(
     // What discovery listed for this id in the socket dir and in its DBs' data dirs: a
     // missing file is already gone.
     let retain = rows.iter().any(|r| r.retain_disk);
-    let forwards = |f: &FileRef| obs.forwards.iter().any(|fl| fl.dir == f.root);
+    // A shared id's forwards state is its own project's (`~/.smolvm/`, `~/.celesto/`).
+    let own_forwards = |f: &FileRef| {
+        vm.label.is_none()
+            || vm
+                .projects
+                .iter()
+                .any(|p| f.root.ends_with(format!(".{}/forwards", p.names().key)))
+    };
+    let forwards = |f: &FileRef| obs.forwards.iter().any(|fl| fl.dir == f.root) && own_forwards(f);
     let ours = |f: &&FileRef| {
         (f.root == obs.socket_dir || dirs.contains(&f.root) || forwards(f))
             && !(retain && f.rel.starts_with("disks/"))

@@ -898,3 +898,47 @@ fn a_vmm_outside_our_view_is_never_a_vm_of_ours() {
         assert!(matches!(vm.refuse, Some(Refusal::OtherView(70, _))), "{vm:?}");
     }
 }
+
+/// One id in two DBs is two VMs, each labelled; a VMM naming only the shared socket
+/// cannot be told whose (both are refused), one naming a disk in one data dir is that
+/// VM's alone.
+#[test]
+fn one_id_in_two_dbs_is_two_vms_and_a_vmm_is_attributed_only_by_proof() {
+    let mut a = row("sbx-tesla", "running", None);
+    a.updated_unix = Some(10.0);
+    let mut b = Row {
+        db: 1,
+        project: Project::Celesto,
+        ..a.clone()
+    };
+    b.taps = vec!["tap2".into()];
+    let mut o = obs(vec![a, b]);
+    o.db_dirs = vec!["/var/lib/smolvm".into(), "/var/lib/celesto".into()];
+    o.data_dirs = o.db_dirs.clone();
+    o.vmms = vec![fc(70, 1.0, "sbx-tesla")];
+    let inv = inventory(&o);
+    assert_eq!(inv.vms.len(), 2);
+    let shown: Vec<String> = inv.vms.iter().map(Vm::shown).collect();
+    assert_eq!(shown, ["sbx-tesla (SmolVM)", "sbx-tesla (Celesto)"]);
+    for vm in &inv.vms {
+        assert_eq!(vm.refuse, Some(Refusal::Ambiguous(70)), "{vm:?}");
+        assert!(vm.vmms.is_empty());
+    }
+    o.vmms = vec![proc(
+        70,
+        1.0,
+        &[
+            "qemu-system-x86_64",
+            "-drive",
+            "file=/var/lib/celesto/disks/sbx-tesla.qcow2,format=qcow2",
+        ],
+    )];
+    let inv = inventory(&o);
+    assert!(
+        inv.vms[0].vmms.is_empty() && inv.vms[0].stale.is_some(),
+        "{:?}",
+        inv.vms[0]
+    );
+    assert_eq!(inv.vms[1].vmms.len(), 1);
+    assert!(inv.vms[1].stale.is_none() && inv.vms[1].refuse.is_none());
+}
