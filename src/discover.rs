@@ -197,14 +197,7 @@ fn read_owners(d: &mut Discovery) {
         }
     }
     for dl in &obs.data_listing {
-        let subs = [
-            ("", &dl.top),
-            ("disks", &dl.disks),
-            ("locks", &dl.locks),
-            ("firmware", &dl.firmware),
-            ("ssh-known-hosts", &dl.known_hosts),
-        ];
-        for (sub, names) in subs {
+        for (sub, names) in dl.by_sub() {
             for n in names
                 .iter()
                 .filter(|n| data_file_id(sub, n).is_some_and(|id| !rows.contains(id)))

@@ -818,6 +818,19 @@ pub struct DirListing {
     pub browser_sessions: Vec<String>,
 }
 
+impl DirListing {
+    /// The listings whose names carry a VM id (`data_file_id`), each with where it is.
+    pub fn by_sub(&self) -> [(&'static str, &[String]); 5] {
+        [
+            ("ssh-known-hosts", &self.known_hosts),
+            ("firmware", &self.firmware),
+            ("locks", &self.locks),
+            ("", &self.top),
+            ("disks", &self.disks),
+        ]
+    }
+}
+
 /// One VM (a state DB's id, or an id only the host shows) with every resource that is
 /// provably its own.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -145,7 +145,10 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
         })
         .collect();
     if !sel.all {
-        chosen.sort_by_key(|&i| inv.vms[i].shown());
+        chosen.sort_by(|&a, &b| {
+            let (a, b) = (&inv.vms[a], &inv.vms[b]);
+            (&a.id, &a.label).cmp(&(&b.id, &b.label))
+        });
     }
     let mut is_target = vec![false; inv.vms.len()];
     for &i in &chosen {

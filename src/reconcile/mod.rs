@@ -160,14 +160,7 @@ impl<'a> Index<'a> {
                 .iter()
                 .filter_map(|n| n.strip_suffix(".retained"))
                 .collect();
-            let subs = [
-                ("ssh-known-hosts", &d.known_hosts),
-                ("firmware", &d.firmware),
-                ("locks", &d.locks),
-                ("", &d.top),
-                ("disks", &d.disks),
-            ];
-            for (sub, names) in subs {
+            for (sub, names) in d.by_sub() {
                 for n in names {
                     let Some(id) = data_file_id(sub, n) else { continue };
                     let f = match sub {
@@ -395,11 +388,12 @@ fn add_rows(inv: &mut Inventory, obs: &Observed) -> BTreeMap<String, usize> {
 /// Where one id stands for two VMs, each says whose it is: its project when theirs
 /// differ (`sbx-tesla (Celesto)`), else its data dir.
 fn label_shared_ids(inv: &mut Inventory, obs: &Observed) {
-    let mut count: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut count: HashMap<&str, Vec<usize>> = HashMap::new();
     for (k, vm) in inv.vms.iter().enumerate() {
-        count.entry(vm.id.clone()).or_default().push(k);
+        count.entry(vm.id.as_str()).or_default().push(k);
     }
-    for ks in count.values().filter(|ks| ks.len() > 1) {
+    let shared: Vec<Vec<usize>> = count.into_values().filter(|ks| ks.len() > 1).collect();
+    for ks in &shared {
         let rows: Vec<&crate::model::Row> = ks.iter().map(|&k| &obs.rows[inv.vms[k].rows[0]]).collect();
         let projects: BTreeSet<Project> = rows.iter().map(|r| r.project).collect();
         for (&k, row) in ks.iter().zip(rows) {
