@@ -107,7 +107,7 @@ pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
     list_files(d, cfg);
     list_forwards(d, cfg);
     read_views(d, cfg);
-    read_owners(d);
+    read_file_owners(d);
 }
 
 /// Each VMM's, sidecar's and tunnel's view of the host (`Procfs::view`), read on a
@@ -123,13 +123,13 @@ fn read_views(d: &mut Discovery, cfg: &Config<'_>) {
         .flat_map(|r| &r.forwards)
         .filter_map(|f| f.pid)
         .collect();
+    let scanned: std::collections::BTreeSet<i32> = d.obs.vmms.iter().map(|p| p.pid).collect();
     let mut asked: Vec<ProcInfo> = d.obs.vmms.clone();
     asked.extend(
         d.obs
             .procs
             .values()
-            .filter(|p| p.role.is_some() || tunnels.contains(&p.pid))
-            .filter(|p| !d.obs.vmms.iter().any(|v| v.pid == p.pid))
+            .filter(|p| (p.role.is_some() || tunnels.contains(&p.pid)) && !scanned.contains(&p.pid))
             .cloned(),
     );
     if asked.is_empty() {
@@ -179,7 +179,7 @@ fn read_views(d: &mut Discovery, cfg: &Config<'_>) {
 
 /// Who owns each listed file that no row's id names (a row's files are its data dir's):
 /// evidence of a VM with no row counts only for files of its own owner.
-fn read_owners(d: &mut Discovery) {
+fn read_file_owners(d: &mut Discovery) {
     let obs = &mut d.obs;
     let rows: std::collections::HashSet<&str> = obs
         .rows
@@ -308,7 +308,6 @@ fn open_roots(d: &mut Discovery, cfg: &Config<'_>) {
             d.obs.rows_incomplete = true;
         }
         if let Some(st) = d.roots.get(&dd.dir).and_then(|fd| rustix::fs::fstat(fd).ok()) {
-            d.obs.read_owners.insert(st.st_uid);
             d.obs.dir_owners.insert(dd.dir.clone(), st.st_uid);
         }
     }
@@ -400,8 +399,10 @@ fn read_other_dbs(d: &mut Discovery, cfg: &Config<'_>) {
         match Db::open(path, path, true, cfg.deadline).and_then(|db| db.load(usize::MAX, *project)) {
             Ok(rows) => {
                 d.obs.other_rows.extend(rows);
-                if let Some(st) = path.parent().and_then(|dir| rustix::fs::stat(dir).ok()) {
-                    d.obs.read_owners.insert(st.st_uid);
+                if let Some(dir) = path.parent()
+                    && let Ok(st) = rustix::fs::stat(dir)
+                {
+                    d.obs.dir_owners.insert(dir.to_path_buf(), st.st_uid);
                 }
             }
             Err(e) => {

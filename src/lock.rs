@@ -180,14 +180,10 @@ fn holders(file: &OwnedFd) -> String {
     let Ok(st) = fstat(file) else {
         return String::new();
     };
-    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let pids = crate::procfs::parse_locks(
-        &locks,
-        rustix::fs::major(st.st_dev),
-        rustix::fs::minor(st.st_dev),
-        st.st_ino,
-    );
-    let pids: Vec<String> = pids.iter().map(i32::to_string).collect();
+    let pids: Vec<String> = crate::procfs::flock_pids(Path::new("/proc"), st.st_dev, st.st_ino)
+        .iter()
+        .map(i32::to_string)
+        .collect();
     if pids.is_empty() {
         String::new()
     } else {

@@ -728,9 +728,6 @@ pub struct Observed {
     pub db_dirs: Vec<PathBuf>,
     /// Every data dir in use.
     pub data_dirs: Vec<PathBuf>,
-    /// Who owns the data dirs whose state was read (this run's and the others'): a TAP
-    /// SmolVM made for another user belongs to a data dir not read, so it is no leftover.
-    pub read_owners: BTreeSet<u32>,
     pub socket_dir: PathBuf,
     /// The processes at pids that rows record (a pid with no process is absent).
     pub procs: BTreeMap<i32, ProcInfo>,
@@ -750,7 +747,9 @@ pub struct Observed {
     pub held_locks: BTreeSet<PathBuf>,
     /// Who holds each of those (the holders' uids; empty when none could be named).
     pub lock_holders: BTreeMap<PathBuf, Vec<u32>>,
-    /// Who owns each data dir held: a row's VM is that user's.
+    /// Who owns each data dir whose state was read (this run's and the others'): a row's
+    /// VM is that user's, and a TAP SmolVM made for a user none of them belongs to is
+    /// another data dir's, so it is no leftover.
     pub dir_owners: BTreeMap<PathBuf, u32>,
     /// Which processes the /proc we read can show.
     pub pid_view: PidView,

@@ -54,6 +54,13 @@ pub fn parse_fdinfo_iff(fdinfo: &str) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// The pids holding flocks on the file with device `dev` and inode `ino`, as
+/// `<proc_root>/locks` lists them: none when it cannot be read.
+pub fn flock_pids(proc_root: &Path, dev: u64, ino: u64) -> Vec<i32> {
+    let locks = std::fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
+    parse_locks(&locks, rustix::fs::major(dev), rustix::fs::minor(dev), ino)
+}
+
 /// The pids of the FLOCK lines of `/proc/locks` on one inode: `1: FLOCK  ADVISORY  WRITE
 /// 1234 08:01:5678 0 EOF` (major and minor in hex; a waiter's line starts `1: ->`).
 pub fn parse_locks(locks: &str, major: u32, minor: u32, ino: u64) -> Vec<i32> {
@@ -262,19 +269,14 @@ impl Procfs {
     /// read once per call): empty when none can be named.
     pub fn lock_holders(&self, path: &Path) -> Vec<u32> {
         use std::os::unix::fs::MetadataExt;
-        let (Ok(st), Ok(locks)) = (
-            std::fs::metadata(path),
-            std::fs::read_to_string(self.root.join("locks")),
-        ) else {
+        let Ok(st) = std::fs::metadata(path) else {
             return Vec::new();
         };
-        let dev = st.dev();
-        let mut uids: Vec<u32> =
-            parse_locks(&locks, rustix::fs::major(dev), rustix::fs::minor(dev), st.ino())
-                .into_iter()
-                .filter_map(|pid| std::fs::metadata(self.root.join(pid.to_string())).ok())
-                .map(|m| m.uid())
-                .collect();
+        let mut uids: Vec<u32> = flock_pids(&self.root, st.dev(), st.ino())
+            .into_iter()
+            .filter_map(|pid| std::fs::metadata(self.root.join(pid.to_string())).ok())
+            .map(|m| m.uid())
+            .collect();
         uids.sort_unstable();
         uids.dedup();
         uids

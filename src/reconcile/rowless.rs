@@ -347,7 +347,7 @@ fn add_orphan_taps(
             .taps
             .iter()
             .find_map(|&li| obs.links[li].tun_owner)
-            .filter(|&u| u != 0 && !obs.read_owners.contains(&u))
+            .filter(|&u| u != 0 && !obs.dir_owners.values().any(|&o| o == u))
         {
             inv.warnings.push(format!(
                 "{tap}: made for uid {owner}, whose data dir this run did not read (no row \
