@@ -11,11 +11,11 @@ use crate::error::{Error, Fault};
 use crate::files;
 use crate::locate::DataDir;
 use crate::model::{
-    DirListing, ForwardsListing, ForwardsRecord, Observed, ProcInfo, Project, View, data_file_id,
+    DirListing, ForwardsListing, ForwardsRecord, Home, Observed, ProcInfo, Project, Role, View, data_file_id,
     forward_file_id, libkrun_config_id, socket_id,
 };
 use crate::netlink::{self, link, nft};
-use crate::procfs::Procfs;
+use crate::procfs::{OwnDirs, Procfs};
 use crate::state::{Db, is_corrupt};
 
 pub struct Discovery {
@@ -107,6 +107,7 @@ pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
     list_files(d, cfg);
     list_forwards(d, cfg);
     read_views(d, cfg);
+    read_foreign_claims(d, cfg);
     read_file_owners(d);
 }
 
@@ -144,20 +145,26 @@ fn read_views(d: &mut Discovery, cfg: &Config<'_>) {
         .map(std::path::Path::to_path_buf)
         .collect();
     let pids: Vec<i32> = asked.iter().map(|p| p.pid).collect();
+    let own: Vec<PathBuf> = cfg.data_dirs.iter().map(|dd| dd.dir.clone()).collect();
     let worker = std::thread::Builder::new().name("views".into()).spawn(move || {
         let dirs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+        let own = OwnDirs::new(own.iter().map(PathBuf::as_path));
         for p in &asked {
-            if tx.send((p.pid, procfs.view(p, &dirs))).is_err() {
+            let view = procfs.view(p, &dirs);
+            let home = (view == View::Ours && p.role == Some(Role::Vmm))
+                .then(|| procfs.home(p, &own))
+                .flatten();
+            if tx.send((p.pid, (view, home))).is_err() {
                 return;
             }
         }
     });
-    let mut views: BTreeMap<i32, View> = BTreeMap::new();
+    let mut views: BTreeMap<i32, (View, Option<Home>)> = BTreeMap::new();
     if worker.is_ok() {
         while views.len() < pids.len() {
             match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok((pid, view)) => {
-                    views.insert(pid, view);
+                Ok((pid, seen)) => {
+                    views.insert(pid, seen);
                 }
                 Err(_) => break,
             }
@@ -166,15 +173,22 @@ fn read_views(d: &mut Discovery, cfg: &Config<'_>) {
     let late = View::Unknown(
         "its view of the host did not answer in time (a stuck filesystem in its namespace?)".into(),
     );
-    let view_of = |pid: i32| views.get(&pid).cloned().unwrap_or_else(|| late.clone());
+    let view_of = |pid: i32| views.get(&pid).cloned().unwrap_or_else(|| (late.clone(), None));
     for p in &mut d.obs.vmms {
-        p.view = view_of(p.pid);
+        (p.view, p.home) = view_of(p.pid);
     }
     for (pid, p) in &mut d.obs.procs {
         if p.role.is_some() || tunnels.contains(pid) {
-            p.view = view_of(*pid);
+            (p.view, p.home) = view_of(*pid);
         }
     }
+}
+
+/// Claim files held in data dirs that are not this run's: what they claim is another
+/// data dir's VM's (a parallel job's, being made or running).
+fn read_foreign_claims(d: &mut Discovery, cfg: &Config<'_>) {
+    let own = OwnDirs::new(cfg.data_dirs.iter().map(|dd| dd.dir.as_path()));
+    d.obs.foreign_claims = d.procfs.foreign_claims(&own, d.obs.own_pid);
 }
 
 /// Who owns each listed file that no row's id names (a row's files are its data dir's):

@@ -130,6 +130,92 @@ pub fn data_file_id<'a>(sub: &str, name: &'a str) -> Option<&'a str> {
     valid_vm_id(id).then_some(id)
 }
 
+/// `172.16.0.2` as four bytes (a row's guest IP, a claim file's value); anything else is
+/// None.
+pub fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    s.parse::<std::net::Ipv4Addr>().ok().map(|ip| ip.octets())
+}
+
+/// The data dirs a VMM's command line names by SmolVM's layout: the `<dir>` of a disk
+/// `<dir>/disks/<id>.ext4|qcow2` or of a path beneath `<dir>/firmware/<id>/`.
+pub fn argv_homes(cmdline: &[String]) -> Vec<&std::path::Path> {
+    let mut homes = Vec::new();
+    for path in argv_paths(cmdline).filter(|p| p.is_absolute()) {
+        let parent = path.parent();
+        let disk = parent
+            .filter(|d| d.file_name().is_some_and(|n| n == "disks"))
+            .filter(|_| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(disk_id)
+                    .is_some()
+            })
+            .and_then(|d| d.parent());
+        let firmware = path
+            .ancestors()
+            .find(|a| {
+                a.parent()
+                    .and_then(|f| f.file_name())
+                    .is_some_and(|n| n == "firmware")
+                    && a.file_name().and_then(|n| n.to_str()).is_some_and(valid_vm_id)
+            })
+            .and_then(|a| a.parent()?.parent());
+        for home in disk.into_iter().chain(firmware) {
+            if !homes.contains(&home) {
+                homes.push(home);
+            }
+        }
+    }
+    homes
+}
+
+/// The data dir of a VMM's log: SmolVM sends a VMM's stdout and stderr to
+/// `<dir>/<id>.log`, so an absolute path of that form is `<dir>`.
+pub fn log_home(target: &std::path::Path) -> Option<&std::path::Path> {
+    let name = target.file_name()?.to_str()?;
+    let id = name.strip_suffix(".log")?;
+    (target.is_absolute() && valid_vm_id(id))
+        .then(|| target.parent())
+        .flatten()
+}
+
+/// The data dir and name of a claim file, `<dir>/locks/resources/<kind>-<value>.lock`
+/// with kind `tap`, `ip`, `ssh` or `vsock` (SmolVM 0.0.30+, Celesto).
+pub fn claim_home(target: &std::path::Path) -> Option<(&std::path::Path, &str)> {
+    let name = target.file_name()?.to_str()?;
+    let (kind, value) = name.strip_suffix(".lock")?.split_once('-')?;
+    if !matches!(kind, "tap" | "ip" | "ssh" | "vsock") || value.is_empty() || !target.is_absolute() {
+        return None;
+    }
+    let resources = target.parent()?;
+    let locks = resources.parent()?;
+    let named = |p: &std::path::Path, n: &str| p.file_name().is_some_and(|f| f == n);
+    (named(resources, "resources") && named(locks, "locks"))
+        .then(|| Some((locks.parent()?, name)))
+        .flatten()
+}
+
+/// The data dirs a process's environment (`/proc/PID/environ`) names: `CELESTO_DATA_DIR`
+/// and `SMOLVM_DATA_DIR`, absolute values only (a relative one is relative to a cwd we
+/// do not know).
+pub fn env_homes(environ: &[u8]) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut homes: Vec<PathBuf> = Vec::new();
+    for var in environ.split(|&b| b == 0) {
+        let value = Project::ALL.iter().find_map(|p| {
+            var.strip_prefix(p.names().data_dir_var.as_bytes())?
+                .strip_prefix(b"=")
+        });
+        if let Some(v) = value.filter(|v| v.first() == Some(&b'/')) {
+            let dir = PathBuf::from(std::ffi::OsStr::from_bytes(v));
+            if !homes.contains(&dir) {
+                homes.push(dir);
+            }
+        }
+    }
+    homes
+}
+
 /// `fc-<id>.sock` → id, for the socket names SmolVM uses.
 pub fn socket_id(name: &str) -> Option<&str> {
     ["fc-", "qmp-", "vsock-"].iter().find_map(|p| {
@@ -358,6 +444,9 @@ pub struct ProcInfo {
     pub role: Option<Role>,
     /// Whether it sees the host as we do (read for VMMs and sidecars only).
     pub view: View,
+    /// The data dir it was started for, when something of it says (read for VMMs in our
+    /// view only).
+    pub home: Option<Home>,
 }
 
 impl ProcInfo {
@@ -378,6 +467,51 @@ pub enum View {
     Elsewhere(String),
     /// Its namespaces or root could not be read (why): cannot tell, so never acted on.
     Unknown(String),
+}
+
+/// The data dir a VMM was started for: parallel CI jobs on one runner share `/tmp` (so
+/// every `fc-<id>.sock`) but each has its own `SMOLVM_DATA_DIR`, and a VMM of another
+/// job's data dir is that job's to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    pub dir: PathBuf,
+    pub by: HomeBy,
+    /// It is one of this run's data dirs (the same directory, by device and inode).
+    pub ours: bool,
+}
+
+/// What tells a VMM's data dir, most direct first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HomeBy {
+    /// A disk (`<dir>/disks/<id>.*`) or firmware path (`<dir>/firmware/<id>/…`) on its
+    /// command line (QEMU, swtpm).
+    Argv,
+    /// Its stdout or stderr is `<dir>/<id>.log`, where SmolVM sends every VMM's output.
+    Log,
+    /// `SMOLVM_DATA_DIR` or `CELESTO_DATA_DIR` in its environment (inherited from the
+    /// process that started it).
+    Env,
+}
+
+impl std::fmt::Display for HomeBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HomeBy::Argv => "by its command line",
+            HomeBy::Log => "by its log",
+            HomeBy::Env => "by its environment",
+        })
+    }
+}
+
+/// A claim file (`<dir>/locks/resources/<kind>-<value>.lock`) that a live process in our
+/// network namespace holds in a data dir that is not this run's: what it claims (a TAP,
+/// an IP) is that data dir's VM's, being made or running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignClaim {
+    pub dir: PathBuf,
+    /// `tap-tap3.lock`, `ip-172.16.0.5.lock`, …
+    pub name: String,
+    pub pid: i32,
 }
 
 /// A network link from the rtnetlink dump.
@@ -747,6 +881,8 @@ pub struct Observed {
     pub held_locks: BTreeSet<PathBuf>,
     /// Who holds each of those (the holders' uids; empty when none could be named).
     pub lock_holders: BTreeMap<PathBuf, Vec<u32>>,
+    /// Claim files held in data dirs that are not this run's.
+    pub foreign_claims: Vec<ForeignClaim>,
     /// Who owns each data dir whose state was read (this run's and the others'): a row's
     /// VM is that user's, and a TAP SmolVM made for a user none of them belongs to is
     /// another data dir's, so it is no leftover.
@@ -964,6 +1100,44 @@ pub struct Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_names_a_data_dir() {
+        let argv: Vec<String> = [
+            "qemu-system-x86_64",
+            "-drive",
+            "file=/ci/b/disks/vm-1.qcow2,if=virtio",
+            "-chardev",
+            "socket,path=/ci/b/firmware/vm-1/swtpm/swtpm-sock",
+            "-qmp",
+            "unix:/tmp/qmp-vm-1.sock,server=on,wait=off",
+            "-kernel",
+            "/images/disks/vmlinux",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(argv_homes(&argv), [std::path::Path::new("/ci/b")]);
+        let fc: Vec<String> = ["firecracker", "--api-sock", "/tmp/fc-vm-1.sock"]
+            .map(String::from)
+            .to_vec();
+        assert!(argv_homes(&fc).is_empty());
+        let p = std::path::Path::new;
+        assert_eq!(log_home(p("/ci/b/vm-1.log")), Some(p("/ci/b")));
+        assert_eq!(log_home(p("/dev/null")), None);
+        assert_eq!(log_home(p("rel/vm-1.log")), None);
+        assert_eq!(log_home(p("/ci/b/Bad..log")), None);
+        assert_eq!(
+            claim_home(p("/ci/b/locks/resources/tap-tap3.lock")),
+            Some((p("/ci/b"), "tap-tap3.lock"))
+        );
+        assert_eq!(claim_home(p("/ci/b/locks/vm-1.create.lock")), None);
+        assert_eq!(claim_home(p("/ci/b/other/resources/ip-1.2.3.4.lock")), None);
+        assert_eq!(claim_home(p("/ci/b/locks/resources/disk-x.lock")), None);
+        let env = b"HOME=/root\0SMOLVM_DATA_DIR=/ci/b\0CELESTO_DATA_DIR=rel\0SMOLVM_DATA_DIRX=/no\0";
+        assert_eq!(env_homes(env), [PathBuf::from("/ci/b")]);
+        assert_eq!(parse_ipv4("172.16.0.7"), Some([172, 16, 0, 7]));
+        assert_eq!(parse_ipv4("172.16.0"), None);
+    }
 
     #[test]
     fn vm_ids() {

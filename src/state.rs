@@ -10,7 +10,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Cause, Error, Result};
-use crate::model::{Forward, Project, Row, Status};
+use crate::model::{Forward, Project, Row, Status, parse_ipv4};
 
 /// Child tables keyed by `vm_id` that go with the VM: SmolVM's cascade deletes the first
 /// four (we delete them explicitly too, so a DB whose foreign keys were never enforced is
@@ -443,11 +443,6 @@ fn lossy(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Value> {
         ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
         other => Value::try_from(other).unwrap_or(Value::Null),
     })
-}
-
-/// `172.16.0.2` as four bytes; anything else is None.
-pub fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
-    s.parse::<std::net::Ipv4Addr>().ok().map(|ip| ip.octets())
 }
 
 fn text(v: Value) -> Option<String> {

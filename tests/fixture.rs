@@ -950,3 +950,199 @@ fn celesto_data_dir_limits_the_run_to_celestos_vms() {
     assert!(host.data.join("vm-0a1b2c3d.log").exists() && host.sock.join("fc-vm-0a1b2c3d.sock").exists());
     assert_eq!(host.crows("SELECT id FROM vms"), ["sbx-meitner"]);
 }
+
+/// Holds an exclusive flock on each of `claims` (created), as SmolVM's SDK holds its
+/// claim files while its VM lives, and waits until /proc/locks shows it.
+fn sdk_holding(claims: &[PathBuf]) -> crate::util::Reaped {
+    let script = "import fcntl, sys, time\n\
+                  fs = [open(p, 'a') for p in sys.argv[1:]]\n\
+                  [fcntl.flock(f, fcntl.LOCK_EX) for f in fs]\n\
+                  time.sleep(600)\n";
+    let child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(claims)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    crate::util::wait_until("the SDK's claims", std::time::Duration::from_secs(10), || {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        locks.lines().filter(|l| l.contains(&format!(" {pid} "))).count() == claims.len()
+    });
+    crate::util::Reaped(child)
+}
+
+/// Issue 27, case 1: two CI jobs on one runner, each with its own data dir, sharing the
+/// socket dir, the TAP pool and SmolVM's tables. Job A (the 0.0.36 fixture's data dir)
+/// runs `--all` while job B's SDK VMs live: one whose VMM logs to B, a QEMU one whose disk
+/// is in B, one whose VMM's environment names B, and a TAP B is still making (its claim
+/// held, no VMM yet). Job A takes its own VMs only; job B's cleanup then takes B's.
+#[test]
+fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
+    let Some(host) = Host::load("smolvm-0.0.36") else {
+        return;
+    };
+    let b = host.scratch.0.join("job-b/smolvm");
+    std::fs::create_dir_all(b.join("locks/resources")).unwrap();
+    std::fs::create_dir_all(b.join("disks")).unwrap();
+    sh(
+        "ip tuntap add tap8 mode tap && ip link set tap8 up && ip tuntap add tap9 mode tap && ip link set tap9 up",
+    );
+    nft("add table inet smolvm_policy_tap8
+         add chain inet smolvm_policy_tap8 forward { type filter hook forward priority -10; policy accept; }
+         add rule inet smolvm_policy_tap8 forward iifname \"tap8\" oifname \"tap*\" drop
+         add element inet smolvm_filter allowed_taps { \"tap8\", \"tap9\" }
+         add element inet smolvm_filter fwd_allow { 172.16.0.8 . 22 }");
+    let claims: Vec<PathBuf> = ["ip-172.16.0.8.lock", "tap-tap8.lock", "tap-tap9.lock"]
+        .iter()
+        .map(|n| b.join("locks/resources").join(n))
+        .collect();
+    let sdk = sdk_holding(&claims);
+    let argv = |a: &[String]| a.to_vec();
+    let fc = |id: &str| {
+        argv(&[
+            "firecracker".into(),
+            "--api-sock".into(),
+            host.sock.join(format!("fc-{id}.sock")).display().to_string(),
+        ])
+    };
+    let scratch = &host.scratch.0;
+    let b_str = b.display().to_string();
+    let logged = crate::util::Reaped(fake_vmm::spawn_with(
+        scratch,
+        &fc("sbx-jobb"),
+        Some(&b.join("sbx-jobb.log")),
+        &[("SMOLVM_FAKE_VMM_TAP", "tap8")],
+    ));
+    std::fs::write(b.join("disks/sbx-jobq.qcow2"), "disk").unwrap();
+    let qemu = crate::util::Reaped(fake_vmm::spawn_with(
+        scratch,
+        &argv(&[
+            "qemu-system-x86_64".into(),
+            "-drive".into(),
+            format!("file={b_str}/disks/sbx-jobq.qcow2,if=virtio"),
+            "-qmp".into(),
+            format!(
+                "unix:{}/qmp-sbx-jobq.sock,server=on,wait=off",
+                host.sock.display()
+            ),
+        ]),
+        None,
+        &[],
+    ));
+    let by_env = crate::util::Reaped(fake_vmm::spawn_with(
+        scratch,
+        &fc("sbx-jobe"),
+        None,
+        &[("SMOLVM_DATA_DIR", &b_str)],
+    ));
+    // Job A's own SDK VM, logging to A.
+    let own = crate::util::Reaped(fake_vmm::spawn_with(
+        scratch,
+        &fc("sbx-joba"),
+        Some(&host.data.join("sbx-joba.log")),
+        &[],
+    ));
+    for id in ["fc-sbx-jobb", "qmp-sbx-jobq", "fc-sbx-jobe", "fc-sbx-joba"] {
+        let sock = host.sock.join(format!("{id}.sock"));
+        crate::util::wait_until("a stand-in's socket", std::time::Duration::from_secs(10), || {
+            sock.exists()
+        });
+    }
+
+    let r = host.run(&["--all"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Deleted: sbx-joba\n"), "{}", r.stdout);
+    for theirs in ["jobb", "jobq", "jobe", "tap8", "tap9"] {
+        assert!(!r.stdout.contains(theirs), "{theirs}: {}", r.stdout);
+    }
+    for said in [
+        format!(
+            "sbx-jobb: VMM pid {} is of data dir {b_str} (by its log), not this run's",
+            logged.id()
+        ),
+        format!(
+            "sbx-jobq: VMM pid {} is of data dir {b_str} (by its command line)",
+            qemu.id()
+        ),
+        format!(
+            "sbx-jobe: VMM pid {} is of data dir {b_str} (by its environment)",
+            by_env.id()
+        ),
+        format!(
+            "tap9: claimed by pid {} in data dir {b_str} (tap-tap9.lock)",
+            sdk.id()
+        ),
+    ] {
+        assert!(r.stderr.contains(&said), "{said}\n{}", r.stderr);
+    }
+    let pid = own.id();
+    crate::util::wait_until("job A's VMM stopped", std::time::Duration::from_secs(5), || {
+        !crate::util::pid_alive(pid)
+    });
+    let mut vmms = [logged, qemu, by_env];
+    for v in &mut vmms {
+        assert!(v.try_wait().unwrap().is_none(), "job B's VMMs live");
+    }
+    let l = links();
+    assert!(l.contains(&"tap8".into()) && l.contains(&"tap9".into()), "{l:?}");
+    assert!(!l.contains(&"tap2".into()), "job A's own leftovers go: {l:?}");
+    assert!(ruleset().contains("table inet smolvm_policy_tap8"));
+    let e = elements();
+    for want in [
+        "allowed_taps: \"tap8\"",
+        "allowed_taps: \"tap9\"",
+        "fwd_allow: 172.16.0.8 . 22",
+    ] {
+        assert!(e.contains(&want.to_string()), "{want}: {e:?}");
+    }
+    for f in [
+        "sbx-jobb.log",
+        "disks/sbx-jobq.qcow2",
+        "locks/resources/tap-tap9.lock",
+    ] {
+        assert!(b.join(f).exists(), "{f}");
+    }
+    for s in ["fc-sbx-jobb", "qmp-sbx-jobq", "fc-sbx-jobe"] {
+        assert!(host.sock.join(format!("{s}.sock")).exists(), "{s}");
+    }
+    assert!(!host.sock.join("fc-sbx-joba.sock").exists());
+
+    // Job B's own post-step takes B's VMs; the TAP still being made stays while its
+    // claim is held, and goes once its maker is gone.
+    let run_b = |args: &[&str]| {
+        Run::from(
+            bin()
+                .arg("--state-dir")
+                .arg(&b)
+                .arg("--socket-dir")
+                .arg(&host.sock)
+                .args(args)
+                .env("HOME", &host.scratch.0)
+                .output()
+                .unwrap(),
+        )
+    };
+    run_b(&["--all"]).expect(
+        0,
+        "Targets (3):\n  - sbx-jobb\n  - sbx-jobe\n  - sbx-jobq\nDeleted: sbx-jobb\nDeleted: sbx-jobe\n\
+         Deleted: sbx-jobq\nCleanup complete.\n",
+    );
+    for v in &mut vmms {
+        let pid = v.id();
+        crate::util::wait_until("job B's VMMs stopped", std::time::Duration::from_secs(5), || {
+            !crate::util::pid_alive(pid)
+        });
+    }
+    let l = links();
+    assert!(!l.contains(&"tap8".into()) && l.contains(&"tap9".into()), "{l:?}");
+    assert!(!ruleset().contains("smolvm_policy_tap8"));
+    drop(sdk);
+    run_b(&["--all"]).expect(
+        0,
+        "Reconciled stale VMs: orphan-tap9\nTargets (1):\n  - orphan-tap9\nDeleted: orphan-tap9\nCleanup complete.\n",
+    );
+    assert!(!links().contains(&"tap9".into()));
+    assert!(elements().is_empty(), "{:?}", elements());
+}

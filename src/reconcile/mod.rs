@@ -10,6 +10,7 @@
 mod network;
 mod rowless;
 mod rows;
+mod tenants;
 #[cfg(test)]
 mod tests;
 
@@ -22,8 +23,9 @@ use crate::model::{
 };
 
 use network::{rule_tap, rule_vm_id};
-use rowless::{add_rowless, claimed};
+use rowless::{Held, add_rowless, claimed};
 use rows::{judge_life, judge_row_vm, named_ids, out_of_view};
+use tenants::Tenants;
 
 /// Slack between a process's start time (from boot time + ticks) and the row's timestamp.
 const START_SLACK_SECS: f64 = 1.0;
@@ -48,6 +50,9 @@ struct Index<'a> {
     /// Live VMMs and sidecars whose view of the host could not be read, by the one VM id
     /// each names: cannot tell whose, so what they name is left alone.
     uninspected_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
+    /// Live VMMs in our view started for a data dir that is not this run's (another CI
+    /// job's), by the one VM id each names: that data dir's VMs, never ours.
+    foreign_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
     /// Live sidecar processes by the VM they are proven to serve: swtpm by the one VM id
     /// its command line names, a port forward's ssh tunnel by its forwards JSON.
     sidecars_by_id: BTreeMap<String, Vec<&'a ProcInfo>>,
@@ -87,6 +92,9 @@ impl<'a> Index<'a> {
                 let by_role = match (&p.view, p.role) {
                     (View::Elsewhere(_), _) | (_, None) => continue,
                     (View::Unknown(_), _) => &mut ix.uninspected_by_id,
+                    (View::Ours, Some(Role::Vmm)) if p.home.as_ref().is_some_and(|h| !h.ours) => {
+                        &mut ix.foreign_by_id
+                    }
                     (View::Ours, Some(Role::Vmm)) => &mut ix.vmms_by_id,
                     (View::Ours, Some(Role::Sidecar)) => &mut ix.sidecars_by_id,
                 };
@@ -280,19 +288,63 @@ pub fn inventory(obs: &Observed) -> Inventory {
             live_taps.entry(tap.clone()).or_default().insert(id.clone());
         }
     }
+    // Another data dir's live VMs hold theirs: no sign of life of ours, and never ours.
+    let tenants = Tenants::of(obs, &ix);
+    for tap in tenants.taps.keys() {
+        live_taps.entry(tap.clone()).or_default().insert(String::new());
+    }
     for vm in &mut inv.vms {
         judge_life(vm, obs, &live_taps, &mut inv.warnings);
+        tenants.leave(vm, obs, &mut inv.warnings);
     }
     out_of_view(&mut inv, obs);
 
-    // VM ids that something only SmolVM makes names (a VMM command line, a rule comment,
-    // a socket, a create lock), with their VMMs. A log or disk name alone names no VM.
+    let claimed = claimed(obs);
+    let evidence = rowless_evidence(&mut inv, obs, &ix, &by_id, &claimed, &tenants);
+    let mut unattributed: Vec<FileRef> = ix
+        .files_by_id
+        .iter()
+        .filter(|(id, _)| {
+            !by_id.contains_key(**id) && !evidence.contains_key(**id) && !tenants.ids.contains_key(**id)
+        })
+        .flat_map(|(_, files)| files.iter().cloned())
+        .collect();
+    unattributed.sort();
+    inv.unattributed = unattributed;
+    if obs.rows_incomplete {
+        if !evidence.is_empty() {
+            inv.warnings.push(
+                "a state DB could not be read: leftovers that no readable row names are left alone this run"
+                    .into(),
+            );
+        }
+        return inv;
+    }
+    let held = Held {
+        row_held: &row_held,
+        tenants: &tenants,
+    };
+    add_rowless(&mut inv, obs, &ix, &by_id, &evidence, &claimed, held);
+    inv.unattributed.sort();
+    inv
+}
+
+/// VM ids that something only SmolVM makes names (a VMM command line, a rule comment,
+/// a socket, a create lock), with their VMMs, that no row of any data dir has and no VMM
+/// of another view or data dir names. A log or disk name alone names no VM.
+fn rowless_evidence<'a>(
+    inv: &mut Inventory,
+    obs: &Observed,
+    ix: &Index<'a>,
+    by_id: &BTreeMap<String, usize>,
+    claimed: &rowless::Claimed<'_>,
+    tenants: &Tenants,
+) -> BTreeMap<String, Vec<&'a ProcInfo>> {
     let mut evidence: BTreeMap<String, Vec<&ProcInfo>> = ix.vmms_by_id.clone();
     for id in ix.sidecars_by_id.keys() {
         evidence.entry(id.clone()).or_default();
     }
     // A bridge TAP's alias names a VM only when no row claims the TAP.
-    let claimed = claimed(obs);
     let aliased = ix
         .taps_by_alias
         .iter()
@@ -324,32 +376,22 @@ pub fn inventory(obs: &Observed) -> Inventory {
             }
         }
     }
+    // What a VMM started for another data dir names is that data dir's VM.
+    for (id, why) in tenants.ids.iter().filter(|(id, _)| !by_id.contains_key(*id)) {
+        if evidence.remove(id).is_some() {
+            inv.warnings.push(format!(
+                "{id}: {why}, not this run's; left alone (a cleanup of that data dir takes it)"
+            ));
+            inv.kept += 1;
+        }
+    }
     if !inv.uninspected.is_empty() {
         inv.warnings.push(format!(
             "not fully inspected, so left alone: {} (as root with CAP_SYS_PTRACE it can be read)",
             inv.uninspected.join("; ")
         ));
     }
-    let mut unattributed: Vec<FileRef> = ix
-        .files_by_id
-        .iter()
-        .filter(|(id, _)| !by_id.contains_key(**id) && !evidence.contains_key(**id))
-        .flat_map(|(_, files)| files.iter().cloned())
-        .collect();
-    unattributed.sort();
-    inv.unattributed = unattributed;
-    if obs.rows_incomplete {
-        if !evidence.is_empty() {
-            inv.warnings.push(
-                "a state DB could not be read: leftovers that no readable row names are left alone this run"
-                    .into(),
-            );
-        }
-        return inv;
-    }
-    add_rowless(&mut inv, obs, &ix, &by_id, &evidence, &claimed, &row_held);
-    inv.unattributed.sort();
-    inv
+    evidence
 }
 
 /// One VM per valid row id of each state DB, in DB order: a VM is (its DB's project and

@@ -14,6 +14,7 @@ use super::network::{
     guest_ip_for_tap, rule_tap, tap_for_guest_ip,
 };
 use super::rows::{Whose, signs_of_life};
+use super::tenants::Tenants;
 use crate::model::{
     ElemMeaning, FileRef, Inventory, Life, Observed, ProcInfo, Project, Refusal, Stale, Vm, Vmm,
     valid_tap_name,
@@ -61,6 +62,14 @@ pub(super) fn claimed(obs: &Observed) -> Claimed<'_> {
     c
 }
 
+/// What holds TAPs apart from the rows' claims: the TAPs of rows' VMs that are not stale,
+/// and other data dirs' live VMs.
+#[derive(Clone, Copy)]
+pub(super) struct Held<'a> {
+    pub row_held: &'a BTreeSet<String>,
+    pub tenants: &'a Tenants,
+}
+
 /// The VMs only the host shows (`evidence`, sorted), then the TAPs that only the
 /// projects' objects name and no VM takes (`orphan-<tap>`, sorted).
 pub(super) fn add_rowless(
@@ -70,8 +79,9 @@ pub(super) fn add_rowless(
     by_id: &BTreeMap<String, usize>,
     evidence: &BTreeMap<String, Vec<&ProcInfo>>,
     claimed: &Claimed<'_>,
-    row_held: &BTreeSet<String>,
+    held: Held<'_>,
 ) {
+    let Held { row_held, tenants } = held;
     let ties = ties(obs, ix, by_id, claimed, row_held);
     let mut tied: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (tap, id) in &ties {
@@ -79,7 +89,8 @@ pub(super) fn add_rowless(
     }
     let mut taken: BTreeSet<(Project, String)> = BTreeSet::new();
     for (id, vmms) in evidence {
-        let vm = rowless_vm(id, vmms, tied.get(id.as_str()), obs, ix, claimed, inv);
+        let mut vm = rowless_vm(id, vmms, tied.get(id.as_str()), obs, ix, claimed, inv);
+        tenants.leave(&mut vm, obs, &mut inv.warnings);
         if vm.stale.is_none() {
             inv.warnings.push(format!(
                 "{}: has no state row but is alive ({}); left alone (--all stops it)",
@@ -92,7 +103,7 @@ pub(super) fn add_rowless(
         }
         inv.vms.push(vm);
     }
-    add_orphan_taps(inv, obs, ix, claimed, &ties, &taken);
+    add_orphan_taps(inv, obs, ix, claimed, &ties, &taken, tenants);
     free_claims(inv, obs, ix, claimed);
 }
 
@@ -108,7 +119,7 @@ fn free_claims(inv: &mut Inventory, obs: &Observed, ix: &Index<'_>, claimed: &Cl
             return true;
         };
         match kind {
-            "ip" => crate::state::parse_ipv4(value).is_none_or(|ip| claimed.any_ips.contains(&ip)),
+            "ip" => crate::model::parse_ipv4(value).is_none_or(|ip| claimed.any_ips.contains(&ip)),
             "ssh" => value.parse().map_or(true, |p: u16| claimed.ports.contains(&p)),
             "vsock" => value.parse().map_or(true, |c: u32| claimed.cids.contains(&c)),
             "tap" => claimed.any.contains_key(value),
@@ -298,6 +309,7 @@ fn add_orphan_taps(
     claimed: &Claimed<'_>,
     ties: &BTreeMap<String, String>,
     taken: &BTreeSet<(Project, String)>,
+    tenants: &Tenants,
 ) {
     // Per TAP, the projects whose objects name it (an element's guest IP names the TAP
     // SmolVM gave that IP).
@@ -321,6 +333,15 @@ fn add_orphan_taps(
             .filter(|&p| !claimed.by.contains(&(p, tap.as_str())) && !taken.contains(&(p, tap.clone())))
             .collect();
         if projects.is_empty() {
+            continue;
+        }
+        if let Some(why) = tenants.taps.get(tap.as_str()) {
+            inv.warnings
+                .push(format!("{tap}: {why}, not this run's; left alone"));
+            if !tenants.held.contains(&tap) {
+                inv.kept += 1;
+            }
+            inv.kept_projects.extend(projects);
             continue;
         }
         let owner = claimed.any.get(tap.as_str());

@@ -44,6 +44,7 @@ fn proc(pid: i32, start: f64, cmd: &[&str]) -> ProcInfo {
         uid: 0,
         taps: vec![],
         view: crate::model::View::Ours,
+        home: None,
     }
 }
 
@@ -941,4 +942,84 @@ fn one_id_in_two_dbs_is_two_vms_and_a_vmm_is_attributed_only_by_proof() {
     );
     assert_eq!(inv.vms[1].vmms.len(), 1);
     assert!(inv.vms[1].stale.is_none() && inv.vms[1].refuse.is_none());
+}
+
+/// Issue 27, case 1: parallel CI jobs on one runner, each with its own data dir. Job B's
+/// SDK VM (no row; its VMM's log is in B) and the TAP job B is still making (a claim
+/// held in B, no VMM yet) are never job A's, with --all too; job A's own SDK VM is.
+#[test]
+fn another_data_dirs_live_vms_are_never_this_runs() {
+    let home = |dir: &str, ours: bool| {
+        Some(crate::model::Home {
+            dir: dir.into(),
+            by: crate::model::HomeBy::Log,
+            ours,
+        })
+    };
+    let mut o = obs(vec![]);
+    o.links = vec![tap(6, "tap6"), tap(7, "tap7"), tap(8, "tap8")];
+    o.links[0].carrier = true;
+    o.links[2].carrier = true;
+    o.tables = vec![Table {
+        family: NFPROTO_INET,
+        name: "smolvm_policy_tap6".into(),
+    }];
+    o.elems = vec![
+        allowed("tap6"),
+        allowed("tap7"),
+        guest("fwd_allow", 7),
+        allowed("tap8"),
+    ];
+    o.socket_names = vec!["fc-sbx-jobb.sock".into(), "fc-sbx-joba.sock".into()];
+    let mut b = fc(70, 1.0, "sbx-jobb");
+    b.taps = vec!["tap6".into()];
+    b.home = home("/ci/job-b/smolvm", false);
+    let mut a = fc(71, 1.0, "sbx-joba");
+    a.taps = vec!["tap8".into()];
+    a.home = home("/var/lib/smolvm", true);
+    o.vmms = vec![b, a];
+    o.foreign_claims = vec![crate::model::ForeignClaim {
+        dir: "/ci/job-b/smolvm".into(),
+        name: "ip-172.16.0.7.lock".into(),
+        pid: 60,
+    }];
+    let inv = inventory(&o);
+    let ids: Vec<&str> = inv.vms.iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(ids, ["sbx-joba"], "{:?}", inv.warnings);
+    assert_eq!(inv.vms[0].taps, [2]);
+    assert_eq!(inv.kept, 2, "job B's VM and the TAP it is making");
+    let said = inv.warnings.join("\n");
+    assert!(
+        said.contains("sbx-jobb: VMM pid 70 is of data dir /ci/job-b/smolvm (by its log), not this run's")
+            && said.contains("tap7: claimed by pid 60 in data dir /ci/job-b/smolvm (ip-172.16.0.7.lock)"),
+        "{said}"
+    );
+    assert!(
+        inv.unattributed.iter().all(|f| !f.rel.contains("jobb")),
+        "{:?}",
+        inv.unattributed
+    );
+    let all = planned_files(&o, true);
+    assert_eq!(all.len(), 1, "{all:?}");
+
+    // A stale row of ours given the TAP job B's VMM holds (SmolVM's SQLite allocator does
+    // not look at the SDK's claims): the row goes, the TAP and its objects stay.
+    let mut r = row("vm-old", "running", Some(4000));
+    r.taps = vec!["tap6".into()];
+    r.guest_ip = Some([172, 16, 0, 6]);
+    o.rows = vec![r];
+    let inv = inventory(&o);
+    let old = inv.vms.iter().find(|v| v.id == "vm-old").unwrap();
+    assert!(old.stale.is_some() && old.refuse.is_none(), "{old:?}");
+    assert!(
+        old.taps.is_empty() && old.tables.is_empty() && old.elems.is_empty(),
+        "{old:?}"
+    );
+    assert!(
+        inv.warnings
+            .iter()
+            .any(|w| w.contains("vm-old: its TAP tap6 is held by VMM pid 70 of data dir /ci/job-b/smolvm")),
+        "{:?}",
+        inv.warnings
+    );
 }

@@ -168,14 +168,31 @@ pub fn spawn_unrelated() -> Child {
 /// what /proc shows: `swtpm`, `ssh`, `python3`, `krunvm`), sleeping until killed, and
 /// waits until /proc shows that command line.
 pub fn spawn_as(scratch: &Path, argv: &[String]) -> Child {
+    spawn_with(scratch, argv, None, &[])
+}
+
+/// `spawn_as`, with stdout and stderr sent to `log` (as SmolVM sends a VMM's to
+/// `<data_dir>/<id>.log`) and `env` added to its environment.
+pub fn spawn_with(scratch: &Path, argv: &[String], log: Option<&Path>, env: &[(&str, &str)]) -> Child {
     let base = argv[0].rsplit('/').next().unwrap();
+    let out = || match log {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap(),
+        ),
+        None => Stdio::null(),
+    };
     let child = Command::new(exe_in(scratch, base))
         .arg0(&argv[0])
         .args(&argv[1..])
         .env(ENV, "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out())
+        .stderr(out())
         .spawn()
         .expect("spawn a stand-in process");
     let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();

@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod home;
+pub use home::OwnDirs;
+
 use crate::model::{PidView, ProcInfo, View, argv_paths, vm_role};
 
 /// The inode of the host's first pid namespace (`PROC_PID_INIT_INO`), fixed since Linux 3.8.
@@ -140,6 +143,7 @@ impl Procfs {
             uid,
             taps: Vec::new(),
             view: View::Ours,
+            home: None,
         })
     }
 
