@@ -973,16 +973,23 @@ fn sdk_holding(claims: &[PathBuf]) -> crate::util::Reaped {
     crate::util::Reaped(child)
 }
 
-/// Issue 27, case 1: two CI jobs on one runner, each with its own data dir, sharing the
-/// socket dir, the TAP pool and SmolVM's tables. Job A (the 0.0.36 fixture's data dir)
-/// runs `--all` while job B's SDK VMs live: one whose VMM logs to B, a QEMU one whose disk
-/// is in B, one whose VMM's environment names B, and a TAP B is still making (its claim
-/// held, no VMM yet). Job A takes its own VMs only; job B's cleanup then takes B's.
-#[test]
-fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
-    let Some(host) = Host::load("smolvm-0.0.36") else {
-        return;
-    };
+/// Job B of `a_parallel_jobs_…`: its data dir, its SDK process holding three claims, and
+/// its three live VMMs (logging to B; QEMU with its disk in B; `SMOLVM_DATA_DIR=B`).
+struct JobB {
+    dir: PathBuf,
+    sdk: crate::util::Reaped,
+    vmms: [crate::util::Reaped; 3],
+}
+
+fn fc_argv(host: &Host, id: &str) -> Vec<String> {
+    vec![
+        "firecracker".into(),
+        "--api-sock".into(),
+        host.sock.join(format!("fc-{id}.sock")).display().to_string(),
+    ]
+}
+
+fn start_job_b(host: &Host) -> JobB {
     let b = host.scratch.0.join("job-b/smolvm");
     std::fs::create_dir_all(b.join("locks/resources")).unwrap();
     std::fs::create_dir_all(b.join("disks")).unwrap();
@@ -999,26 +1006,18 @@ fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
         .map(|n| b.join("locks/resources").join(n))
         .collect();
     let sdk = sdk_holding(&claims);
-    let argv = |a: &[String]| a.to_vec();
-    let fc = |id: &str| {
-        argv(&[
-            "firecracker".into(),
-            "--api-sock".into(),
-            host.sock.join(format!("fc-{id}.sock")).display().to_string(),
-        ])
-    };
     let scratch = &host.scratch.0;
     let b_str = b.display().to_string();
     let logged = crate::util::Reaped(fake_vmm::spawn_with(
         scratch,
-        &fc("sbx-jobb"),
+        &fc_argv(host, "sbx-jobb"),
         Some(&b.join("sbx-jobb.log")),
         &[("SMOLVM_FAKE_VMM_TAP", "tap8")],
     ));
     std::fs::write(b.join("disks/sbx-jobq.qcow2"), "disk").unwrap();
     let qemu = crate::util::Reaped(fake_vmm::spawn_with(
         scratch,
-        &argv(&[
+        &[
             "qemu-system-x86_64".into(),
             "-drive".into(),
             format!("file={b_str}/disks/sbx-jobq.qcow2,if=virtio"),
@@ -1027,20 +1026,44 @@ fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
                 "unix:{}/qmp-sbx-jobq.sock,server=on,wait=off",
                 host.sock.display()
             ),
-        ]),
+        ],
         None,
         &[],
     ));
     let by_env = crate::util::Reaped(fake_vmm::spawn_with(
         scratch,
-        &fc("sbx-jobe"),
+        &fc_argv(host, "sbx-jobe"),
         None,
         &[("SMOLVM_DATA_DIR", &b_str)],
     ));
+    JobB {
+        dir: b,
+        sdk,
+        vmms: [logged, qemu, by_env],
+    }
+}
+
+/// Issue 27, case 1: two CI jobs on one runner, each with its own data dir, sharing the
+/// socket dir, the TAP pool and SmolVM's tables. Job A (the 0.0.36 fixture's data dir)
+/// runs `--all` while job B's SDK VMs live: one whose VMM logs to B, a QEMU one whose disk
+/// is in B, one whose VMM's environment names B, and a TAP B is still making (its claim
+/// held, no VMM yet). Job A takes its own VMs only; job B's cleanup then takes B's.
+#[test]
+fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
+    let Some(host) = Host::load("smolvm-0.0.36") else {
+        return;
+    };
+    let JobB {
+        dir: b,
+        sdk,
+        mut vmms,
+    } = start_job_b(&host);
+    let b_str = b.display().to_string();
+    let scratch = &host.scratch.0;
     // Job A's own SDK VM, logging to A.
     let own = crate::util::Reaped(fake_vmm::spawn_with(
         scratch,
-        &fc("sbx-joba"),
+        &fc_argv(&host, "sbx-joba"),
         Some(&host.data.join("sbx-joba.log")),
         &[],
     ));
@@ -1060,15 +1083,15 @@ fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
     for said in [
         format!(
             "sbx-jobb: VMM pid {} is of data dir {b_str} (by its log), not this run's",
-            logged.id()
+            vmms[0].id()
         ),
         format!(
             "sbx-jobq: VMM pid {} is of data dir {b_str} (by its command line)",
-            qemu.id()
+            vmms[1].id()
         ),
         format!(
             "sbx-jobe: VMM pid {} is of data dir {b_str} (by its environment)",
-            by_env.id()
+            vmms[2].id()
         ),
         format!(
             "tap9: claimed by pid {} in data dir {b_str} (tap-tap9.lock)",
@@ -1081,7 +1104,6 @@ fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
     crate::util::wait_until("job A's VMM stopped", std::time::Duration::from_secs(5), || {
         !crate::util::pid_alive(pid)
     });
-    let mut vmms = [logged, qemu, by_env];
     for v in &mut vmms {
         assert!(v.try_wait().unwrap().is_none(), "job B's VMMs live");
     }
@@ -1109,13 +1131,17 @@ fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
     }
     assert!(!host.sock.join("fc-sbx-joba.sock").exists());
 
-    // Job B's own post-step takes B's VMs; the TAP still being made stays while its
-    // claim is held, and goes once its maker is gone.
+    job_b_cleans_its_own(&host, &b, sdk, vmms);
+}
+
+/// Job B's own post-step takes B's VMs; the TAP still being made stays while its claim is
+/// held, and goes once its maker is gone.
+fn job_b_cleans_its_own(host: &Host, b: &Path, sdk: crate::util::Reaped, mut vmms: [crate::util::Reaped; 3]) {
     let run_b = |args: &[&str]| {
         Run::from(
             bin()
                 .arg("--state-dir")
-                .arg(&b)
+                .arg(b)
                 .arg("--socket-dir")
                 .arg(&host.sock)
                 .args(args)
