@@ -170,11 +170,14 @@ pub fn argv_homes(cmdline: &[String]) -> Vec<&std::path::Path> {
 }
 
 /// The data dir of a VMM's log: SmolVM sends a VMM's stdout and stderr to
-/// `<dir>/<id>.log`, so an absolute path of that form is `<dir>`.
-pub fn log_home(target: &std::path::Path) -> Option<&std::path::Path> {
-    let name = target.file_name()?.to_str()?;
-    let id = name.strip_suffix(".log")?;
-    (target.is_absolute() && valid_vm_id(id))
+/// `<dir>/<id>.log`, so an absolute path of that form, for an id whose socket or launcher
+/// config its command line names, is `<dir>` (any other `.log` is somebody else's).
+pub fn log_home<'a>(target: &'a std::path::Path, cmdline: &[String]) -> Option<&'a std::path::Path> {
+    let id = target.file_name()?.to_str()?.strip_suffix(".log")?;
+    let named = argv_paths(cmdline)
+        .filter_map(|p| p.file_name()?.to_str())
+        .any(|n| socket_id(n).or_else(|| libkrun_config_id(n)) == Some(id));
+    (target.is_absolute() && named && valid_vm_id(id))
         .then(|| target.parent())
         .flatten()
 }
@@ -1122,10 +1125,11 @@ mod tests {
             .to_vec();
         assert!(argv_homes(&fc).is_empty());
         let p = std::path::Path::new;
-        assert_eq!(log_home(p("/ci/b/vm-1.log")), Some(p("/ci/b")));
-        assert_eq!(log_home(p("/dev/null")), None);
-        assert_eq!(log_home(p("rel/vm-1.log")), None);
-        assert_eq!(log_home(p("/ci/b/Bad..log")), None);
+        assert_eq!(log_home(p("/ci/b/vm-1.log"), &fc), Some(p("/ci/b")));
+        assert_eq!(log_home(p("/ci/b/vm-2.log"), &fc), None, "another id's log");
+        assert_eq!(log_home(p("/tmp/ci-output.log"), &fc), None);
+        assert_eq!(log_home(p("/dev/null"), &fc), None);
+        assert_eq!(log_home(p("rel/vm-1.log"), &fc), None);
         assert_eq!(
             claim_home(p("/ci/b/locks/resources/tap-tap3.lock")),
             Some((p("/ci/b"), "tap-tap3.lock"))

@@ -52,7 +52,7 @@ impl Procfs {
             let mut dirs: Vec<PathBuf> = Vec::new();
             for fd in ["1", "2"] {
                 if let Ok(target) = std::fs::read_link(proc.join("fd").join(fd))
-                    && let Some(dir) = log_home(&target)
+                    && let Some(dir) = log_home(&target, &p.cmdline)
                     && !dirs.iter().any(|d| d == dir)
                 {
                     dirs.push(dir.to_path_buf());
