@@ -13,10 +13,9 @@ pub use roots::*;
 
 #[cfg(test)]
 mod testing {
-    use super::*;
-
     use std::path::Path;
 
+    use super::*;
     use crate::model::FileRef;
 
     pub fn scratch(name: &str) -> std::path::PathBuf {
