@@ -1,8 +1,10 @@
-//! Unit tests of the pure reconcile rules, on hand-made observations.
+//! Unit tests of the pure reconcile rules, on hand-made observations. Longer than the
+//! other rooms because each rule has its own scenario; they share one set of builders.
 
 use std::path::{Path, PathBuf};
 
 use super::network::{guest_ip_for_tap, rule_tap, rule_vm_id, tap_for_guest_ip};
+use super::rows::named_ids;
 use super::*;
 use crate::model::{
     DirListing, Elem, Life, Link, NFPROTO_INET, NFPROTO_IPV4, PidView, ProcInfo, Project, Refusal, Row, Rule,
