@@ -3,6 +3,9 @@
 //! phase is batched (one signal round, one link batch, nft batches, one DB transaction)
 //! and confirmed from a fresh dump. A target that fails a phase is skipped by the later
 //! ones, so its state row survives for the next run; "already gone" counts as done.
+//!
+//! Longer than ~500 lines: one section per phase, in the order they run, sharing the
+//! per-target failure bookkeeping that decides what the later phases skip.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

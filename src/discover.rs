@@ -2,6 +2,9 @@
 //! Celesto's), the processes rows point at and every VMM-looking process, one link dump,
 //! one dump of both projects' shared nft tables, the table list, and which VM sockets
 //! are still served. Reads only; decides nothing (that is `reconcile`).
+//!
+//! Longer than ~500 lines: one function per fact, in the order `discover` gathers them
+//! (some under the lock, some bounded on a worker thread); split, that order would scatter.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

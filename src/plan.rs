@@ -2,6 +2,8 @@
 //! deleted. Stale VMs are always targets; `--prefix` adds VMs by id; `--all` takes every
 //! VM in the state DB's order. A resource that a VM outside the targets also claims (two
 //! rows naming one TAP, a SmolVM and a Celesto VM given the same TAP) is never deleted.
+//!
+//! About half of this file is its unit tests, kept beside the rules they pin.
 
 use std::collections::{BTreeMap, BTreeSet};
 

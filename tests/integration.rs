@@ -11,6 +11,7 @@ mod cleanup;
 mod cli;
 mod failures;
 mod fixture;
+mod layout;
 mod operator;
 mod orphans;
 mod partial;
