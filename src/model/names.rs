@@ -171,7 +171,12 @@ pub fn argv_homes(cmdline: &[String]) -> Vec<&std::path::Path> {
 /// `<dir>/<id>.log`, so an absolute path of that form, for an id whose socket or launcher
 /// config its command line names, is `<dir>` (any other `.log` is somebody else's).
 pub fn log_home<'a>(target: &'a std::path::Path, cmdline: &[String]) -> Option<&'a std::path::Path> {
-    let id = target.file_name()?.to_str()?.strip_suffix(".log")?;
+    // A log removed while the VMM runs still ties it: /proc shows `<dir>/<id>.log (deleted)`.
+    let name = target.file_name()?.to_str()?;
+    let id = name
+        .strip_suffix(" (deleted)")
+        .unwrap_or(name)
+        .strip_suffix(".log")?;
     let named = argv_paths(cmdline)
         .filter_map(|p| p.file_name()?.to_str())
         .any(|n| socket_id(n).or_else(|| libkrun_config_id(n)) == Some(id));
@@ -379,6 +384,7 @@ mod tests {
         let p = std::path::Path::new;
         assert_eq!(log_home(p("/ci/b/vm-1.log"), &fc), Some(p("/ci/b")));
         assert_eq!(log_home(p("/ci/b/vm-2.log"), &fc), None, "another id's log");
+        assert_eq!(log_home(p("/ci/b/vm-1.log (deleted)"), &fc), Some(p("/ci/b")));
         assert_eq!(log_home(p("/tmp/ci-output.log"), &fc), None);
         assert_eq!(log_home(p("/dev/null"), &fc), None);
         assert_eq!(log_home(p("rel/vm-1.log"), &fc), None);
