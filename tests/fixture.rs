@@ -974,11 +974,12 @@ fn sdk_holding(claims: &[PathBuf]) -> crate::util::Reaped {
 }
 
 /// Job B of `a_parallel_jobs_…`: its data dir, its SDK process holding three claims, and
-/// its three live VMMs (logging to B; QEMU with its disk in B; `SMOLVM_DATA_DIR=B`).
+/// its four live VMMs (logging to B; QEMU with its disk in B; `SMOLVM_DATA_DIR=B`; one
+/// whose log in B was removed while it runs).
 struct JobB {
     dir: PathBuf,
     sdk: crate::util::Reaped,
-    vmms: [crate::util::Reaped; 3],
+    vmms: [crate::util::Reaped; 4],
 }
 
 fn fc_argv(host: &Host, id: &str) -> Vec<String> {
@@ -1014,6 +1015,13 @@ fn start_job_b(host: &Host) -> JobB {
         Some(&b.join("sbx-jobb.log")),
         &[("SMOLVM_FAKE_VMM_TAP", "tap8")],
     ));
+    let removed = crate::util::Reaped(fake_vmm::spawn_with(
+        scratch,
+        &fc_argv(host, "sbx-jobd"),
+        Some(&b.join("sbx-jobd.log")),
+        &[],
+    ));
+    std::fs::remove_file(b.join("sbx-jobd.log")).unwrap();
     std::fs::write(b.join("disks/sbx-jobq.qcow2"), "disk").unwrap();
     let qemu = crate::util::Reaped(fake_vmm::spawn_with(
         scratch,
@@ -1039,7 +1047,7 @@ fn start_job_b(host: &Host) -> JobB {
     JobB {
         dir: b,
         sdk,
-        vmms: [logged, qemu, by_env],
+        vmms: [logged, qemu, by_env, removed],
     }
 }
 
@@ -1067,7 +1075,13 @@ fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
         Some(&host.data.join("sbx-joba.log")),
         &[],
     ));
-    for id in ["fc-sbx-jobb", "qmp-sbx-jobq", "fc-sbx-jobe", "fc-sbx-joba"] {
+    for id in [
+        "fc-sbx-jobb",
+        "qmp-sbx-jobq",
+        "fc-sbx-jobe",
+        "fc-sbx-jobd",
+        "fc-sbx-joba",
+    ] {
         let sock = host.sock.join(format!("{id}.sock"));
         crate::util::wait_until("a stand-in's socket", std::time::Duration::from_secs(10), || {
             sock.exists()
@@ -1077,7 +1091,7 @@ fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
     let r = host.run(&["--all"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("Deleted: sbx-joba\n"), "{}", r.stdout);
-    for theirs in ["jobb", "jobq", "jobe", "tap8", "tap9"] {
+    for theirs in ["jobb", "jobq", "jobe", "jobd", "tap8", "tap9"] {
         assert!(!r.stdout.contains(theirs), "{theirs}: {}", r.stdout);
     }
     for said in [
@@ -1092,6 +1106,10 @@ fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
         format!(
             "sbx-jobe: VMM pid {} is of data dir {b_str} (by its environment)",
             vmms[2].id()
+        ),
+        format!(
+            "sbx-jobd: VMM pid {} is of data dir {b_str} (by its log)",
+            vmms[3].id()
         ),
         format!(
             "tap9: claimed by pid {} in data dir {b_str} (tap-tap9.lock)",
@@ -1136,7 +1154,7 @@ fn a_parallel_jobs_vms_are_never_taken_by_this_jobs_cleanup() {
 
 /// Job B's own post-step takes B's VMs; the TAP still being made stays while its claim is
 /// held, and goes once its maker is gone.
-fn job_b_cleans_its_own(host: &Host, b: &Path, sdk: crate::util::Reaped, mut vmms: [crate::util::Reaped; 3]) {
+fn job_b_cleans_its_own(host: &Host, b: &Path, sdk: crate::util::Reaped, mut vmms: [crate::util::Reaped; 4]) {
     let run_b = |args: &[&str]| {
         Run::from(
             bin()
@@ -1152,8 +1170,8 @@ fn job_b_cleans_its_own(host: &Host, b: &Path, sdk: crate::util::Reaped, mut vmm
     };
     run_b(&["--all"]).expect(
         0,
-        "Targets (3):\n  - sbx-jobb\n  - sbx-jobe\n  - sbx-jobq\nDeleted: sbx-jobb\nDeleted: sbx-jobe\n\
-         Deleted: sbx-jobq\nCleanup complete.\n",
+        "Targets (4):\n  - sbx-jobb\n  - sbx-jobd\n  - sbx-jobe\n  - sbx-jobq\nDeleted: sbx-jobb\n\
+         Deleted: sbx-jobd\nDeleted: sbx-jobe\nDeleted: sbx-jobq\nCleanup complete.\n",
     );
     for v in &mut vmms {
         let pid = v.id();
