@@ -89,28 +89,7 @@ impl Tenants {
             return;
         }
         let theirs = |tap: &str| self.taps.contains_key(tap);
-        let mut left: Vec<&str> = Vec::new();
-        for tap in vm.tap_names.iter().filter(|t| theirs(t)) {
-            left.push(
-                self.taps
-                    .get_key_value(tap.as_str())
-                    .map_or("", |(k, _)| k.as_str()),
-            );
-        }
-        let has = !left.is_empty()
-            || vm.taps.iter().any(|&li| theirs(&obs.links[li].name))
-            || vm.tables.iter().any(|&ti| {
-                let t = &obs.tables[ti];
-                Project::of_policy_table(t.family, &t.name).is_some_and(|(_, tap)| theirs(tap))
-            });
-        if !has
-            && !vm
-                .elems
-                .iter()
-                .any(|&ei| elem_tap(obs, ei).is_some_and(|t| theirs(&t)))
-        {
-            return;
-        }
+        let left: Vec<String> = vm.tap_names.iter().filter(|t| theirs(t)).cloned().collect();
         vm.tap_names.retain(|t| !theirs(t));
         vm.taps.retain(|&li| !theirs(&obs.links[li].name));
         vm.tables.retain(|&ti| {
@@ -126,7 +105,7 @@ impl Tenants {
                 .and_then(rule_tap)
                 .is_none_or(|(_, tap)| !theirs(tap))
         });
-        for tap in left {
+        for tap in &left {
             if let Some(why) = self.taps.get(tap) {
                 warnings.push(format!(
                     "{}: its TAP {tap} is {why}, not this run's; the TAP and its objects are left alone",
