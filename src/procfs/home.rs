@@ -7,7 +7,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::Procfs;
+use super::{Procfs, flocks};
 use crate::model::{ForeignClaim, Home, HomeBy, ProcInfo, argv_homes, claim_home, env_homes, log_home};
 
 /// This run's data dirs, each by its path and, when it could be read, its device and
@@ -112,15 +112,8 @@ impl Procfs {
     /// so no filesystem can block this). A holder we may not read claims nothing we know.
     pub fn foreign_claims(&self, own: &OwnDirs, own_pid: i32) -> Vec<ForeignClaim> {
         let locks = std::fs::read_to_string(self.root.join("locks")).unwrap_or_default();
-        let mut pids: Vec<i32> = locks
-            .lines()
-            .filter(|l| !l.contains("->"))
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_ascii_whitespace().collect();
-                (f.get(1) == Some(&"FLOCK"))
-                    .then(|| f.get(4)?.parse().ok())
-                    .flatten()
-            })
+        let mut pids: Vec<i32> = flocks(&locks)
+            .map(|(pid, _)| pid)
             .filter(|&pid| pid != own_pid)
             .collect();
         pids.sort_unstable();

@@ -70,19 +70,24 @@ pub fn flock_pids(proc_root: &Path, dev: u64, ino: u64) -> Vec<i32> {
 /// 1234 08:01:5678 0 EOF` (major and minor in hex; a waiter's line starts `1: ->`).
 pub fn parse_locks(locks: &str, major: u32, minor: u32, ino: u64) -> Vec<i32> {
     let want = format!("{major:02x}:{minor:02x}:{ino}");
-    let mut pids: Vec<i32> = locks
-        .lines()
-        .filter(|l| !l.contains("->"))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_ascii_whitespace().collect();
-            (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
-                .then(|| f.get(4)?.parse().ok())
-                .flatten()
-        })
+    let mut pids: Vec<i32> = flocks(locks)
+        .filter(|&(_, on)| on == want)
+        .map(|(pid, _)| pid)
         .collect();
     pids.sort_unstable();
     pids.dedup();
     pids
+}
+
+/// Each held FLOCK line of `/proc/locks` (waiters left out): its pid and the
+/// `major:minor:inode` it is on.
+pub fn flocks(locks: &str) -> impl Iterator<Item = (i32, &str)> {
+    locks.lines().filter(|l| !l.contains("->")).filter_map(|l| {
+        let f: Vec<&str> = l.split_ascii_whitespace().collect();
+        (f.get(1) == Some(&"FLOCK"))
+            .then(|| Some((f.get(4)?.parse().ok()?, *f.get(5)?)))
+            .flatten()
+    })
 }
 
 /// Boot time as Unix seconds, from `/proc/uptime` (10 ms precision) and the wall clock.
