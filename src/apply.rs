@@ -19,7 +19,7 @@ use crate::model::{NftState, Op, Plan, Project, Refusal, RowRef};
 use crate::netlink::{self, link, nft};
 use crate::process::{self, Stopped, Timing};
 use crate::procfs::Procfs;
-use crate::state::{Db, RowOutcome, iso8601_utc};
+use crate::state::{RowOutcome, Store, iso8601_utc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
@@ -136,7 +136,7 @@ pub struct Env<'a> {
     pub procfs: &'a Procfs,
     /// The data and socket dirs as discovery opened them: files go only through these.
     pub roots: &'a crate::files::Roots,
-    pub dbs: &'a [Option<Db>],
+    pub dbs: &'a [Option<Store>],
     pub timing: Timing,
     pub link_error: Option<&'a Error>,
     pub nft_error: Option<&'a Error>,
@@ -589,7 +589,11 @@ fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>) {
         }
     }
     for (i, rs) in states {
-        if let Some(e) = rs.iter().find_map(|r| r.as_ref().err()) {
+        let failed = rs.iter().find_map(|r| match r {
+            Err(e) | Ok(RowOutcome::Failed(e)) => Some(e),
+            _ => None,
+        });
+        if let Some(e) = failed {
             run.fail(i, StepKind::Row, e.clone());
         } else if let Some(table) = rs.iter().find_map(|r| match r {
             Ok(RowOutcome::Pinned(t)) => Some(t.clone()),
@@ -606,7 +610,7 @@ fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>) {
     }
 }
 
-/// A row as `Db::finish` takes it: its id and the stamp that proves it unchanged.
+/// A row as `Store::finish` takes it: its id and the stamp that proves it unchanged.
 fn row_arg(r: &RowRef) -> (&str, Option<&str>) {
     (r.id.as_str(), r.updated_at.as_deref())
 }

@@ -30,6 +30,9 @@ pub struct Options {
     pub metrics_file: Option<PathBuf>,
     /// The PostgreSQL URL SmolVM 0.0.8-0.0.29 was given (`SMOLVM_DATABASE_URL`).
     pub database_url: Option<String>,
+    /// Only this host uses that PostgreSQL DB: a row nothing here names is this host's
+    /// stale leftover, not another host's VM.
+    pub database_is_local: bool,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             every: None,
             metrics_file: None,
             database_url: None,
+            database_is_local: false,
         }
     }
 }
@@ -125,9 +129,13 @@ Options:
                          that holds a DB]
       --db PATH          Use this state DB file only (its directory is the data dir)
       --socket-dir DIR   Where SmolVM puts fc-<id>.sock [default: /tmp]
-      --database-url URL The PostgreSQL URL SmolVM 0.0.8-0.0.29 keeps its state in: its
-                         rows are not read, so no leftover is taken and the run is
-                         incomplete [default: $SMOLVM_DATABASE_URL]
+      --database-url URL The PostgreSQL URL SmolVM 0.0.8-0.0.29 keeps its state in
+                         (libpq's rules: PGPASSWORD, ~/.pgpass, PGHOST, sslmode, …). A
+                         row there is this host's only when something here names its
+                         VM; other rows are left alone [default: $SMOLVM_DATABASE_URL]
+      --database-is-local
+                         Only this host uses that DB: rows nothing here names are this
+                         host's stale leftovers, and go [default: off]
       --older-than DURATION
                          Leave VMs whose state row was created less than DURATION ago
                          alone, stale or not [default: off]
@@ -217,6 +225,7 @@ fn parse_cleanup(mode: Mode, mut parser: lexopt::Parser) -> Result<Action, Strin
                     .map_err(|e| e.to_string())?;
                 o.database_url = Some(v);
             }
+            Long("database-is-local") => o.database_is_local = true,
             Long("json") => o.json = true,
             Short('v') | Long("verbose") => o.verbose = true,
             Long("timeout") => o.timeout = duration_value(&mut parser, "--timeout")?,

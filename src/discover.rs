@@ -19,12 +19,12 @@ use crate::model::{
 };
 use crate::netlink::{self, link, nft};
 use crate::procfs::{OwnDirs, Procfs};
-use crate::state::{Db, is_corrupt};
+use crate::state::{Db, PgDb, Store, is_corrupt};
 
 pub struct Discovery {
     pub obs: Observed,
     /// The opened DBs, by `Row::db` (None: that DB could not be used).
-    pub dbs: Vec<Option<Db>>,
+    pub dbs: Vec<Option<Store>>,
     /// Every state DB looked at, with why it could not be read (None: read).
     pub db_status: Vec<DbStatus>,
     /// State DBs that exist but could not be read for a reason other than corruption
@@ -39,21 +39,43 @@ pub struct Discovery {
     /// Set when the nft dump failed: rule deletion cannot be decided.
     pub nft_error: Option<Error>,
     pub procfs: Procfs,
+    /// Why the run cannot judge anything at all (SmolVM's PostgreSQL state could not be
+    /// read): nothing is changed, and the report says so.
+    pub fatal: Option<String>,
 }
 
 /// A state DB that exists, whose it is, and why it could not be read (None: read).
 pub struct DbStatus {
-    pub path: PathBuf,
+    /// How it is shown: a file's path, a PostgreSQL URL with its secrets hidden.
+    pub name: String,
+    /// The file, for a SQLite DB.
+    pub path: Option<PathBuf>,
+    /// Where a server DB was reached (`127.0.0.1:5432, TLS`).
+    pub server: Option<String>,
     pub project: Project,
     pub error: Option<String>,
+}
+
+/// SmolVM 0.0.8–0.0.29's state in PostgreSQL, when this host's SmolVM uses it.
+pub struct PgSource {
+    /// The URL as given (it may hold a password: never shown).
+    pub url: String,
+    /// As it may be shown, with where it came from (`SMOLVM_DATABASE_URL=postgresql://…`).
+    pub shown: String,
+    pub whence: &'static str,
+    /// The data dir SmolVM keeps those VMs' files in on this host.
+    pub dir: PathBuf,
+    /// Other hosts may share the DB (unless `--database-is-local`): a row is this
+    /// host's only when something here names it.
+    pub shared: bool,
 }
 
 pub struct Config<'a> {
     pub data_dirs: &'a [DataDir],
     /// The users' port-forward dirs (`~/.smolvm/forwards`, …).
     pub forwards_dirs: Vec<PathBuf>,
-    /// SmolVM's PostgreSQL state, as it may be shown (password hidden), with whence.
-    pub postgres: Option<(String, &'static str)>,
+    /// SmolVM's PostgreSQL state, when this host's SmolVM keeps it there.
+    pub postgres: Option<PgSource>,
     /// Other data dirs (either project's), read only to know which VMs they own.
     pub other_dirs: &'a [DataDir],
     /// Who may own a data dir: root, the user we run as, and under sudo the invoking user.
@@ -89,6 +111,7 @@ pub fn open(cfg: &Config<'_>) -> Discovery {
         link_error: None,
         nft_error: None,
         procfs: Procfs::new(&cfg.proc_root, now_unix()),
+        fatal: None,
     };
     open_roots(&mut d, cfg);
     d
@@ -327,6 +350,9 @@ fn open_roots(d: &mut Discovery, cfg: &Config<'_>) {
         if let Some(st) = d.roots.get(&dd.dir).and_then(|fd| rustix::fs::fstat(fd).ok()) {
             d.obs.dir_owners.insert(dd.dir.clone(), st.st_uid);
         }
+        if d.roots.get(&dd.dir).is_some_and(on_network_fs) {
+            d.obs.remote_dirs.insert(dd.dir.clone());
+        }
     }
     if let Err(why) = d.roots.open(&cfg.socket_dir, None) {
         d.warnings
@@ -335,19 +361,32 @@ fn open_roots(d: &mut Discovery, cfg: &Config<'_>) {
     }
 }
 
+/// Is this directory on a filesystem other hosts may write too (NFS, SMB/CIFS, Ceph,
+/// GlusterFS/FUSE, 9p, Lustre, GPFS, OCFS2, GFS2, AFS)?
+fn on_network_fs(fd: &rustix::fd::OwnedFd) -> bool {
+    const NETWORK: [u64; 12] = [
+        0x6969,      // NFS
+        0x517B,      // SMB
+        0xFF53_4D42, // CIFS
+        0xFE53_4D42, // SMB2
+        0x00C3_6400, // Ceph
+        0x6573_5546, // FUSE (sshfs, GlusterFS, …)
+        0x0102_1997, // 9p
+        0x0BD0_0BD0, // Lustre
+        0x4750_4653, // GPFS
+        0x7461_636F, // OCFS2
+        0x0116_1970, // GFS2
+        0x5346_414F, // AFS
+    ];
+    // f_type is signed on some targets, unsigned on others.
+    rustix::fs::fstatfs(fd).is_ok_and(|st| u64::try_from(st.f_type).is_ok_and(|t| NETWORK.contains(&t)))
+}
+
 /// Every state DB that exists: its rows, or why it could not be read (corrupt, or not
 /// read this time, which makes the run incomplete).
 fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
-    // SmolVM 0.0.8-0.0.29 could keep every row in PostgreSQL: none of them is read here,
-    // so every VM it describes would look like a leftover.
-    if let Some((url, whence)) = &cfg.postgres {
-        let why = format!(
-            "SmolVM's state is in PostgreSQL ({whence}{url}), which cleanup does not read: the VMs \
-             whose rows are there cannot be told from leftovers"
-        );
-        d.warnings.push(format!("{why}, so none is taken"));
-        d.unread.push(why);
-        d.obs.rows_incomplete = true;
+    if let Some(src) = &cfg.postgres {
+        read_postgres(d, cfg, src);
     }
     let held: Vec<&DataDir> = cfg
         .data_dirs
@@ -372,14 +411,16 @@ fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
                 Ok((db, rows))
             });
             let status = |error| DbStatus {
-                path: path.clone(),
+                name: path.display().to_string(),
+                path: Some(path.clone()),
+                server: None,
                 project: *project,
                 error,
             };
             match opened {
                 Ok((db, rows)) => {
                     d.obs.rows.extend(rows);
-                    d.dbs.push(Some(db));
+                    d.dbs.push(Some(Store::Sqlite(db)));
                     d.db_status.push(status(None));
                 }
                 Err(e) => {
@@ -402,6 +443,62 @@ fn read_dbs(d: &mut Discovery, cfg: &Config<'_>) {
                     d.dbs.push(None);
                 }
             }
+        }
+    }
+}
+
+/// SmolVM's rows in PostgreSQL, read in one snapshot. Any failure (a bad URL, the
+/// server down, a refused login or TLS, no such database) is fatal: those rows are
+/// unknown, and without them nothing on this host can be told apart.
+fn read_postgres(d: &mut Discovery, cfg: &Config<'_>, src: &PgSource) {
+    let status = |error, server| DbStatus {
+        name: src.shown.clone(),
+        path: None,
+        server,
+        project: Project::SmolVM,
+        error,
+    };
+    let var = |k: &str| std::env::var(k).ok();
+    let env = crate::pg::conninfo::Env {
+        var: &var,
+        os_user: crate::locate::os_user(),
+        home: crate::locate::home(),
+    };
+    let index = d.dbs.len();
+    let mut warnings = Vec::new();
+    let read = crate::pg::conninfo::parse(&src.url, &env)
+        .map_err(|e| {
+            Error::msg(
+                format!("use SmolVM's state in PostgreSQL ({}{})", src.whence, src.shown),
+                format!("bad URL: {e}"),
+            )
+        })
+        .and_then(|params| {
+            let named = format!("{}{}", src.whence, src.shown);
+            let mut db = PgDb::open(&params, &named, cfg.read_only, cfg.deadline, &mut |w| {
+                warnings.push(w)
+            })?;
+            let rows = db.load(index, Project::SmolVM)?;
+            Ok((db, rows))
+        });
+    d.warnings.extend(warnings);
+    match read {
+        Ok((db, rows)) => {
+            d.obs.rows.extend(rows);
+            d.obs.db_dirs.push(src.dir.clone());
+            if src.shared {
+                d.obs.shared_dbs.insert(index);
+            }
+            d.db_status.push(status(None, Some(db.server.clone())));
+            d.dbs.push(Some(Store::Postgres(db)));
+        }
+        Err(e) => {
+            d.obs.db_dirs.push(src.dir.clone());
+            d.dbs.push(None);
+            d.db_status.push(status(Some(e.to_string()), None));
+            d.fatal = Some(format!(
+                "{e}; nothing was changed (the VMs whose rows are there cannot be told from leftovers)"
+            ));
         }
     }
 }

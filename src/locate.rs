@@ -62,12 +62,38 @@ impl Env {
     }
 }
 
+/// The name of the user this process runs as (libpq's default user), from /etc/passwd.
+pub fn os_user() -> Option<String> {
+    let uid = rustix::process::geteuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd_entry(&passwd, |f| f[2].parse() == Ok(uid)).map(|f| f[0].to_string())
+}
+
+/// The home libpq looks in (`~/.pgpass`, `~/.postgresql/`): `$HOME`, else /etc/passwd's.
+pub fn home() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return Some(PathBuf::from(h));
+    }
+    let uid = rustix::process::geteuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd_entry(&passwd, |f| f[2].parse() == Ok(uid))
+        .map(|f| PathBuf::from(f[5]))
+        .filter(|h| !h.as_os_str().is_empty())
+}
+
+/// The fields of the first /etc/passwd line `pick` accepts.
+fn passwd_entry(passwd: &str, pick: impl Fn(&[&str]) -> bool) -> Option<Vec<&str>> {
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<&str>>())
+        .find(|f| f.len() >= 7 && pick(f))
+}
+
 /// Home directory of `user` in an /etc/passwd text (musl's getpwnam would read the same file).
 pub fn passwd_home(passwd: &str, user: &str) -> Option<PathBuf> {
-    passwd.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        (f.len() >= 7 && f[0] == user && !f[5].is_empty()).then(|| PathBuf::from(f[5]))
-    })
+    passwd_entry(passwd, |f| f[0] == user)
+        .map(|f| PathBuf::from(f[5]))
+        .filter(|h| !h.as_os_str().is_empty())
 }
 
 /// The candidate data directories of both projects, most preferred first: each
@@ -117,36 +143,31 @@ pub fn candidates(env: &Env) -> Vec<PathBuf> {
 }
 
 /// The PostgreSQL URL SmolVM's state is in, when it is (SmolVM's own test: a URL that
-/// starts with `postgresql` or `postgres://`), with every secret libpq reads from it
-/// hidden for messages: the password of the user-info part, and `password=` and
-/// `sslpassword=` in the query (`PGPASSWORD` is never read, so never shown).
+/// starts with `postgresql` or `postgres://`), as it may be shown: every secret libpq
+/// reads from it hidden (`PGPASSWORD` and `.pgpass` are never shown).
 pub fn postgres(url: &str) -> Option<String> {
-    if !(url.starts_with("postgresql") || url.starts_with("postgres://")) {
-        return None;
+    (url.starts_with("postgresql") || url.starts_with("postgres://")).then(|| crate::pg::redact(url))
+}
+
+/// The data dir SmolVM keeps its VMs' files in while its rows are in PostgreSQL: the one
+/// the run was pointed at, `SMOLVM_DATA_DIR`, or SmolVM's own first candidate that exists
+/// (its order: the user's state dir first, `/var/lib/smolvm` first for plain root).
+pub fn smolvm_data_dir(db: Option<&Path>, state_dir: Option<&Path>, env: &Env) -> Option<PathBuf> {
+    if let Some(dir) = state_dir {
+        return Some(dir.to_path_buf());
     }
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let mut shown = base.to_string();
-    if let Some(s) = base.find("://").map(|i| i + 3) {
-        // The authority ends at the path: an `@` past it is no user-info.
-        let end = base[s..].find('/').map_or(base.len(), |i| s + i);
-        if let Some(at) = base[s..end].rfind('@').map(|i| s + i)
-            && let Some((user, _)) = base[s..at].split_once(':')
-        {
-            shown = format!("{}{user}:***{}", &base[..s], &base[at..]);
-        }
+    if let Some(db) = db {
+        return db.parent().map(Path::to_path_buf);
     }
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k == "password" || k == "sslpassword" => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect();
-        shown.push('?');
-        shown.push_str(&params.join("&"));
+    if let Some((_, dir)) = env.named.iter().find(|(p, _)| *p == Project::SmolVM) {
+        return Some(dir.clone());
     }
-    Some(shown)
+    let key = Project::SmolVM.names().key;
+    let ours: Vec<PathBuf> = candidates(env)
+        .into_iter()
+        .filter(|d| d.file_name().and_then(|n| n.to_str()) == Some(key))
+        .collect();
+    ours.iter().find(|d| d.is_dir()).or(ours.first()).cloned()
 }
 
 /// Where the projects keep port-forward state (`~/.smolvm/forwards`, `~/.celesto/forwards`,
@@ -215,7 +236,7 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    fn of(dir: PathBuf, explicit: bool) -> DataDir {
+    pub fn of(dir: PathBuf, explicit: bool) -> DataDir {
         DataDir {
             dbs: db_files(&dir),
             dir,
@@ -409,18 +430,10 @@ mod tests {
             Some("postgres://db/smolvm")
         );
         assert_eq!(postgres("sqlite:///x.db"), None);
-        // libpq takes the password from the query too.
+        // `pg::redact` hides the rest (its own tests).
         assert_eq!(
-            postgres("postgresql://u@h/db?sslmode=require&password=s3cret&sslpassword=k3y").as_deref(),
-            Some("postgresql://u@h/db?sslmode=require&password=***&sslpassword=***")
-        );
-        assert_eq!(
-            postgres("postgresql:///db?host=/run/postgresql&password=s3cret&options=-c%20a@b").as_deref(),
-            Some("postgresql:///db?host=/run/postgresql&password=***&options=-c%20a@b")
-        );
-        assert_eq!(
-            postgres("postgresql://u:p%40ss@h/db?application_name=x@y").as_deref(),
-            Some("postgresql://u:***@h/db?application_name=x@y")
+            postgres("postgresql://u@h/db?password=s3cret").as_deref(),
+            Some("postgresql://u@h/db?password=***")
         );
     }
 

@@ -19,6 +19,7 @@ mod locate;
 mod lock;
 mod model;
 mod netlink;
+mod pg;
 mod plan;
 mod process;
 mod procfs;
@@ -288,14 +289,19 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         signals::flag()
     });
     let read_only = mode != report::Mode::Clean;
+    let postgres = postgres_source(opts, &env);
+    // Its data dir holds those VMs' files even with no SQLite DB in it.
+    let mut dirs = dirs;
+    if let Some(src) = &postgres
+        && src.dir.is_dir()
+        && !dirs.iter().any(|d| d.dir == src.dir)
+    {
+        dirs.push(locate::DataDir::of(src.dir.clone(), false));
+    }
     let cfg = discover::Config {
         data_dirs: &dirs,
         forwards_dirs: locate::forwards_dirs(&env),
-        postgres: match (&opts.database_url, &env.database_url) {
-            (Some(url), _) => locate::postgres(url).map(|u| (u, "--database-url ")),
-            (None, Some(url)) => locate::postgres(url).map(|u| (u, "SMOLVM_DATABASE_URL=")),
-            (None, None) => None,
-        },
+        postgres,
         other_dirs: &other_dirs,
         owners: owners(&env),
         socket_dir: opts.socket_dir.clone(),
@@ -314,6 +320,12 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         diag,
     )?;
     discover::discover(&mut found, &cfg);
+    if let Some(why) = found.fatal.take() {
+        for w in &found.warnings {
+            diag.warn(w.clone());
+        }
+        return Err(Stop::Blind(Box::new(blind(opts, mode, why))));
+    }
     announce(&found, &dirs, diag);
     let inv = reconcile::inventory(&found.obs);
     let plan = plan::build(
@@ -336,6 +348,25 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         stop,
         uninspected: inv.uninspected.clone(),
         _lock: held,
+    })
+}
+
+/// SmolVM's state in PostgreSQL (`--database-url`, else `SMOLVM_DATABASE_URL` when it
+/// names one), with the data dir its VMs' files are in.
+fn postgres_source(opts: &Options, env: &locate::Env) -> Option<discover::PgSource> {
+    let (url, whence) = match (&opts.database_url, &env.database_url) {
+        (Some(url), _) => (url, "--database-url "),
+        (None, Some(url)) => (url, "SMOLVM_DATABASE_URL="),
+        (None, None) => return None,
+    };
+    let shown = locate::postgres(url)?;
+    let dir = locate::smolvm_data_dir(opts.db.as_deref(), opts.state_dir.as_deref(), env)?;
+    Some(discover::PgSource {
+        url: url.clone(),
+        shown,
+        whence,
+        dir,
+        shared: !opts.database_is_local,
     })
 }
 
@@ -460,17 +491,20 @@ fn announce(found: &discover::Discovery, dirs: &[locate::DataDir], diag: &mut Di
         for st in found
             .db_status
             .iter()
-            .filter(|st| dd.dbs.iter().any(|(_, p)| *p == st.path))
+            .filter(|st| dd.dbs.iter().any(|(_, p)| st.path.as_ref() == Some(p)))
         {
             any = true;
             if st.error.is_none() {
-                eprintln!(
-                    "smolvm-cleanup: state DB: {} ({})",
-                    st.path.display(),
-                    st.project.title()
-                );
+                eprintln!("smolvm-cleanup: state DB: {} ({})", st.name, st.project.title());
             }
         }
+        // Its rows are in PostgreSQL: said once, below.
+        any |= found
+            .obs
+            .db_dirs
+            .iter()
+            .enumerate()
+            .any(|(i, d)| *d == dd.dir && found.db_status.get(i).is_some_and(|st| st.path.is_none()));
         if !any {
             eprintln!(
                 "smolvm-cleanup: no state DB found (in {}); reconciling from the live system",
@@ -478,7 +512,20 @@ fn announce(found: &discover::Discovery, dirs: &[locate::DataDir], diag: &mut Di
             );
         }
     }
-    if dirs.is_empty() {
+    for st in found.db_status.iter().filter(|st| st.path.is_none()) {
+        eprintln!(
+            "smolvm-cleanup: state DB: {} ({}, PostgreSQL at {}{})",
+            st.name,
+            st.project.title(),
+            st.server.as_deref().unwrap_or("?"),
+            if found.obs.shared_dbs.is_empty() {
+                ", this host's alone"
+            } else {
+                ""
+            }
+        );
+    }
+    if dirs.is_empty() && found.db_status.is_empty() {
         eprintln!("smolvm-cleanup: no state DB found; reconciling from the live system");
     }
     for w in &found.warnings {
@@ -502,6 +549,19 @@ fn announce(found: &discover::Discovery, dirs: &[locate::DataDir], diag: &mut Di
 fn explain(inv: &model::Inventory, plan: &model::Plan, diag: &mut Diag) {
     for w in inv.warnings.iter().chain(&plan.warnings) {
         diag.warn(w.clone());
+    }
+    if !inv.other_hosts.is_empty() {
+        let n = inv.other_hosts.len();
+        eprintln!(
+            "smolvm-cleanup: {n} VM{} of the shared PostgreSQL state {} not this host's, or cannot be \
+             told (nothing here names {}): left alone{}; if only this host uses that DB, \
+             --database-is-local takes them",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "is" } else { "are" },
+            if n == 1 { "it" } else { "them" },
+            if diag.verbose { "" } else { " (-v lists them)" }
+        );
+        diag.note(|| format!("not this host's, or cannot tell: {}", inv.other_hosts.join(", ")));
     }
     if !diag.verbose {
         return;
@@ -555,13 +615,7 @@ fn assemble(
         dbs: found
             .db_status
             .iter()
-            .map(|st| {
-                (
-                    st.path.display().to_string(),
-                    st.project.title(),
-                    st.error.clone(),
-                )
-            })
+            .map(|st| (st.name.clone(), st.project.title(), st.error.clone()))
             .collect(),
         stale: plan.stale.clone(),
         targets: plan
@@ -584,6 +638,7 @@ fn assemble(
             .iter()
             .map(|f| f.path().display().to_string())
             .collect(),
+        other_hosts: inv.other_hosts.clone(),
         ..Report::default()
     }
 }
@@ -603,17 +658,26 @@ fn incomplete(found: &discover::Discovery, privilege: &report::Privilege) -> Vec
 /// Without procfs every VMM would look gone and every running VM stale: nothing is judged
 /// and nothing changed, and the report says what to do.
 fn without_proc(opts: &Options, mode: report::Mode, why: String) -> Report {
+    blind(
+        opts,
+        mode,
+        format!(
+            "{why}: without it no VMM can be told alive from gone, so nothing was looked at or \
+             changed; mount it (mount -t proc proc /proc), or in a container share the host's \
+             (docker run --pid=host; hostPID: true in Kubernetes)"
+        ),
+    )
+}
+
+/// The report of a run that could judge nothing, saying why.
+fn blind(opts: &Options, mode: report::Mode, why: String) -> Report {
     Report {
         mode,
         privilege: privilege(&[]),
         all: opts.all,
         prefix: opts.prefix.clone(),
         older_than_secs: opts.older_than.map(|d| d.as_secs_f64()),
-        incomplete: vec![format!(
-            "{why}: without it no VMM can be told alive from gone, so nothing was looked at or \
-             changed; mount it (mount -t proc proc /proc), or in a container share the host's \
-             (docker run --pid=host; hostPID: true in Kubernetes)"
-        )],
+        incomplete: vec![why],
         ..Report::default()
     }
 }

@@ -143,7 +143,8 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
             // is only ever taken by --all.
             let by_prefix = !v.rowless && !v.out_of_view && v.id.starts_with(&sel.prefix);
             let wanted = sel.all || v.stale.is_some() || by_prefix;
-            wanted && !young(v)
+            // Another host's, or cannot be told: never this run's.
+            wanted && !young(v) && !v.other_host
         })
         .collect();
     if !sel.all {
@@ -180,7 +181,19 @@ pub fn build(inv: &Inventory, obs: &Observed, sel: &Selection) -> Plan {
     let mut groups: Vec<u32> = links.iter().map(|l| l.group).collect();
     groups.sort_unstable();
     groups.dedup();
-    let mut kept_projects: BTreeSet<Project> = keep.iter().flat_map(|v| v.projects.iter().copied()).collect();
+    // Another host's VM keeps a project's shared tables only while something of it is here.
+    let here = |v: &&&Vm| {
+        !(v.other_host
+            && v.taps.is_empty()
+            && v.rules.is_empty()
+            && v.elems.is_empty()
+            && v.tables.is_empty())
+    };
+    let mut kept_projects: BTreeSet<Project> = keep
+        .iter()
+        .filter(here)
+        .flat_map(|v| v.projects.iter().copied())
+        .collect();
     kept_projects.extend(&inv.kept_projects);
     let mut plan = Plan {
         stale,

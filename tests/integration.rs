@@ -16,5 +16,6 @@ mod operator;
 mod orphans;
 mod partial;
 mod paths;
+mod postgres;
 mod releases;
 mod shared_hosts;

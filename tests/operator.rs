@@ -90,7 +90,7 @@ fn json_reports_successes_a_failure_steps_and_hostile_strings() {
     assert_eq!(doc["stale"], serde_json::json!(["vm-ok000001"]));
     assert_eq!(
         doc["summary"],
-        serde_json::json!({"stale": 1, "targets": 2, "deleted": 1, "failed": 1})
+        serde_json::json!({"stale": 1, "targets": 2, "deleted": 1, "failed": 1, "other_hosts": 0})
     );
     assert_eq!(doc["incomplete"], serde_json::json!([]));
     assert_eq!(doc["missing_capabilities"], serde_json::json!([]));

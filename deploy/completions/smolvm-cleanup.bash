@@ -18,7 +18,7 @@ _smolvm_cleanup() {
         COMPREPLY=($(compgen -W "cleanup --help --version" -- "$cur")); return
     fi
     COMPREPLY=($(compgen -W "--all --prefix --dry-run --state-dir --db --socket-dir
-        --database-url --older-than --check --json -v --verbose --every --metrics-file
+        --database-url --database-is-local --older-than --check --json -v --verbose --every --metrics-file
         --grace --timeout -h --help -V --version" -- "$cur"))
 }
 complete -F _smolvm_cleanup smolvm-cleanup

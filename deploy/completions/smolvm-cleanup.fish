@@ -7,6 +7,7 @@ complete -c smolvm-cleanup -l state-dir -r -a '(__fish_complete_directories)' -d
 complete -c smolvm-cleanup -l db -r -F -d 'Use this state DB file only'
 complete -c smolvm-cleanup -l socket-dir -r -a '(__fish_complete_directories)' -d 'Where SmolVM puts fc-<id>.sock'
 complete -c smolvm-cleanup -l database-url -x -d 'The PostgreSQL URL SmolVM 0.0.8-0.0.29 keeps its state in'
+complete -c smolvm-cleanup -l database-is-local -d 'Only this host uses that PostgreSQL DB'
 complete -c smolvm-cleanup -l older-than -x -d 'Leave VMs younger than DURATION alone'
 complete -c smolvm-cleanup -l check -d 'Change nothing; exit 1 if anything is left'
 complete -c smolvm-cleanup -l json -d 'Print one JSON document instead of the text'

@@ -159,6 +159,9 @@ pub struct Vm {
     pub out_of_view: bool,
     /// A row says its VMM should be running (running, paused, error).
     pub expects_vmm: bool,
+    /// Its rows are in a DB other hosts share and nothing on this host names it: another
+    /// host's VM, or one that cannot be told. Never a target, never touched.
+    pub other_host: bool,
     /// When its row was created (Unix seconds; the oldest row when several DBs have one).
     pub created_unix: Option<f64>,
 }
@@ -187,6 +190,8 @@ pub struct Inventory {
     pub unattributed: Vec<FileRef>,
     /// SDK claim files no process holds and no row or VM has: some gone SDK VM's.
     pub free_claims: Vec<FileRef>,
+    /// VMs of a shared DB that nothing on this host names (`Vm::other_host`), as shown.
+    pub other_hosts: Vec<String>,
     /// VMMs that name a VM with no row but whose view of the host could not be read:
     /// nothing they name is touched, and a check of everything is not complete.
     pub uninspected: Vec<String>,

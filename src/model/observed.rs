@@ -361,6 +361,13 @@ pub struct Observed {
     pub other_rows: Vec<Row>,
     /// The data dir of each state DB, indexed by `Row::db`.
     pub db_dirs: Vec<PathBuf>,
+    /// State DBs other hosts may write to as well (SmolVM's PostgreSQL, unless the run
+    /// was told it is this host's alone), by `Row::db`: a row there is this host's only
+    /// when something on this host names its VM.
+    pub shared_dbs: BTreeSet<usize>,
+    /// Data dirs on a network filesystem (NFS, CIFS, …): other hosts may write there too,
+    /// so a file there does not show that a VM is this host's.
+    pub remote_dirs: BTreeSet<PathBuf>,
     /// Every data dir in use.
     pub data_dirs: Vec<PathBuf>,
     pub socket_dir: PathBuf,

@@ -7,6 +7,7 @@
 //! than the row was last written; anything else at a recorded pid is someone else's
 //! process that reused the pid.
 
+mod hosts;
 mod index;
 mod network;
 mod rowless;
@@ -36,6 +37,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
     for vm in &mut inv.vms {
         judge_row_vm(vm, obs, &ix, &mut inv.warnings);
     }
+    hosts::leave_other_hosts(&mut inv, obs, &ix);
     // Which TAPs the VMs with a live VMM claim: held, they are those VMs' sign of life.
     let mut live_taps: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for vm in inv.vms.iter().filter(|v| !v.vmms.is_empty()) {
@@ -71,7 +73,7 @@ pub fn inventory(obs: &Observed) -> Inventory {
     for tap in tenants.taps.keys() {
         live_taps.entry(tap.clone()).or_default().insert(String::new());
     }
-    for vm in &mut inv.vms {
+    for vm in inv.vms.iter_mut().filter(|v| !v.other_host) {
         judge_life(vm, obs, &live_taps, &mut inv.warnings);
         tenants.leave(vm, obs, &mut inv.warnings);
     }

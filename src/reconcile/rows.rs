@@ -457,7 +457,7 @@ pub(super) fn out_of_view(inv: &mut Inventory, obs: &Observed) {
     if !obs.pid_view.foreign {
         return;
     }
-    let unseen = |v: &Vm| v.expects_vmm && v.vmms.is_empty() && !v.rowless;
+    let unseen = |v: &Vm| v.expects_vmm && v.vmms.is_empty() && !v.rowless && !v.other_host;
     let predates = |v: &Vm| {
         let newest = v
             .rows

@@ -75,6 +75,8 @@ pub fn write_json(r: &Report, w: &mut impl Write) -> io::Result<()> {
         .str_arr(r.incomplete.iter().map(String::as_str));
     j.key("unattributed_files")
         .str_arr(r.unattributed.iter().map(String::as_str));
+    j.key("other_hosts")
+        .str_arr(r.other_hosts.iter().map(String::as_str));
     j.key("warnings").str_arr(r.warnings.iter().map(String::as_str));
     let failed = r.failures();
     j.key("summary").begin_obj();
@@ -86,6 +88,7 @@ pub fn write_json(r: &Report, w: &mut impl Write) -> io::Result<()> {
         0
     });
     j.key("failed").num(failed);
+    j.key("other_hosts").num(r.other_hosts.len());
     j.end_obj();
     j.key("exit_code").num(r.exit_code());
     j.end_obj();

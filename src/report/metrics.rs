@@ -30,54 +30,56 @@ pub fn write_metrics(r: &Report, t: RunTime, w: &mut impl Write) -> io::Result<(
     } else {
         0
     };
-    gauge(
-        w,
-        "last_run_timestamp_seconds",
-        "Unix time the last run ended.",
-        t.ended,
-    )?;
-    gauge(
-        w,
-        "last_run_duration_seconds",
-        "How long the last run took.",
-        t.seconds,
-    )?;
-    gauge(
-        w,
-        "last_run_success",
-        "1 when the last run exited 0, else 0.",
-        if r.exit_code() == 0 { 1.0 } else { 0.0 },
-    )?;
-    gauge(
-        w,
-        "last_run_stale_vms",
-        "VMs the last run found stale.",
-        count(r.stale.len()),
-    )?;
-    gauge(
-        w,
-        "last_run_targets",
-        "VMs the last run targeted (with --check: leaked).",
-        count(r.targets.len()),
-    )?;
-    gauge(
-        w,
-        "last_run_deleted_vms",
-        "VMs the last run deleted.",
-        count(deleted),
-    )?;
-    gauge(
-        w,
-        "last_run_failed_vms",
-        "VMs the last run failed to delete.",
-        count(failed),
-    )?;
-    gauge(
-        w,
-        "last_run_incomplete",
-        "1 when the last run could not see everything.",
-        if r.incomplete.is_empty() { 0.0 } else { 1.0 },
-    )?;
+    let gauges: [(&str, &str, f64); 9] = [
+        (
+            "last_run_timestamp_seconds",
+            "Unix time the last run ended.",
+            t.ended,
+        ),
+        (
+            "last_run_duration_seconds",
+            "How long the last run took.",
+            t.seconds,
+        ),
+        (
+            "last_run_success",
+            "1 when the last run exited 0, else 0.",
+            if r.exit_code() == 0 { 1.0 } else { 0.0 },
+        ),
+        (
+            "last_run_stale_vms",
+            "VMs the last run found stale.",
+            count(r.stale.len()),
+        ),
+        (
+            "last_run_targets",
+            "VMs the last run targeted (with --check: leaked).",
+            count(r.targets.len()),
+        ),
+        (
+            "last_run_deleted_vms",
+            "VMs the last run deleted.",
+            count(deleted),
+        ),
+        (
+            "last_run_failed_vms",
+            "VMs the last run failed to delete.",
+            count(failed),
+        ),
+        (
+            "last_run_other_host_vms",
+            "Rows of a shared state DB that nothing on this host names (left alone).",
+            count(r.other_hosts.len()),
+        ),
+        (
+            "last_run_incomplete",
+            "1 when the last run could not see everything.",
+            if r.incomplete.is_empty() { 0.0 } else { 1.0 },
+        ),
+    ];
+    for (name, help, value) in gauges {
+        gauge(w, name, help, value)?;
+    }
     // Per kind: what the deleted VMs had (a cleanup), or what the targets still have.
     let counted: Vec<&Target> = match r.mode {
         Mode::Clean => r

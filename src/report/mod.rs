@@ -135,6 +135,9 @@ pub struct Report {
     /// Files named like a VM's that nothing corroborates: never touched, listed by `-v`
     /// and `--json`.
     pub unattributed: Vec<String>,
+    /// VMs of a DB other hosts share that nothing on this host names: never touched,
+    /// counted on stderr, listed by `-v` and `--json`.
+    pub other_hosts: Vec<String>,
 }
 
 /// Whether the run may change what cleanup changes: TAPs and nft rules need root with

@@ -1,10 +1,11 @@
-//! SmolVM's SQLite state DB: one consistent read of every row, the stale-row update, and
-//! the final row deletion. Owns how we talk to SQLite (read-only under `--dry-run`, a
-//! busy timeout so SmolVM's `BEGIN EXCLUSIVE` writers are waited for, short
-//! transactions, foreign keys on) and never creates, repairs or overwrites a DB file.
+//! SmolVM's state DB: one consistent read of every row, the stale-row update, and the
+//! final row deletion. Owns how we talk to SQLite (read-only under `--dry-run`, a busy
+//! timeout so SmolVM's `BEGIN EXCLUSIVE` writers are waited for, short transactions,
+//! foreign keys on) and never creates, repairs or overwrites a DB file; and, for
+//! 0.0.8–0.0.29, the same state in PostgreSQL (`pg`).
 //!
 //! Rooms: `read` (every release's schema, forwards JSON), `write` (marks, deletes,
-//! stamps); opening a DB and judging its file are here.
+//! stamps), `pg` (the server's copy); opening a DB and judging its file are here.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,11 +14,34 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Cause, Error, Result};
 
+mod pg;
 mod read;
 mod write;
 
+pub use pg::PgDb;
 pub use read::parse_forwards;
 pub use write::*;
+
+/// A state DB as apply writes to it: a SQLite file, or SmolVM's PostgreSQL database.
+pub enum Store {
+    Sqlite(Db),
+    Postgres(PgDb),
+}
+
+impl Store {
+    /// Marks `marks` stale and deletes `deletes`, each only while unchanged (`Db::finish`).
+    pub fn finish(
+        &self,
+        deletes: &[(&str, Option<&str>)],
+        marks: &[(&str, Option<&str>)],
+        now: &str,
+    ) -> Result<Vec<RowOutcome>> {
+        match self {
+            Store::Sqlite(db) => db.finish(deletes, marks, now),
+            Store::Postgres(db) => db.finish(deletes, marks, now),
+        }
+    }
+}
 
 /// Child tables keyed by `vm_id` that go with the VM: SmolVM's cascade deletes the first
 /// four (we delete them explicitly too, so a DB whose foreign keys were never enforced is
@@ -66,19 +90,23 @@ impl Db {
             .map_err(|e| Error::db(action(), e))?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(|e| Error::db(action(), e))?;
-        let tables = {
-            let mut stmt = conn
-                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-                .map_err(|e| Error::db(action(), e))?;
-            stmt.query_map([], |r| r.get::<_, String>(0))
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(|e| Error::db(action(), e))?
-        };
+        let tables = table_names(&conn).map_err(|e| Error::db(action(), e))?;
         Ok(Db {
             path: path.to_path_buf(),
             conn,
             tables,
             deadline,
+        })
+    }
+
+    /// A DB already in memory (a server's tables mirrored), named `name` in messages.
+    pub fn mirror(name: &str, conn: Connection) -> Result<Db> {
+        let tables = table_names(&conn).map_err(|e| Error::db(format!("read {name}"), e))?;
+        Ok(Db {
+            path: PathBuf::from(name),
+            conn,
+            tables,
+            deadline: Instant::now(),
         })
     }
 
@@ -99,6 +127,11 @@ impl Db {
             }
         }
     }
+}
+
+fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+    stmt.query_map([], |r| r.get::<_, String>(0))?.collect()
 }
 
 /// The DB is damaged or not a DB at all (as opposed to locked or unreadable for now):

@@ -11,7 +11,7 @@ use super::{CHILD_TABLES, Db};
 use crate::error::{Error, Result};
 
 /// What happened to one row we were asked to delete.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RowOutcome {
     Deleted,
     /// Someone else deleted it first: what we wanted.
@@ -21,6 +21,8 @@ pub enum RowOutcome {
     /// A row of this table still refers to it (a foreign key without ON DELETE CASCADE,
     /// from a newer SmolVM): it stays, and the other rows go on.
     Pinned(String),
+    /// Its own delete failed (a server's error for this VM alone): the row stays.
+    Failed(Error),
 }
 
 /// The final step: rows deleted, each VM in its own savepoint, only when unchanged.
