@@ -15,6 +15,14 @@ code, in the private network and mount namespace `ci/compat` runs it in (its own
 
     check.py release <bin> <module> <version> <epoch> <venv-python> <work-dir>
     check.py mixed <bin> <smolvm-python> <celesto-python> <work-dir>
+    check.py postgres <bin> <version> <venv-python> <work-dir>
+
+The postgres line (0.0.8-0.0.29, `smolvm[postgres]`) runs the same steps with the rows in
+a real PostgreSQL server (a throwaway cluster on a Unix socket), as host A in its own
+network, mount and pid namespaces, while host B (`pg_host`, namespaces of its own) makes
+VMs with the same release in the same DB: every run of A leaves B's rows byte-identical
+and every process of A standing at a pid B's rows record alive; B's own `--all` then
+takes exactly B's VMs, and both hosts create again.
 
 Prints one line; exits 1 naming what was left or taken.
 """
@@ -63,13 +71,76 @@ def uplink():
         run(c.split())
 
 
-class Release:
-    """One release's venv, its data dir (named by its own variable) and home."""
+class PgClient:
+    """SmolVM's DB on a PostgreSQL server's Unix socket, read with psql."""
 
-    def __init__(self, module, version, py, work):
-        self.module, self.version, self.py = module, version, py
+    PASSWORD = "s3cr:et@pw"
+
+    def __init__(self, sock):
+        self.sock = Path(sock)
+        self.url = "postgresql://ci:s3cr%3Aet%40pw@/smolvm?host=" + str(self.sock)
+
+    def psql(self, db, sql, check=True):
+        env = {**os.environ, "PGPASSWORD": self.PASSWORD}
+        return run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", self.sock, "-U", "ci", "-d", db,
+                    "-c", sql], env=env, check=check)
+
+    def rows(self, where=""):
+        """Every row of SmolVM's tables (`where` filters by VM id), as comparable objects."""
+        out = set()
+        tables = self.psql("smolvm", "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").stdout.split()
+        for t in tables:
+            key = "id" if t == "vms" else "vm_id"
+            cond = f" WHERE {key} {where}" if where else ""
+            for line in self.psql("smolvm", f"SELECT x::text FROM {t} x{cond}").stdout.splitlines():
+                out.add(("row", "postgres", t, line))
+        return out
+
+
+class Pg(PgClient):
+    """A throwaway PostgreSQL cluster (Debian's server, run as `postgres`) listening only
+    on a Unix socket under `work`, with SCRAM logins, as SmolVM's DB."""
+
+    def __init__(self, work):
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+        super().__init__(work / "pg" / "sock")
+        if not bins:
+            raise Fail("no PostgreSQL server in /usr/lib/postgresql (Debian's postgresql package)")
+        self.bin = bins[-1].parent
+        self.dir = work / "pg"
+        self.sock.mkdir(parents=True)
+        (self.dir / "pw").write_text(self.PASSWORD)
+        run(["chown", "-R", "postgres:postgres", self.dir])
+        self.as_pg(self.bin / "initdb", "-D", self.dir / "data", "-U", "ci", "--pwfile", self.dir / "pw",
+                   "--auth=scram-sha-256", "--no-sync")
+        self.server = subprocess.Popen(
+            ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", self.bin / "postgres",
+             "-D", self.dir / "data", "-k", self.sock, "-c", "listen_addresses=", "-c", "fsync=off"],
+            stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "w"))
+        for _ in range(300):
+            if self.psql("postgres", "SELECT 1", check=False).returncode == 0:
+                break
+            subprocess.run(["sleep", "0.1"])
+        self.psql("postgres", "CREATE DATABASE smolvm")
+
+    def as_pg(self, *cmd):
+        run(["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", *cmd])
+
+    def stop(self):
+        self.server.terminate()
+        self.server.wait()
+
+
+class Release:
+    """One release's venv, its data dir (named by its own variable) and home; with `pg`,
+    its rows are in that PostgreSQL server (`SMOLVM_DATABASE_URL`)."""
+
+    def __init__(self, module, version, py, work, pg=None):
+        self.module, self.version, self.py, self.pg = module, version, py, pg
         self.data = work / module
         self.env = {**os.environ, f"{module.upper()}_DATA_DIR": str(self.data), "HOME": str(work / "home")}
+        if pg:
+            self.env["SMOLVM_DATABASE_URL"] = pg.url
 
     def make(self, *args):
         return run([self.py, HERE / "make.py", self.module, *args], env=self.env)
@@ -78,6 +149,8 @@ class Release:
         return self.data / f"{self.module}.db"
 
     def tap(self, vid):
+        if self.pg:
+            return self.pg.psql("smolvm", f"SELECT tap_device FROM ip_leases WHERE vm_id = '{vid}'").stdout.strip()
         with sqlite3.connect(self.db()) as c:
             return c.execute("SELECT tap_device FROM ip_leases WHERE vm_id = ?", (vid,)).fetchone()[0]
 
@@ -154,7 +227,9 @@ def snapshot(dirs, dbs):
                 if ".db" not in n:
                     out.add(("file", str(p)))
     for db in dbs:
-        if db.exists():
+        if isinstance(db, PgClient):
+            out |= db.rows()
+        elif db.exists():
             with sqlite3.connect(db) as c:
                 tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
                 for t in tables:
@@ -176,10 +251,12 @@ def cleanup(bin_, env, *args, code=0):
     return p
 
 
-def release(bin_, module, version, epoch, py, work):
+def release(bin_, module, version, epoch, py, work, pg=None, theirs=frozenset()):
+    """One release's run as above; with `pg`, its rows in that server, where `theirs` are
+    another host's rows that every run must leave as they are."""
     uplink()
-    rel = Release(module, version, py, work)
-    dirs, dbs = [rel.data, Path("/tmp"), work / "home"], [rel.db()]
+    rel = Release(module, version, py, work, pg)
+    dirs, dbs = [rel.data, Path("/tmp"), work / "home"], [pg or rel.db()]
     rel.make("create", "sbx-keep")
     rel.make("set", "sbx-keep", "stopped")
     rel.make("create", "sbx-live")
@@ -233,7 +310,7 @@ def release(bin_, module, version, epoch, py, work):
     final = snapshot(dirs, dbs)
     assets = {("file", str(rel.data / n)) for n in ("vmlinux.bin", "rootfs.ext4")}
     stays = {o for o in final if o[0] == "file" and Path(o[1]).is_dir()} | assets
-    left = {o for o in final - stays if o[0] != "row" or o[2] == "vms" or o[2] == "ip_leases"}
+    left = {o for o in final - stays - theirs if o[0] != "row" or o[2] == "vms" or o[2] == "ip_leases"}
     left = {o for o in left if o[0] != "file" or not o[1].startswith("/tmp/") or "sock" in o[1] or "libkrun" in o[1]}
     if left:
         raise Fail(f"--all left: {show(left)}")
@@ -244,8 +321,8 @@ def release(bin_, module, version, epoch, py, work):
     n = len(added)
     what = ", ".join(kinds[:-1]) + " and " + kinds[-1] + " VM"
     live_sdk = ", a live SDK VM's TAP and tables with it" if sdk else ""
-    print(f"{module} {version} ({epoch}): ok ({what}: {n} objects removed, 2 kept VMs untouched; "
-          f"recreated; --all left nothing{live_sdk})")
+    return (f"{module} {version} ({epoch}): ok ({what}: {n} objects removed, 2 kept VMs untouched; "
+            f"recreated; --all left nothing{live_sdk})")
 
 
 def mixed(bin_, spy, cpy, work):
@@ -293,12 +370,132 @@ def mixed(bin_, spy, cpy, work):
           "the live Celesto VM on it untouched; both recreate; --all left nothing)")
 
 
+B_IDS = ("sbx-b-keep", "sbx-b-live", "sbx-b-crash", "vm-b-target")
+B_WHERE = "IN (" + ", ".join(f"'{i}'" for i in B_IDS) + ")"
+
+
+def pg_host(bin_, version, py, work, sock):
+    """Host B, in network, mount and pid namespaces of its own (`postgres` starts it): its
+    own uplink, /tmp and data dir, the same release writing to the same DB. Takes
+    commands on stdin, one per line, and answers each with one JSON line:
+    `make` (B's VMs: kept, live, stale, prefixed), `alive`, `cleanup ARGS...` (B's own
+    run of cleanup, then what is left of B's TAPs and tables), `create ID`, `quit`."""
+    uplink()
+    rel = Release("smolvm", version, py, work, PgClient(sock))
+    live = None
+    for line in sys.stdin:
+        cmd, *args = line.split()
+        if cmd == "make":
+            rel.make("create", *B_IDS)
+            rel.make("set", "sbx-b-keep", "stopped")
+            rel.make("set", "sbx-b-crash", "running", str(dead_pid()))
+            live = live_vm(rel, "sbx-b-live")
+            answer = {"live": live.pid}
+        elif cmd == "alive":
+            answer = {"alive": live.poll() is None}
+        elif cmd == "cleanup":
+            p = run([bin_, *args], env=rel.env, check=False)
+            answer = {"code": p.returncode, "out": p.stdout + p.stderr, "taps": sorted(taps()),
+                      "ruleset": run(["nft", "list", "ruleset"]).stdout.strip(),
+                      "live_stopped": live.poll() is not None}
+        elif cmd == "create":
+            answer = {"code": run([rel.py, HERE / "make.py", "smolvm", "create", *args], env=rel.env,
+                                  check=False).returncode}
+        else:
+            break
+        print(json.dumps(answer), flush=True)
+
+
+def occupy(pid):
+    """A process of ours at `pid` in this pid namespace: the one there, or a `sleep`
+    started there (ns_last_pid). Returns (pid, its start time), or None if it cannot."""
+    def started(p):
+        try:
+            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except OSError:
+            return None
+    if started(pid) is None:
+        for _ in range(5):
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+            p = subprocess.Popen(["sleep", "3600"])
+            if p.pid == pid:
+                break
+            p.kill()
+            p.wait()
+    t = started(pid)
+    return (pid, t) if t else None
+
+
+def postgres(bin_, version, py, work):
+    """Two hosts sharing one SmolVM DB in PostgreSQL (see the module's doc)."""
+    pg = Pg(work)
+    b = subprocess.Popen(
+        ["unshare", "-n", "-m", "-p", "-f", "--mount-proc", "sh", "-c", """
+            top=$1; shift
+            case $top in
+                /tmp/*) mount --bind /tmp /mnt && mount -t tmpfs tmpfs /tmp &&
+                    mkdir -p "$top" && mount --bind "/mnt/${top#/tmp/}" "$top" ;;
+                *) mount -t tmpfs tmpfs /tmp ;;
+            esac && exec python3 "$@" """, "host-b", str(REPO), __file__, "pg-host", bin_, version, py,
+         str(work / "host-b"), str(pg.sock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(*cmd):
+        b.stdin.write(" ".join(cmd) + "\n")
+        b.stdin.flush()
+        line = b.stdout.readline()
+        if not line:
+            raise Fail(f"host B did not answer {cmd[0]}")
+        return json.loads(line)
+
+    try:
+        ask("make")
+        theirs = pg.rows(B_WHERE)
+        pids = [int(x) for x in pg.psql("smolvm", f"SELECT pid FROM vms WHERE id {B_WHERE} AND pid IS NOT NULL")
+                .stdout.split()]
+        # Processes of host A at the very pids B's rows record: never to be signalled.
+        held = [o for o in map(occupy, pids) if o]
+        line = release(bin_, "smolvm", version, "E5" if version == "0.0.8" else "E14", py, work, pg, theirs)
+        if pg.rows(B_WHERE) != theirs:
+            raise Fail(f"host A's runs changed host B's rows: {show(pg.rows(B_WHERE) ^ theirs)}")
+        for pid, started in held:
+            try:
+                now = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+            except OSError:
+                now = None
+            if now != started:
+                raise Fail(f"host A's process at pid {pid}, which host B's rows record, was stopped")
+        if not ask("alive")["alive"]:
+            raise Fail("host B's live VM lost its VMM")
+        # B's own --all takes exactly B's VMs.
+        done = ask("cleanup", "--all")
+        if done["code"] != 0 or done["taps"] or done["ruleset"] or not done["live_stopped"]:
+            raise Fail(f"host B's own --all: {done}")
+        if pg.rows():
+            raise Fail(f"rows left after both hosts' --all: {show(pg.rows())}")
+        if ask("create", "sbx-b-again")["code"] != 0:
+            raise Fail("host B cannot create a VM again")
+        Release("smolvm", version, py, work, pg).make("create", "sbx-a-again")
+        print(f"{line.replace(': ok (', ' in PostgreSQL: ok (', 1)[:-1]}; two hosts in one DB: "
+              f"host B's {len(theirs)} rows byte-identical and {len(held)} processes at their pids "
+              "untouched after every run of host A, then B's own --all took exactly B's)")
+    finally:
+        b.stdin.close()
+        b.wait(timeout=30)
+        pg.stop()
+
+
 if __name__ == "__main__":
     try:
         if sys.argv[1] == "release":
-            release(*sys.argv[2:7], Path(sys.argv[7]))
+            print(release(*sys.argv[2:7], Path(sys.argv[7])))
+        elif sys.argv[1] == "postgres":
+            postgres(sys.argv[2], sys.argv[3], sys.argv[4], Path(sys.argv[5]))
+        elif sys.argv[1] == "pg-host":
+            pg_host(sys.argv[2], sys.argv[3], sys.argv[4], Path(sys.argv[5]), sys.argv[6])
         else:
             mixed(sys.argv[2], sys.argv[3], sys.argv[4], Path(sys.argv[5]))
     except Fail as e:
-        print(f"{' '.join(sys.argv[3:5])}: FAILED: {e}")
+        what = f"smolvm {sys.argv[3]} in PostgreSQL" if sys.argv[1] == "postgres" else " ".join(sys.argv[3:5])
+        print(f"{what}: FAILED: {e}")
         sys.exit(1)
