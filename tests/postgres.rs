@@ -217,14 +217,14 @@ fn dry_run_and_check_read_only_and_change_nothing() {
         !ours.iter().any(|l| l.contains("DELETE") || l.contains("UPDATE")),
         "{log}"
     );
-    // The cleanup itself deletes, each VM in its own statement.
+    // The cleanup itself deletes, every VM in one statement (each row only if unchanged).
     with_url(&w, &url, &[]).expect(
         0,
         "Reconciled stale VMs: sbx-crash\nTargets (2):\n  - sbx-crash\n  - vm-target1\nDeleted: sbx-crash\n\
          Deleted: vm-target1\nCleanup complete.\n",
     );
     assert!(pg.ids().is_empty());
-    assert_eq!(pg.server_log().matches("DELETE FROM vms").count(), 2);
+    assert_eq!(pg.server_log().matches("DELETE FROM vms v USING t").count(), 1);
 }
 
 /// One way of naming the server: the URL, the environment beside it, what to expect.
@@ -597,4 +597,42 @@ fn a_pinned_row_stays_whole_and_the_others_go() {
     );
     assert_eq!(pg.sql("SELECT count(*) FROM snapshots").trim(), "1");
     assert!(!has_link("tap2") && !has_link("tap4"));
+}
+
+/// SmolVM rewrites a row while the run waits for its VM's VMM to stop (a restart): that
+/// row is kept as SmolVM wrote it, with its child rows, and the VM fails; the others in
+/// the same statement go.
+#[test]
+fn a_row_smolvm_rewrites_during_the_run_is_kept() {
+    let Some(mut w) = World::new("pg-changed") else {
+        return;
+    };
+    w.add(VmSpec {
+        proc: crate::util::Proc::IgnoresTerm,
+        ..VmSpec::new("vm-restart", "running", 2)
+    });
+    w.add(VmSpec::stale("sbx-crash", 3));
+    let pg = Pg::start(pg::Config::default());
+    pg.take_rows_of(&w);
+    let run = w
+        .cmd(&["--grace", "3s"])
+        .env("SMOLVM_DATABASE_URL", pg.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the run waits out the VMM's grace, SmolVM writes the row again.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    pg.sql("UPDATE vms SET updated_at = 'restarted', status = 'running' WHERE id = 'vm-restart'");
+    let r = Run::from(run.wait_with_output().unwrap());
+    r.expect(
+        1,
+        "Reconciled stale VMs: sbx-crash\nTargets (2):\n  - sbx-crash\n  - vm-restart\nDeleted: sbx-crash\n\
+         Failed:  vm-restart (its state row changed during cleanup (VM restarted?); row kept)\n\
+         Cleanup completed with 1 failure(s).\n",
+    );
+    assert_eq!(pg.ids(), ["vm-restart"]);
+    assert_eq!(pg.sql("SELECT updated_at FROM vms").trim(), "restarted");
+    assert_eq!(pg.sql("SELECT vm_id FROM ip_leases").trim(), "vm-restart");
+    w.reap("vm-restart");
 }

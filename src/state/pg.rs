@@ -109,10 +109,12 @@ impl PgDb {
         Db::mirror(&shown, mem)?.load(db_index, project)
     }
 
-    /// In one transaction per statement: marks the `marks` rows stale as SmolVM does,
-    /// then deletes each of `deletes` (its child rows by the cascade, its browser
-    /// sessions beside it) only when its `updated_at` is still the one read and no
-    /// snapshot was taken of it. A VM whose delete fails keeps its row; the others go on.
+    /// Marks the `marks` rows stale as SmolVM does, then deletes each of `deletes` (its
+    /// child rows by the cascade, its browser sessions beside it) only while its
+    /// `updated_at` is the one read and no snapshot was taken of it. All the deletes go
+    /// as one statement and one commit; when the server refuses it (a foreign key without
+    /// cascade pins a row), each VM goes again in its own transaction, so only the VM
+    /// that cannot go keeps its row and the others go on.
     pub fn finish(
         &self,
         deletes: &[(&str, Option<&str>)],
@@ -120,34 +122,89 @@ impl PgDb {
         now: &str,
     ) -> Result<Vec<RowOutcome>> {
         let has = |t: &str| self.tables.iter().any(|x| x == t);
-        let snapshots = has("snapshots");
-        let mut stmts: Vec<(&str, Vec<Option<String>>)> = Vec::with_capacity(marks.len() + deletes.len());
-        const MARK: &str = "UPDATE vms SET status = 'error', pid = NULL, updated_at = $3 \
-                            WHERE id = $1 AND updated_at IS NOT DISTINCT FROM $2";
-        for (id, old) in marks {
-            stmts.push((
-                MARK,
-                vec![
-                    Some(id.to_string()),
-                    old.map(str::to_string),
-                    Some(now.to_string()),
-                ],
-            ));
+        let (snapshots, sessions) = (has("snapshots"), has("browser_sessions"));
+        let mut conn = self.conn();
+        let failed = |e: &pg::Error| fail("update", &self.shown, e);
+        if !marks.is_empty() {
+            const MARK: &str = "UPDATE vms SET status = 'error', pid = NULL, updated_at = $3 \
+                FROM unnest($1::text[], $2::text[]) AS t(id, stamp) \
+                WHERE vms.id = t.id AND vms.updated_at IS NOT DISTINCT FROM t.stamp";
+            let (ids, stamps) = arrays(marks);
+            conn.query(MARK, &[Some(&ids), Some(&stamps), Some(now)])
+                .map_err(|e| failed(&e))?;
         }
-        let delete = delete_sql(snapshots, has("browser_sessions"));
-        for (id, old) in deletes {
-            stmts.push((&delete, vec![Some(id.to_string()), old.map(str::to_string)]));
+        if deletes.is_empty() {
+            return Ok(Vec::new());
         }
-        let results = self
-            .conn()
-            .pipeline(&stmts)
-            .map_err(|e| fail("update", &self.shown, &e))?;
+        let (ids, stamps) = arrays(deletes);
+        match conn.query(&delete_all_sql(snapshots, sessions), &[Some(&ids), Some(&stamps)]) {
+            Ok(rows) if rows.rows.len() == deletes.len() => {
+                return Ok(rows.rows.iter().map(|r| outcome(r)).collect());
+            }
+            Ok(_) => {}
+            Err(e) if !matches!(e.kind, pg::Kind::Server { .. }) => return Err(failed(&e)),
+            Err(_) => {}
+        }
+        let one = delete_sql(snapshots, sessions);
+        let stmts: Vec<(&str, Vec<Option<String>>)> = deletes
+            .iter()
+            .map(|(id, old)| (one.as_str(), vec![Some(id.to_string()), old.map(str::to_string)]))
+            .collect();
+        let results = conn.pipeline(&stmts).map_err(|e| failed(&e))?;
         Ok(results
             .into_iter()
-            .skip(marks.len())
-            .map(|r| outcome(r, &self.shown))
+            .map(|r| match r {
+                Ok(rows) => outcome(rows.rows.first().map_or(&[][..], Vec::as_slice)),
+                Err(e) => refused(e, &self.shown),
+            })
             .collect())
     }
+}
+
+/// Two PostgreSQL text arrays: the ids, and the stamps that prove each row unchanged.
+fn arrays(rows: &[(&str, Option<&str>)]) -> (String, String) {
+    let ids = text_array(rows.iter().map(|(id, _)| Some(*id)));
+    let stamps = text_array(rows.iter().map(|(_, s)| *s));
+    (ids, stamps)
+}
+
+/// A text array literal (`{"a","b",NULL}`), every element quoted and escaped.
+fn text_array<'a>(items: impl Iterator<Item = Option<&'a str>>) -> String {
+    let quoted: Vec<String> = items
+        .map(|v| match v {
+            None => "NULL".to_string(),
+            Some(s) => format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")),
+        })
+        .collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
+/// Every VM's delete in one statement: each row only when unchanged and no snapshot
+/// names it, its browser sessions with it; one line per VM, in the order given, as
+/// `delete_sql` answers.
+fn delete_all_sql(snapshots: bool, browser_sessions: bool) -> String {
+    let pinned = if snapshots {
+        " AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.vm_id = v.id)"
+    } else {
+        ""
+    };
+    let sessions = if browser_sessions {
+        ", b AS (DELETE FROM browser_sessions WHERE vm_id IN (SELECT id FROM d))"
+    } else {
+        ""
+    };
+    let snapshot = if snapshots {
+        "EXISTS (SELECT 1 FROM snapshots s WHERE s.vm_id = t.id)"
+    } else {
+        "false"
+    };
+    format!(
+        "WITH t AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(id, stamp, n)), \
+         d AS (DELETE FROM vms v USING t WHERE v.id = t.id AND v.updated_at IS NOT DISTINCT FROM t.stamp{pinned} \
+         RETURNING v.id){sessions} \
+         SELECT (SELECT count(*) FROM d WHERE d.id = t.id), EXISTS (SELECT 1 FROM vms WHERE vms.id = t.id), \
+         {snapshot} FROM t ORDER BY t.n"
+    )
 }
 
 /// One VM's delete: the row only when unchanged and no snapshot names it (a snapshot is
@@ -176,24 +233,26 @@ fn delete_sql(snapshots: bool, browser_sessions: bool) -> String {
     )
 }
 
-fn outcome(r: std::result::Result<pg::Rows, pg::Error>, shown: &str) -> RowOutcome {
-    match r {
-        Ok(rows) => {
-            let row = rows.rows.first();
-            let col = |i: usize| row.and_then(|r| r.get(i)).and_then(Option::as_deref);
-            match (col(0), col(1), col(2)) {
-                (Some("1"), _, _) => RowOutcome::Deleted,
-                (_, Some("f"), _) => RowOutcome::AlreadyGone,
-                (_, _, Some("t")) => RowOutcome::Pinned("snapshots".into()),
-                _ => RowOutcome::Changed,
-            }
+/// A VM's outcome from its line of the answer: deleted, gone already, kept by a
+/// snapshot, or changed since it was read.
+fn outcome(row: &[Option<String>]) -> RowOutcome {
+    let col = |i: usize| row.get(i).and_then(Option::as_deref);
+    match (col(0), col(1), col(2)) {
+        (Some("1"), _, _) => RowOutcome::Deleted,
+        (_, Some("f"), _) => RowOutcome::AlreadyGone,
+        (_, _, Some("t")) => RowOutcome::Pinned("snapshots".into()),
+        _ => RowOutcome::Changed,
+    }
+}
+
+/// A VM whose own delete the server refused: pinned by a foreign key without cascade
+/// (from a table SmolVM never made), or failed.
+fn refused(e: pg::Error, shown: &str) -> RowOutcome {
+    match e.kind {
+        pg::Kind::Server { sqlstate, table } if sqlstate == "23503" => {
+            RowOutcome::Pinned(table.unwrap_or_else(|| "an unknown table".into()))
         }
-        // A foreign key without cascade, from a table SmolVM never made.
-        Err(pg::Error {
-            kind: pg::Kind::Server { sqlstate, table },
-            ..
-        }) if sqlstate == "23503" => RowOutcome::Pinned(table.unwrap_or_else(|| "an unknown table".into())),
-        Err(e) => RowOutcome::Failed(fail("update", shown, &e)),
+        _ => RowOutcome::Failed(fail("update", shown, &e)),
     }
 }
 
@@ -256,19 +315,15 @@ mod tests {
 
     #[test]
     fn outcomes_from_the_servers_answer() {
-        let rows = |a: &str, b: &str, c: &str| {
-            Ok(pg::Rows {
-                rows: vec![vec![Some(a.into()), Some(b.into()), Some(c.into())]],
-                ..pg::Rows::default()
-            })
-        };
-        assert_eq!(outcome(rows("1", "t", "f"), "u"), RowOutcome::Deleted);
-        assert_eq!(outcome(rows("0", "f", "f"), "u"), RowOutcome::AlreadyGone);
+        let row =
+            |a: &str, b: &str, c: &str| vec![Some(a.to_string()), Some(b.to_string()), Some(c.to_string())];
+        assert_eq!(outcome(&row("1", "t", "f")), RowOutcome::Deleted);
+        assert_eq!(outcome(&row("0", "f", "f")), RowOutcome::AlreadyGone);
         assert_eq!(
-            outcome(rows("0", "t", "t"), "u"),
+            outcome(&row("0", "t", "t")),
             RowOutcome::Pinned("snapshots".into())
         );
-        assert_eq!(outcome(rows("0", "t", "f"), "u"), RowOutcome::Changed);
+        assert_eq!(outcome(&row("0", "t", "f")), RowOutcome::Changed);
         let fk = pg::Error {
             kind: pg::Kind::Server {
                 sqlstate: "23503".into(),
@@ -276,7 +331,16 @@ mod tests {
             },
             text: "violates foreign key".into(),
         };
-        assert_eq!(outcome(Err(fk), "u"), RowOutcome::Pinned("vm_leases".into()));
+        assert_eq!(refused(fk, "u"), RowOutcome::Pinned("vm_leases".into()));
+    }
+
+    #[test]
+    fn arrays_quote_and_escape_every_element() {
+        assert_eq!(
+            text_array([Some("vm-1"), None, Some(r#"a"b\c"#)].into_iter()),
+            r#"{"vm-1",NULL,"a\"b\\c"}"#
+        );
+        assert_eq!(text_array(std::iter::empty()), "{}");
     }
 
     #[test]
