@@ -636,3 +636,36 @@ fn a_row_smolvm_rewrites_during_the_run_is_kept() {
     assert_eq!(pg.sql("SELECT vm_id FROM ip_leases").trim(), "vm-restart");
     w.reap("vm-restart");
 }
+
+/// A server that takes the connection and never answers (stopped, wedged) holds the run
+/// no longer than `--timeout`: named, nothing changed.
+#[test]
+fn a_server_that_never_answers_is_bounded_by_the_timeout() {
+    let Some(mut w) = World::new("pg-wedged") else {
+        return;
+    };
+    w.add(VmSpec::stale("sbx-crash", 2));
+    let pg = Pg::start(pg::Config::default());
+    pg.take_rows_of(&w);
+    let world = w.snapshot();
+    pg.signal("STOP");
+    for url in [
+        pg.url(),
+        format!("postgresql://ci:{PASSWORD_URL}@127.0.0.1/smolvm"),
+    ] {
+        let t = std::time::Instant::now();
+        let r = with_url(&w, &url, &["--timeout", "2s"]);
+        let took = t.elapsed();
+        assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.contains("did not answer within the run's --timeout")
+                && r.stdout.contains("nothing was changed"),
+            "{}",
+            r.stdout
+        );
+        assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
+    }
+    pg.signal("CONT");
+    w.snapshot().assert_same(&world);
+    assert_eq!(pg.ids(), ["sbx-crash"]);
+}

@@ -307,8 +307,20 @@ impl Pg {
         )
     }
 
+    /// Sends `sig` (`STOP`, `CONT`) to the server and all its processes.
+    pub fn signal(&self, sig: &str) {
+        if let Some(s) = &self.server {
+            let pid = s.id().to_string();
+            let _ = Command::new("pkill")
+                .args([&format!("-{sig}"), "-P", &pid])
+                .status();
+            let _ = Command::new("kill").args([&format!("-{sig}"), &pid]).status();
+        }
+    }
+
     /// Stops the server (fast shutdown) and waits for it.
     pub fn stop(&mut self) {
+        self.signal("CONT");
         if let Some(mut s) = self.server.take() {
             let _ = Command::new("kill").arg("-INT").arg(s.id().to_string()).status();
             let _ = s.0.wait();
