@@ -563,6 +563,42 @@ fn a_server_without_tls_is_refused_only_when_tls_is_required() {
     assert!(has_link("tap2"));
 }
 
+/// Where rustls differs from libpq: a self-signed CA certificate the server presents as
+/// its own is refused under verify-full, named so the operator knows what to change.
+#[test]
+fn a_ca_certificate_as_the_servers_own_is_refused_by_name() {
+    let Some(mut w) = World::new("pg-selfca") else {
+        return;
+    };
+    w.add(VmSpec::stale("sbx-crash", 2));
+    let pg = Pg::start(pg::Config::default());
+    pg.take_rows_of(&w);
+    pg.use_cert("self");
+    let ca = pg::certs().join("self.crt");
+    let url = format!(
+        "postgresql://ci:{PASSWORD_URL}@localhost/smolvm?sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    );
+    let r = with_url(&w, &url, &[]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains(
+            "TLS with the server at localhost:5432 failed: the server presents a CA certificate as its own, \
+             which rustls refuses (libpq accepts it): give the server a certificate signed by that CA"
+        ),
+        "{}",
+        r.stdout
+    );
+    // Encryption alone (require, no CA file) does not look at whose it is.
+    let r = with_url(
+        &w,
+        &format!("postgresql://ci:{PASSWORD_URL}@localhost/smolvm?sslmode=require"),
+        &["--dry-run"],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(pg.ids(), ["sbx-crash"]);
+}
+
 /// A row that a table of the user's still refers to (a foreign key without cascade) or
 /// a snapshot was taken of keeps its row, and its child rows with it; the others go.
 #[test]

@@ -172,7 +172,10 @@ pub(super) fn start_tls(p: &Params, host: &Host, mut sock: Plain, until: Instant
         if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
             return Err(
                 match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                    Some(t) => err(Kind::Tls, format!("TLS with the server at {host} failed: {t}")),
+                    Some(t) => err(
+                        Kind::Tls,
+                        format!("TLS with the server at {host} failed: {}", tls::explain(t)),
+                    ),
                     None => broken(&e),
                 },
             );

@@ -205,6 +205,18 @@ fn key_is_private(key: &Path) -> Result<(), String> {
     }
 }
 
+/// A handshake's failure in words an operator can act on.
+pub fn explain(e: &rustls::Error) -> String {
+    // webpki's reason travels as an opaque `Other` error: told apart by its name.
+    if matches!(e, rustls::Error::InvalidCertificate(CertificateError::Other(o)) if format!("{o:?}").contains("CaUsedAsEndEntity"))
+    {
+        return "the server presents a CA certificate as its own, which rustls refuses (libpq \
+                accepts it): give the server a certificate signed by that CA"
+            .into();
+    }
+    e.to_string()
+}
+
 /// The name the certificate is checked against (and sent as SNI): the host as given.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string()).map_err(|_| format!("{host:?} is not a valid name for TLS"))

@@ -144,6 +144,9 @@ pub fn certs() -> &'static Path {
         ssl("req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost");
         std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
         ssl("x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext");
+        // A self-signed CA certificate as a server's own (rustls refuses it, libpq does not).
+        ssl("req -x509 -newkey rsa:2048 -nodes -keyout self.key -out self.crt -days 2 -subj /CN=localhost \
+             -addext subjectAltName=DNS:localhost,IP:127.0.0.1");
         dir
     })
 }
@@ -305,6 +308,22 @@ impl Pg {
             "postgresql://{USER}:{PASSWORD_URL}@/smolvm?host={}&port={PORT}",
             self.sock.display()
         )
+    }
+
+    /// Gives the server another certificate and key from `certs()` (`self`), reloaded.
+    pub fn use_cert(&self, name: &str) {
+        let data = self.dir.0.join("data");
+        for ext in ["crt", "key"] {
+            std::fs::copy(
+                certs().join(format!("{name}.{ext}")),
+                data.join(format!("server.{ext}")),
+            )
+            .unwrap();
+        }
+        chown_r(&data);
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        self.sql("SELECT pg_reload_conf()");
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     /// Sends `sig` (`STOP`, `CONT`) to the server and all its processes.
