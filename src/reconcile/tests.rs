@@ -1025,3 +1025,91 @@ fn another_data_dirs_live_vms_are_never_this_runs() {
         inv.warnings
     );
 }
+
+/// Rows of a DB other hosts share (PostgreSQL): a row is this host's only when something
+/// here names its VM by its id; any other is never stale, never marked, never a target
+/// (with --all too), and listed once. A TAP named only by the pool, or a file on a
+/// network filesystem, proves nothing.
+#[test]
+fn a_shared_dbs_row_is_this_hosts_only_when_something_here_names_it() {
+    let mut o = obs(vec![
+        row("sbx-disk", "running", Some(500)),
+        row("sbx-rule", "running", Some(501)),
+        row("sbx-vmm", "running", Some(502)),
+        row("sbx-far", "running", Some(503)),
+        row("sbx-tap", "running", None),
+        row("sbx-nfs", "running", None),
+        row("vm-far", "created", None),
+    ]);
+    o.rows[4].taps = vec!["tap4".into()];
+    o.shared_dbs.insert(0);
+    o.data_listing = vec![DirListing {
+        dir: "/var/lib/smolvm".into(),
+        disks: vec!["sbx-disk.ext4".into()],
+        ..DirListing::default()
+    }];
+    o.rules = vec![rule(NFPROTO_IPV4, "smolvm_nat", 1, "smolvm:sbx-rule:ssh")];
+    o.procs.insert(502, fc(502, 990.0, "sbx-vmm"));
+    o.vmms = vec![fc(502, 990.0, "sbx-vmm")];
+    // Pid 503 here is an unrelated process: another host's row records it.
+    o.procs.insert(503, proc(503, 10.0, &["sleep", "1000"]));
+    o.links = vec![tap(4, "tap4")];
+    // sbx-nfs's log is in a data dir on NFS.
+    o.data_dirs.push("/nfs/smolvm".into());
+    o.remote_dirs.insert("/nfs/smolvm".into());
+    o.data_listing.push(DirListing {
+        dir: "/nfs/smolvm".into(),
+        top: vec!["sbx-nfs.log".into()],
+        ..DirListing::default()
+    });
+    // The DB's data dir is the NFS one: sbx-disk's disk in the local dir is not its data
+    // dir's, so nothing here names it (the local case is below).
+    o.db_dirs = vec!["/nfs/smolvm".into()];
+    let inv = inventory(&o);
+    let by = |id: &str| inv.vms.iter().find(|v| v.id == id).unwrap();
+    for far in ["sbx-far", "sbx-tap", "sbx-nfs", "vm-far", "sbx-disk"] {
+        let v = by(far);
+        assert!(v.other_host, "{far}");
+        assert!(
+            v.stale.is_none() && v.mark.is_empty() && v.vmms.is_empty(),
+            "{far}"
+        );
+    }
+    assert!(!by("sbx-rule").other_host && by("sbx-rule").stale.is_some());
+    assert!(!by("sbx-vmm").other_host && by("sbx-vmm").stale.is_none());
+    assert_eq!(
+        inv.other_hosts,
+        ["sbx-disk", "sbx-far", "sbx-tap", "sbx-nfs", "vm-far"]
+    );
+    assert!(
+        inv.warnings
+            .iter()
+            .any(|w| w.starts_with("sbx-tap: its row is in a DB other hosts share, and TAP tap4 is here")),
+        "{:?}",
+        inv.warnings
+    );
+    let sel = crate::plan::Selection {
+        all: true,
+        prefix: "vm-".into(),
+        min_age: None,
+        now: 2000.0,
+    };
+    let plan = crate::plan::build(&inv, &o, &sel);
+    let ids: Vec<&str> = plan.targets.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["sbx-rule", "sbx-vmm"]);
+    // A TAP a far row names stays, even with --all.
+    assert!(plan.targets.iter().all(|t| t.taps.is_empty()));
+
+    // A local data dir: the disk names sbx-disk, which is then this host's and stale.
+    o.db_dirs = vec!["/var/lib/smolvm".into()];
+    let inv = inventory(&o);
+    let disk = inv.vms.iter().find(|v| v.id == "sbx-disk").unwrap();
+    assert!(!disk.other_host && disk.stale.is_some());
+    // Told the DB is this host's alone, every row is judged as a SQLite row is.
+    o.shared_dbs.clear();
+    let inv = inventory(&o);
+    assert!(inv.other_hosts.is_empty());
+    let far = inv.vms.iter().find(|v| v.id == "sbx-far").unwrap();
+    assert_eq!(far.stale, Some(Stale::OtherProcess(503, "sleep".into())));
+    assert!(far.vmms.is_empty(), "an unrelated process is never a VMM of its");
+}

@@ -2,8 +2,9 @@
 //! tables as its SQLite DB (TEXT timestamps, JSON in TEXT columns, columns added by
 //! ALTER over the releases), read in one read-only snapshot and mirrored into an
 //! in-memory SQLite DB, so that one reader (`read.rs`) judges every release's schema
-//! wherever it is kept. Writes go to the server: each VM's delete is its own
-//! transaction, only while its row is unchanged, its child rows by the schema's cascade.
+//! wherever it is kept. Writes go to the server: every VM's delete in one statement,
+//! each row only while unchanged, its child rows by the schema's cascade; each VM in its
+//! own transaction only when the server refuses that statement.
 
 use std::sync::Mutex;
 use std::time::Instant;
