@@ -223,6 +223,10 @@ fn parse_cleanup(mode: Mode, mut parser: lexopt::Parser) -> Result<Action, Strin
                     .value()
                     .and_then(|v| v.string())
                     .map_err(|e| e.to_string())?;
+                // SmolVM's own test; anything else it would not have used.
+                if !(v.starts_with("postgresql") || v.starts_with("postgres://")) {
+                    return Err("--database-url takes a postgresql:// or postgres:// URL".to_string());
+                }
                 o.database_url = Some(v);
             }
             Long("database-is-local") => o.database_is_local = true,
@@ -326,9 +330,13 @@ mod tests {
             &["--grace", "soon"],
             &["--timeout", "0"],
             &["--state-dir", ""],
+            &["--database-url", "mysql://db/smolvm"],
+            &["--database-url", "host=db password=x"],
         ] {
             assert!(run(Mode::Cleanup, bad).is_err(), "{bad:?}");
         }
+        let e = run(Mode::Cleanup, &["--database-url", "host=db password=s3cret"]).unwrap_err();
+        assert!(!e.message.contains("s3cret"), "{}", e.message);
         let e = run(Mode::Cleanup, &["--prefix", ""]).unwrap_err();
         assert!(e.message.contains("--prefix"), "{}", e.message);
     }

@@ -360,7 +360,8 @@ fn postgres_source(opts: &Options, env: &locate::Env) -> Option<discover::PgSour
         (None, None) => return None,
     };
     let shown = locate::postgres(url)?;
-    let dir = locate::smolvm_data_dir(opts.db.as_deref(), opts.state_dir.as_deref(), env)?;
+    let dir = locate::smolvm_data_dir(opts.db.as_deref(), opts.state_dir.as_deref(), env)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/smolvm"));
     Some(discover::PgSource {
         url: url.clone(),
         shown,

@@ -351,55 +351,33 @@ impl Pg {
     pub fn take_rows_of(&self, w: &World) {
         let c = w.conn();
         let mut sql = String::new();
-        let q = |v: Option<String>| v.map_or("NULL".to_string(), |s| format!("'{}'", s.replace('\'', "''")));
-        let mut s = c
-            .prepare("SELECT id, status, config, network, pid, socket_path, created_at, updated_at FROM vms")
-            .unwrap();
-        let rows = s
-            .query_map([], |r| {
-                Ok((0..8)
-                    .map(|i| match r.get_ref(i).unwrap() {
-                        rusqlite::types::ValueRef::Integer(n) => Some(n.to_string()),
-                        rusqlite::types::ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>())
-            })
-            .unwrap();
-        for r in rows {
-            let v: Vec<String> = r.unwrap().into_iter().map(q).collect();
-            sql.push_str(&format!(
-                "INSERT INTO vms (id, status, config, network, pid, socket_path, created_at, updated_at) VALUES ({});\n",
-                v.join(", ")
-            ));
-        }
         for (table, cols) in [
+            (
+                "vms",
+                "id, status, config, network, pid, socket_path, created_at, updated_at",
+            ),
             ("ip_leases", "ip, vm_id, tap_device, created_at"),
             ("ssh_forwards", "vm_id, host_port, guest_port, created_at"),
         ] {
+            let n = cols.split(", ").count();
             let mut s = c.prepare(&format!("SELECT {cols} FROM {table}")).unwrap();
-            let rows = s
-                .query_map([], |r| {
-                    Ok((0..4)
-                        .map(|i| match r.get_ref(i).unwrap() {
-                            rusqlite::types::ValueRef::Integer(n) => Some(n.to_string()),
-                            rusqlite::types::ValueRef::Text(t) => {
-                                Some(String::from_utf8_lossy(t).into_owned())
-                            }
-                            _ => None,
-                        })
-                        .collect::<Vec<_>>())
-                })
-                .unwrap();
-            for r in rows {
-                let v: Vec<String> = r.unwrap().into_iter().map(q).collect();
+            let mut rows = s.query([]).unwrap();
+            while let Some(r) = rows.next().unwrap() {
+                let values: Vec<String> = (0..n)
+                    .map(|i| match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''"))
+                        }
+                        _ => "NULL".to_string(),
+                    })
+                    .collect();
                 sql.push_str(&format!(
                     "INSERT INTO {table} ({cols}) VALUES ({});\n",
-                    v.join(", ")
+                    values.join(", ")
                 ));
             }
         }
-        drop(s);
         drop(c);
         if !sql.is_empty() {
             self.sql(&sql);
