@@ -429,11 +429,13 @@ def occupy(pid):
 def postgres(bin_, version, py, work):
     """Two hosts sharing one SmolVM DB in PostgreSQL (see the module's doc)."""
     pg = Pg(work)
+    # Host B's own /tmp; a checkout under /tmp (bound into ours) is bound back into it,
+    # with its submounts (--rbind).
     b = subprocess.Popen(
         ["unshare", "-n", "-m", "-p", "-f", "--mount-proc", "sh", "-c", """
             top=$1; shift
             case $top in
-                /tmp/*) mount --bind /tmp /mnt && mount -t tmpfs tmpfs /tmp &&
+                /tmp/*) mount --rbind /tmp /mnt && mount -t tmpfs tmpfs /tmp &&
                     mkdir -p "$top" && mount --bind "/mnt/${top#/tmp/}" "$top" ;;
                 *) mount -t tmpfs tmpfs /tmp ;;
             esac && exec python3 "$@" """, "host-b", str(REPO), __file__, "pg-host", bin_, version, py,
