@@ -294,7 +294,8 @@ fn resolve(vm: Vm, obs: &Observed) -> Target {
         id: vm.shown(),
         stale: vm.stale,
         refuse: vm.refuse,
-        vmms: [vm.vmms, vm.sidecars].concat(),
+        // An exiting VMM is waited for with the others (signalled too: it is dying anyway).
+        vmms: [vm.vmms, vm.exiting, vm.sidecars].concat(),
         tap_names: vm.tap_names,
         files: vm.files,
     }

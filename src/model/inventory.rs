@@ -29,6 +29,8 @@ pub enum Stale {
     PidReused(i32),
     /// A row expects a VMM and none was found.
     NoVmm,
+    /// Its VMM was killed a moment ago and is still exiting (waited for, never left).
+    Exiting(i32),
     /// Only the host shows this VM.
     NoRow,
     /// Only a rule names this TAP.
@@ -45,6 +47,7 @@ impl fmt::Display for Stale {
             Stale::OtherProcess(pid, argv0) => write!(f, "pid {pid} is now another process ({argv0:?})"),
             Stale::PidReused(pid) => write!(f, "pid {pid} started after the row was written (pid reused)"),
             Stale::NoVmm => write!(f, "VMM is gone"),
+            Stale::Exiting(pid) => write!(f, "VMM pid {pid} is exiting"),
             Stale::NoRow => write!(f, "no state row"),
             Stale::TapNoRow => write!(f, "no state row names this TAP"),
         }
@@ -136,6 +139,9 @@ pub struct Vm {
     /// Processes beside its VMM (swtpm, a port forward's ssh tunnel), proven its own:
     /// stopped with it, never a sign that it lives.
     pub sidecars: Vec<Vmm>,
+    /// Its VMM, killed a moment ago and still exiting: no sign of life (what it still
+    /// holds is its own), waited for before its TAP and files go.
+    pub exiting: Vec<Vmm>,
     /// Why this VM must not be touched even when targeted.
     pub refuse: Option<Refusal>,
     /// TAP names the VM owns (valid names; present or not).

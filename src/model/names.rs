@@ -41,6 +41,12 @@ pub fn is_vmm_argv0(argv0: &str) -> bool {
     base == "firecracker" || base.starts_with("qemu-system-") || base == "qemu-kvm" || base == "krunvm"
 }
 
+/// A VMM's command name (`/proc/PID/stat`'s comm, at most 15 bytes): what is left to
+/// tell one by once it is exiting and its command line is gone.
+pub fn vmm_comm(comm: &str) -> bool {
+    comm == "firecracker" || comm.starts_with("qemu-system-") || comm == "qemu-kvm" || comm == "krunvm"
+}
+
 /// The paths a VMM's or sidecar's command line names, as SmolVM passes them: whole
 /// arguments, and the parts of `--api-sock=/p`, QEMU's `file=/p,format=raw`,
 /// `unix:/p,server` and swtpm's `dir=/p`. Only compared, never opened.

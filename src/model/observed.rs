@@ -88,6 +88,11 @@ pub struct ProcInfo {
     pub state: char,
     /// Field 22 of /proc/PID/stat, clock ticks after boot: with the pid, the identity.
     pub start_ticks: u64,
+    /// Its command name (`qemu-system-x86`, `firecracker`): what is left to tell a VMM by
+    /// once it is exiting and its command line is gone.
+    pub comm: String,
+    /// Killed a moment ago and still exiting (its threads may still hold its TAP).
+    pub exiting: bool,
     /// Start time as Unix seconds (derived from boot time; precise to ~10 ms).
     pub start_unix: f64,
     pub cmdline: Vec<String>,

@@ -28,15 +28,47 @@ pub fn unusable(root: &Path) -> Option<String> {
     }
 }
 
-/// Parses `/proc/PID/stat`: the fields after the last `)` (the comm may hold spaces and
-/// parens). Returns the state letter and field 22, starttime.
-pub fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
+/// What `/proc/PID/stat` says of a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// The command name (field 2, at most 15 bytes: `qemu-system-x86`).
+    pub comm: String,
+    pub state: char,
+    /// The kernel's flags word (field 9): `PF_EXITING` while it exits.
+    pub flags: u64,
+    /// Field 22, clock ticks after boot.
+    pub start: u64,
+}
+
+/// The kernel's flag on a task in `do_exit`.
+const PF_EXITING: u64 = 0x4;
+
+/// Parses `/proc/PID/stat`: the comm between the first `(` and the last `)` (it may hold
+/// spaces and parens), then the fields after it.
+pub fn parse_stat(stat: &str) -> Option<Stat> {
+    let close = stat.rfind(')')?;
+    let comm = stat[..close].split_once('(')?.1.to_string();
+    let mut fields = stat[close + 1..].split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
-    // After the state (field 3), starttime is field 22: 18 fields further on.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+    // After the state (field 3): flags is field 9, starttime field 22.
+    let flags = fields.nth(5)?.parse().ok()?;
+    let start = fields.nth(12)?.parse().ok()?;
+    Some(Stat {
+        comm,
+        state,
+        flags,
+        start,
+    })
+}
+
+/// A SIGKILL is pending for the process or one of its threads (`SigPnd`/`ShdPnd` of
+/// `/proc/PID/status`, bit 8): it is about to exit, whatever its threads are doing.
+pub fn parse_kill_pending(status: &str) -> bool {
+    status.lines().any(|l| {
+        let mask = l.strip_prefix("SigPnd:").or_else(|| l.strip_prefix("ShdPnd:"));
+        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & (1 << 8) != 0)
+    })
 }
 
 /// `/proc/PID/cmdline` split on NUL (lossy: an argument is only compared, never executed).
@@ -133,8 +165,7 @@ impl Procfs {
     /// The process at `pid`, or None when there is none (or it vanished while we read).
     pub fn read(&self, pid: i32) -> Option<ProcInfo> {
         let dir = self.root.join(pid.to_string());
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        let (state, start_ticks) = parse_stat(&stat)?;
+        let stat = parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
         // A zombie's cmdline is empty; an unreadable one (hidepid) is treated the same way.
         let cmdline = std::fs::read(dir.join("cmdline"))
             .map(|raw| parse_cmdline(&raw))
@@ -142,9 +173,11 @@ impl Procfs {
         let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dir).ok()?);
         Some(ProcInfo {
             pid,
-            state,
-            start_ticks,
-            start_unix: self.boot_unix + start_ticks as f64 / self.ticks_per_sec,
+            state: stat.state,
+            start_ticks: stat.start,
+            start_unix: self.boot_unix + stat.start as f64 / self.ticks_per_sec,
+            exiting: self.exiting(&dir, &stat),
+            comm: stat.comm,
             role: vm_role(&cmdline),
             cmdline,
             uid,
@@ -154,10 +187,21 @@ impl Procfs {
         })
     }
 
+    /// Is the process on its way out (killed a moment ago: SIGKILL pending, its leader in
+    /// `do_exit`, or a zombie leader whose other threads still exit, holding its fds)? A
+    /// zombie whose threads are all gone is dead, not exiting.
+    fn exiting(&self, dir: &Path, stat: &Stat) -> bool {
+        if stat.state == 'Z' || stat.state == 'X' {
+            return std::fs::read_dir(dir.join("task")).is_ok_and(|t| t.count() > 1);
+        }
+        stat.flags & PF_EXITING != 0
+            || std::fs::read_to_string(dir.join("status")).is_ok_and(|s| parse_kill_pending(&s))
+    }
+
     /// Re-reads only the start time, to prove a pidfd still refers to the process we judged.
     pub fn start_ticks(&self, pid: i32) -> Option<u64> {
         let stat = std::fs::read_to_string(self.root.join(pid.to_string()).join("stat")).ok()?;
-        parse_stat(&stat).map(|(_, t)| t)
+        parse_stat(&stat).map(|s| s.start)
     }
 
     /// Whose processes this /proc shows: the pid namespace of its first process (or,
@@ -208,10 +252,30 @@ mod tests {
 
     #[test]
     fn stat_with_hostile_comm() {
-        let stat = "4242 (fire) cr (acker) S 1 4242 4242 0 -1 4194560 96 0 0 0 0 0 0 0 20 0 1 0 987654 4096 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-        assert_eq!(parse_stat(stat), Some(('S', 987654)));
+        let stat = "4242 (fire) cr (acker) S 1 4242 4242 0 -1 4194564 96 0 0 0 0 0 0 0 20 0 1 0 987654 4096 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                comm: "fire) cr (acker".into(),
+                state: 'S',
+                flags: 4_194_564,
+                start: 987_654
+            })
+        );
+        assert_eq!(parse_stat(stat).map(|s| s.flags & PF_EXITING), Some(4));
         assert_eq!(parse_stat("12 (x) Z 1 2 3"), None);
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_pending_sigkill_is_seen() {
+        assert!(parse_kill_pending(
+            "Name:\tqemu\nSigPnd:\t0000000000000100\nShdPnd:\t0000000000000000\n"
+        ));
+        assert!(parse_kill_pending("ShdPnd:\t0000000000004100\n"));
+        assert!(!parse_kill_pending(
+            "SigPnd:\t0000000000004000\nShdPnd:\t0000000000000000\n"
+        ));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub(super) fn leave_other_hosts(inv: &mut Inventory, obs: &Observed, ix: &Index<
         vm.mark.clear();
         vm.refuse = None;
         vm.vmms.clear();
+        vm.exiting.clear();
         vm.sidecars.clear();
         vm.files.clear();
         inv.other_hosts.push(vm.shown());
@@ -61,6 +62,7 @@ fn names_here(vm: &Vm, obs: &Observed, ix: &Index<'_>) -> bool {
                 .is_some_and(|ps| vm.projects.iter().any(|p| ps.contains(p)))
     };
     !vm.vmms.is_empty()
+        || !vm.exiting.is_empty()
         || !vm.sidecars.is_empty()
         || matches!(
             vm.refuse,

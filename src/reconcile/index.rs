@@ -72,8 +72,11 @@ impl<'a> Index<'a> {
             if ids.len() == 1
                 && let Some(id) = ids.into_iter().next()
             {
+                // An exiting VMM's view can no longer be read (its namespaces are being
+                // released): it is judged as ours, since all it can be is waited for.
                 let by_role = match (&p.view, p.role) {
                     (View::Elsewhere(_), _) | (_, None) => continue,
+                    (View::Unknown(_), Some(Role::Vmm)) if p.exiting => &mut ix.vmms_by_id,
                     (View::Unknown(_), _) => &mut ix.uninspected_by_id,
                     (View::Ours, Some(Role::Vmm)) if p.home.as_ref().is_some_and(|h| !h.ours) => {
                         &mut ix.foreign_by_id

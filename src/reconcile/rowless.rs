@@ -206,6 +206,15 @@ fn rowless_vm(
         tap_names: tied.cloned().unwrap_or_default(),
         vmms: vmms
             .iter()
+            .filter(|p| !p.exiting)
+            .map(|p| Vmm {
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+            })
+            .collect(),
+        exiting: vmms
+            .iter()
+            .filter(|p| p.exiting)
             .map(|p| Vmm {
                 pid: p.pid,
                 start_ticks: p.start_ticks,
@@ -411,6 +420,11 @@ pub(super) fn judge_rowless(vm: &mut Vm, obs: &Observed) {
     vm.files.retain(|f| !obs.held_locks.contains(&f.path()));
     if let Some(v) = vm.vmms.first() {
         vm.live = Some(Life::Vmm(v.pid));
+        return;
+    }
+    // Its VMM is exiting: what it still holds is its own, and the run waits for it.
+    if let Some(v) = vm.exiting.first() {
+        vm.stale = Some(Stale::Exiting(v.pid));
         return;
     }
     match life {

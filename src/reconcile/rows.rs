@@ -64,13 +64,31 @@ fn row_vmm_elsewhere(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Option<(i32
         .pid
         .and_then(|raw| i32::try_from(raw).ok())
         .and_then(|pid| obs.procs.get(&pid))?;
-    if p.is_zombie() || !names_only(p, &row.id, obs, dirs) {
+    // An exiting VMM's view can no longer be read: it is waited for (`judge_pid`).
+    let exiting_unread = p.exiting && matches!(p.view, View::Unknown(_));
+    if p.is_zombie() || exiting_unread || !names_only(p, &row.id, obs, dirs) {
         return None;
     }
     match &p.view {
         View::Ours => None,
         View::Elsewhere(why) | View::Unknown(why) => Some((p.pid, why.clone())),
     }
+}
+
+/// An exiting process at the pid a row records is that row's VMM when its command line
+/// (while it still has one) names the VM, or, once its memory is gone, its command name
+/// is a VMM's; and it started no later than the row was written (not a reused pid).
+fn vmm_exiting(p: &ProcInfo, row: &Row, obs: &Observed, dirs: &[PathBuf]) -> bool {
+    let named = if p.cmdline.is_empty() {
+        crate::model::vmm_comm(&p.comm)
+    } else {
+        names_only(p, &row.id, obs, dirs)
+    };
+    let started = row
+        .updated_unix
+        .is_none_or(|t| p.start_unix <= t + START_SLACK_SECS);
+    // Its view may be unreadable as it exits; one seen elsewhere is another's.
+    named && started && !matches!(p.view, View::Elsewhere(_))
 }
 
 /// Judges the pid a row records. Ok: the VMM is alive and proven. Err: why it is stale.
@@ -85,6 +103,9 @@ pub(super) fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<V
     let Some(p) = obs.procs.get(&pid) else {
         return Err(Stale::Gone(pid));
     };
+    if p.exiting && vmm_exiting(p, row, obs, dirs) {
+        return Err(Stale::Exiting(pid));
+    }
     if p.is_zombie() {
         return Err(Stale::Zombie(pid));
     }
@@ -101,6 +122,23 @@ pub(super) fn judge_pid(row: &Row, obs: &Observed, dirs: &[PathBuf]) -> Result<V
         pid,
         start_ticks: p.start_ticks,
     })
+}
+
+/// Records an exiting VMM of the VM, and says so once.
+fn exiting(vm: &mut Vm, p: &ProcInfo, warnings: &mut Vec<String>) {
+    let v = Vmm {
+        pid: p.pid,
+        start_ticks: p.start_ticks,
+    };
+    if !vm.exiting.contains(&v) {
+        vm.exiting.push(v);
+        warnings.push(format!(
+            "{}: its VMM pid {} is exiting (killed a moment ago?): the run waits for it before its \
+             TAP and files go",
+            vm.shown(),
+            p.pid
+        ));
+    }
 }
 
 /// Judges a VM that has rows: its projects, its VMM, staleness, and its resources.
@@ -157,7 +195,9 @@ pub(super) fn judge_life(
             ));
         }
     }
+    // What an exiting VMM still holds (its TAP, its socket's backlog) is its own.
     if vm.vmms.is_empty()
+        && vm.exiting.is_empty()
         && let Some(life) = signs_of_life(vm, obs, &whose, |tap| {
             live_taps
                 .get(tap)
@@ -193,6 +233,7 @@ pub(super) fn judge_vmm(
     let mut stale_reason = None;
     let mut expects = false;
     let mut other_view = None;
+    let mut dying = Vec::new();
     for (&ri, row) in vm.rows.iter().zip(rows) {
         if !row.status.expects_process() {
             continue;
@@ -214,6 +255,9 @@ pub(super) fn judge_vmm(
                 {
                     warnings.push(format!("{}: {why}; refusing to signal it", row.id));
                 }
+                if let Stale::Exiting(pid) = why {
+                    dying.push(pid);
+                }
                 stale_reason.get_or_insert(why);
                 if row.status != Status::Error || row.pid.is_some() {
                     vm.mark.push(ri);
@@ -221,8 +265,11 @@ pub(super) fn judge_vmm(
             }
         }
     }
+    for p in dying.iter().filter_map(|pid| obs.procs.get(pid)) {
+        exiting(vm, p, warnings);
+    }
     for p in ix.vmms_by_id.get(vm.id.as_str()).into_iter().flatten() {
-        if vm.vmms.iter().any(|v| v.pid == p.pid) {
+        if vm.vmms.iter().chain(&vm.exiting).any(|v| v.pid == p.pid) {
             continue;
         }
         // The id is another DB's VM's too: the VMM is this one's only when its command
@@ -235,6 +282,11 @@ pub(super) fn judge_vmm(
             && p.start_unix > t + START_SLACK_SECS
         {
             vm.refuse.get_or_insert(Refusal::StartedLate(p.pid));
+            continue;
+        }
+        if p.exiting {
+            stale_reason.get_or_insert(Stale::Exiting(p.pid));
+            exiting(vm, p, warnings);
             continue;
         }
         vm.vmms.push(Vmm {
@@ -457,7 +509,8 @@ pub(super) fn out_of_view(inv: &mut Inventory, obs: &Observed) {
     if !obs.pid_view.foreign {
         return;
     }
-    let unseen = |v: &Vm| v.expects_vmm && v.vmms.is_empty() && !v.rowless && !v.other_host;
+    let unseen =
+        |v: &Vm| v.expects_vmm && v.vmms.is_empty() && v.exiting.is_empty() && !v.rowless && !v.other_host;
     let predates = |v: &Vm| {
         let newest = v
             .rows

@@ -41,6 +41,10 @@ fn proc(pid: i32, start: f64, cmd: &[&str]) -> ProcInfo {
         state: 'S',
         start_ticks: pid as u64 * 10,
         start_unix: start,
+        comm: cmd.first().map_or(String::new(), |c| {
+            c.rsplit('/').next().unwrap_or(c).chars().take(15).collect()
+        }),
+        exiting: false,
         role: crate::model::vm_role(&cmdline),
         cmdline,
         uid: 0,
@@ -1112,4 +1116,125 @@ fn a_shared_dbs_row_is_this_hosts_only_when_something_here_names_it() {
     let far = inv.vms.iter().find(|v| v.id == "sbx-far").unwrap();
     assert_eq!(far.stale, Some(Stale::OtherProcess(503, "sleep".into())));
     assert!(far.vmms.is_empty(), "an unrelated process is never a VMM of its");
+}
+
+/// A VMM killed a moment before the run is still exiting: its threads still hold the
+/// TAP (carrier) and its command line may already be gone. It is no sign of life: the
+/// VM is stale, the exiting VMM is waited for (it is in the target's processes), and
+/// what it holds goes with it. Only a process whose command name is a VMM's and that
+/// started before the row was written counts; an exiting stranger at the pid does not.
+#[test]
+fn a_vmm_still_exiting_is_waited_for_not_taken_for_life() {
+    let mut o = obs(vec![row("sbx-dying", "running", Some(500))]);
+    o.rows[0].taps = vec!["tap2".into()];
+    o.links = vec![Link {
+        carrier: true,
+        ..tap(2, "tap2")
+    }];
+    // Its memory is gone: no command line, only its name in stat.
+    let dying = ProcInfo {
+        cmdline: vec![],
+        role: None,
+        exiting: true,
+        ..proc(500, 990.0, &["qemu-system-x86_64"])
+    };
+    o.procs.insert(500, dying.clone());
+    let inv = inventory(&o);
+    let vm = &inv.vms[0];
+    assert_eq!(vm.stale, Some(Stale::Exiting(500)));
+    assert_eq!(
+        vm.exiting,
+        [Vmm {
+            pid: 500,
+            start_ticks: 5000
+        }]
+    );
+    assert!(vm.vmms.is_empty() && vm.live.is_none() && vm.refuse.is_none());
+    assert!(
+        inv.warnings
+            .iter()
+            .any(|w| w.contains("its VMM pid 500 is exiting")),
+        "{:?}",
+        inv.warnings
+    );
+    let sel = crate::plan::Selection {
+        all: false,
+        prefix: "vm-".into(),
+        min_age: None,
+        now: 2000.0,
+    };
+    let plan = crate::plan::build(&inv, &o, &sel);
+    assert_eq!(
+        plan.targets[0].vmms,
+        [Vmm {
+            pid: 500,
+            start_ticks: 5000
+        }]
+    );
+    assert_eq!(plan.targets[0].taps.len(), 1);
+
+    // Still with its command line (killed an instant ago): the same.
+    let mut o2 = o.clone();
+    o2.procs.insert(
+        500,
+        ProcInfo {
+            exiting: true,
+            ..fc(500, 990.0, "sbx-dying")
+        },
+    );
+    o2.vmms = vec![ProcInfo {
+        exiting: true,
+        ..fc(500, 990.0, "sbx-dying")
+    }];
+    let inv = inventory(&o2);
+    assert_eq!(inv.vms[0].stale, Some(Stale::Exiting(500)));
+    assert!(inv.vms[0].vmms.is_empty());
+
+    // An exiting process that is no VMM, or one started after the row: another's.
+    for stranger in [
+        ProcInfo {
+            exiting: true,
+            cmdline: vec![],
+            role: None,
+            ..proc(500, 990.0, &["sleep"])
+        },
+        ProcInfo {
+            start_unix: 1500.0,
+            ..dying.clone()
+        },
+    ] {
+        let mut o3 = o.clone();
+        o3.procs.insert(500, stranger);
+        let inv = inventory(&o3);
+        assert!(inv.vms[0].exiting.is_empty(), "{:?}", inv.vms[0]);
+        // The TAP held open by something unidentified keeps it alive, as before.
+        assert!(inv.vms[0].refuse.is_some());
+    }
+}
+
+/// An exiting VMM's namespaces are released as it exits, so its view cannot be read: it
+/// is still this VM's exiting VMM (waited for), not "cannot tell"; one seen in another
+/// view is another's.
+#[test]
+fn an_exiting_vmm_whose_view_cannot_be_read_is_waited_for() {
+    let mut o = obs(vec![row("sbx-dying", "running", Some(500))]);
+    let unread = ProcInfo {
+        exiting: true,
+        view: View::Unknown("its namespaces cannot be read".into()),
+        ..fc(500, 990.0, "sbx-dying")
+    };
+    o.procs.insert(500, unread.clone());
+    o.vmms = vec![unread.clone()];
+    let inv = inventory(&o);
+    assert_eq!(inv.vms[0].stale, Some(Stale::Exiting(500)));
+    assert!(inv.vms[0].refuse.is_none() && inv.uninspected.is_empty());
+    let elsewhere = ProcInfo {
+        view: View::Elsewhere("another network namespace".into()),
+        ..unread
+    };
+    o.procs.insert(500, elsewhere.clone());
+    o.vmms = vec![elsewhere];
+    let inv = inventory(&o);
+    assert!(inv.vms[0].exiting.is_empty());
+    assert!(matches!(inv.vms[0].refuse, Some(Refusal::OtherView(500, _))));
 }
