@@ -173,7 +173,7 @@ fn qemu_vm_without_tap_is_stopped_and_removed() {
     assert!(w.reap("vm-qemu0001"));
     assert!(w.ids().is_empty());
     assert!(!w.sock.join("qmp-vm-qemu0001.sock").exists());
-    assert!(!w.data.join("disks/vm-qemu0001.ext4").exists());
+    assert!(!w.data.join("disks/vm-qemu0001.qcow2").exists());
 }
 
 #[test]

@@ -114,7 +114,7 @@ fn a_live_vmm_without_a_row_is_reported_and_only_all_stops_it() {
     let Some(mut w) = World::new("liverowless") else {
         return;
     };
-    let mut vmm = fake_vmm::spawn(&w, "vm-live0001", Proc::Firecracker);
+    let mut vmm = fake_vmm::spawn(&w, "vm-live0001", Proc::Firecracker, None);
     std::fs::write(w.data.join("vm-live0001.log"), b"log").unwrap();
     w.add(VmSpec::new("keepme", "created", 5));
     let before = w.snapshot();

@@ -1,7 +1,9 @@
 //! Stand-in VMMs: this test binary re-executed through a symlink named `firecracker` (or
 //! `qemu-system-x86_64`), with the command line SmolVM gives the real one. A constructor
 //! in `.init_array` takes over before libtest's `main` when `SMOLVM_FAKE_VMM` is set: it
-//! binds the API socket like Firecracker and then sleeps until signalled.
+//! holds the VM's TAP, binds the API or QMP socket and then sleeps until signalled, on
+//! several threads, as the real ones (ci/guests meets real QEMU) do. Its output goes to
+//! `<data_dir>/<id>.log`, where SmolVM sends the real one's.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -61,6 +63,14 @@ fn run() -> ! {
     let _tap = std::env::var(ENV_TAP).ok().map(|t| super::netns::hold_tap(&t));
     let sock = sock.filter(|_| std::env::var_os(ENV_NO_BIND).is_none());
     let _listener = sock.map(|p| std::os::unix::net::UnixListener::bind(p).expect("bind API socket"));
+    // Threads beside the main one, as a VMM's vCPU and I/O threads (QEMU: 7).
+    for _ in 0..2 {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        });
+    }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
@@ -81,38 +91,73 @@ fn exe_in(scratch: &Path, name: &str) -> PathBuf {
     link
 }
 
-/// Starts a stand-in VMM for `id` and waits until its socket is bound.
-pub fn spawn(world: &World, id: &str, kind: Proc) -> Child {
-    let (exe, argv0, args, sock) = match kind {
+/// Starts a stand-in VMM for `id`, holding `tap` when it has one, with the command line
+/// SmolVM builds (QEMU's as 0.0.36 builds it, seen in ci/guests; Firecracker's
+/// `--api-sock` alone), its output in the VM's log, and waits until its socket is bound.
+pub fn spawn(world: &World, id: &str, kind: Proc, tap: Option<&str>) -> Child {
+    let (exe, args, sock) = match kind {
         Proc::Qemu => {
             let qmp = world.sock.join(format!("qmp-{id}.sock"));
-            let disk = world.data.join(format!("disks/{id}.ext4"));
-            let args = vec![
-                "-drive".to_string(),
-                format!("file={},format=raw,if=virtio", disk.display()),
-                "-qmp".to_string(),
-                format!("unix:{},server,nowait", qmp.display()),
-            ];
-            (
-                exe_as(world, "qemu-system-x86_64"),
-                "qemu-system-x86_64",
-                args,
-                qmp,
-            )
+            let disk = world.data.join(format!("disks/{id}.qcow2"));
+            let mut args: Vec<String> = [
+                "-smp",
+                "2",
+                "-m",
+                "512",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-kernel",
+                "/k",
+                "-append",
+                "console=ttyS0 reboot=k panic=1 root=/dev/vda rw",
+                "-drive",
+            ]
+            .map(String::from)
+            .to_vec();
+            args.push(format!(
+                "file={},if=none,format=qcow2,id=rootdisk0-drive,node-name=rootdisk0",
+                disk.display()
+            ));
+            if let Some(tap) = tap {
+                args.push("-netdev".into());
+                args.push(format!("tap,id=net0,ifname={tap},script=no,downscript=no"));
+            }
+            args.extend(["-nographic", "-no-reboot", "-monitor", "none", "-qmp"].map(String::from));
+            args.push(format!("unix:{},server=on,wait=off", qmp.display()));
+            args.extend(
+                [
+                    "-machine",
+                    "microvm,accel=kvm,acpi=on,pcie=off,pic=off,pit=off,rtc=on",
+                    "-cpu",
+                    "host",
+                ]
+                .map(String::from),
+            );
+            (exe_as(world, "qemu-system-x86_64"), args, qmp)
         }
         _ => {
             let sock = world.socket_path(id);
             let args = vec!["--api-sock".to_string(), sock.display().to_string()];
-            (exe_as(world, "firecracker"), "firecracker", args, sock)
+            (exe_as(world, "firecracker"), args, sock)
         }
     };
-    let mut cmd = Command::new(exe);
-    cmd.arg0(argv0)
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(world.data.join(format!("{id}.log")))
+        .expect("open the VM's log");
+    let mut cmd = Command::new(&exe);
+    // SmolVM runs the binary by its resolved path, so argv[0] is absolute.
+    cmd.arg0(&exe)
         .args(&args)
         .env(ENV, "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(log.try_clone().expect("dup the log"))
+        .stderr(log);
+    if let Some(tap) = tap {
+        cmd.env(ENV_TAP, tap);
+    }
     if kind == Proc::IgnoresTerm {
         cmd.env(ENV_IGNORE_TERM, "1");
     }

@@ -199,7 +199,9 @@ impl World {
     pub fn add(&mut self, spec: VmSpec) {
         let port = 2200 + spec.octet.unwrap_or(0) + 100 * u32::from(spec.octet.is_none());
         let tap = spec.octet.map(|o| format!("tap{o}"));
-        let disk = self.data.join(format!("disks/{}.ext4", spec.id));
+        // QEMU (0.0.7+) runs on a qcow2 overlay, Firecracker on a raw ext4 copy.
+        let ext = if spec.proc == Proc::Qemu { "qcow2" } else { "ext4" };
+        let disk = self.data.join(format!("disks/{}.{ext}", spec.id));
         let config = format!(
             r#"{{"vm_id":"{id}","vcpu_count":2,"mem_size_mib":512,"kernel_path":"/k","rootfs_path":"{disk}","extra_drives":[],"boot_args":"console=ttyS0","backend":"{backend}","disk_mode":"isolated","retain_disk_on_delete":false,"env_vars":{{}},"network_rate_limit_mbps":null}}"#,
             id = spec.id,
@@ -231,17 +233,25 @@ impl World {
         let pid = match spec.proc {
             Proc::None => spec.pid,
             p => {
-                let child = fake_vmm::spawn(self, &spec.id, p);
+                // Another user's stand-in may not open /dev/net/tun: only root's hold their TAP.
+                let holds = tap.as_deref().filter(|_| !matches!(p, Proc::FirecrackerAs(_)));
+                let child = fake_vmm::spawn(self, &spec.id, p, holds);
                 let pid = i64::from(child.id());
                 self.vmms.insert(spec.id.clone(), child);
                 Some(pid)
             }
         };
-        let socket_path = matches!(
-            spec.proc,
-            Proc::Firecracker | Proc::IgnoresTerm | Proc::FirecrackerAs(_)
-        )
-        .then(|| self.socket_path(&spec.id).display().to_string());
+        // SmolVM records the control socket: Firecracker's API socket, QEMU's QMP socket.
+        let socket_path = match spec.proc {
+            Proc::None => None,
+            Proc::Qemu => Some(
+                self.sock
+                    .join(format!("qmp-{}.sock", spec.id))
+                    .display()
+                    .to_string(),
+            ),
+            _ => Some(self.socket_path(&spec.id).display().to_string()),
+        };
         if spec.proc == Proc::None && spec.files && spec.status == "running" {
             // A crashed Firecracker leaves its API socket behind, unserved.
             let l = std::os::unix::net::UnixListener::bind(self.socket_path(&spec.id)).unwrap();
