@@ -168,14 +168,22 @@ def dead_pid():
     return p.pid
 
 
-def standin(vid, tap):
-    """A stand-in VMM for `vid`, holding `tap` and serving /tmp/fc-<vid>.sock."""
-    p = subprocess.Popen(
-        ["firecracker", HERE / "standin.py", "--api-sock", f"/tmp/fc-{vid}.sock", "--tap", tap],
-        executable=sys.executable,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def standin_binary():
+    """The stand-in Firecracker (standin.c), built once under target/ with the C compiler."""
+    out = REPO / "target" / "standin" / "firecracker"
+    src = HERE / "standin.c"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run(["cc", "-O2", "-static", "-o", out, src])
+    return out
+
+
+def standin(vid, tap, **popen):
+    """A stand-in VMM for `vid`, run as SmolVM runs Firecracker, holding `tap` and serving
+    /tmp/fc-<vid>.sock (`popen`: a user to run as, an fd of /dev/net/tun to pass)."""
+    env = {**os.environ, "SMOLVM_STANDIN_TAP": tap, **popen.pop("env", {})}
+    p = subprocess.Popen([standin_binary(), "--api-sock", f"/tmp/fc-{vid}.sock"], env=env,
+                         stdout=subprocess.PIPE, text=True, **popen)
     if p.stdout.readline().strip() != "ready":
         raise Fail(f"the stand-in VMM of {vid} did not start")
     return p

@@ -31,6 +31,7 @@ Prints one line; exits 1 naming what was left or taken.
 import gzip
 import importlib.util
 import io
+import json
 import os
 import shutil
 import signal
@@ -228,9 +229,20 @@ def release(bin_, module, version, py, dest, work):
 
 
 def scenarios(g, module, version, dest):
+    # The command lines the release builds: QEMU's from the running VMM; Firecracker's
+    # from its own launcher with a recording stand-in (none can be had here). The
+    # stand-ins of tests/util/fake_vmm.rs run exactly these shapes.
+    fc = json.loads(run([g.py, HERE / "guest.py", g.module, "fc-argv", "sbx-fc"], env=g.rel.env).stdout)
+    if fc[1:] != ["--api-sock", "/tmp/fc-sbx-fc.sock"] or not fc[0].endswith("/firecracker"):
+        raise Fail(f"the release's Firecracker command line is not the stand-in's: {fc}")
     # 1. Running normally: a custom id is kept, a vm- id is a --prefix target.
     keep_pid, _ = g.guest("start", "sbx-run")
     argv = qemu_of(keep_pid)
+    shape = [a for a in argv if a.startswith(("unix:/tmp/qmp-sbx-run.sock,", "file=", "tap,"))]
+    want = [f"file={g.rel.data}/disks/sbx-run.qcow2,if=none,format=qcow2,id=rootdisk0-drive,node-name=rootdisk0",
+            "tap,id=net0,ifname=tap2,script=no,downscript=no", "unix:/tmp/qmp-sbx-run.sock,server=on,wait=off"]
+    if shape != want:
+        raise Fail(f"the release's QEMU command line is not the stand-in's: {argv}")
     kept = g.world()
     vm_pid, _ = g.guest("start", "vm-run")
     full = g.world()
@@ -339,7 +351,9 @@ def scenarios(g, module, version, dest):
     scen = "1-7" if sdk else "1-4, 6, 7"
     print(f"{module} {version}: ok ({(dest / 'how').read_text()}; scenarios {scen}; the VMM killed an "
           f"instant before the run: {said}, taken whole; 8 VMMs stopped and cleaned in {many:.2f} s; QEMU "
-          f"exits {term * 1000:.0f} ms after SIGTERM; started a VM again; argv: {' '.join(argv)})")
+          f"exits {term * 1000:.0f} ms after SIGTERM; started a VM again)")
+    print(f"  {module} {version} QEMU: {' '.join(argv)}")
+    print(f"  {module} {version} Firecracker (its own launcher, a recording stand-in): {' '.join(fc)}")
 
 
 def leftovers(g):

@@ -4,6 +4,9 @@ release's venv python). Called by check.py:
     guest.py <module> start <id> [--hold]   the CLI's VM (a row; SmolVM <= 0.0.29: the
                                             SDK's, which wrote rows itself): create, start
     guest.py <module> sdk <id> [--hold]     an SDK VM (0.0.30+, Celesto: no row)
+    guest.py <module> fc-argv <id>          the command line the release's own
+                                            `_start_firecracker` runs (a recording
+                                            stand-in as the binary), as JSON
     guest.py <module> has <feature>         exit 0 when the release has it (sdk)
 
 Prints the VMM's pid once `start()` returns (SmolVM waits for QMP, not for SSH). With
@@ -12,6 +15,8 @@ The kernel, initrd and rootfs come from GUEST_ASSETS; the data dir from the proj
 own variable (SMOLVM_DATA_DIR, CELESTO_DATA_DIR).
 """
 import importlib
+import importlib.util
+import json
 import os
 import sys
 import time
@@ -35,18 +40,34 @@ def config(vid):
                           initrd_path=assets / "initrd.img", rootfs_path=assets / "rootfs.ext4", **extra)
 
 
-def cli_manager():
+def cli_manager(backend="qemu"):
     try:
         service = importlib.import_module(f"{mod}.cli.service")
     except ModuleNotFoundError:
         return None
-    return service.CLIService(data_dir=data).manager(backend="qemu")
+    return service.CLIService(data_dir=data).manager(backend=backend)
 
 
-def sdk_manager():
+def sdk_manager(backend="qemu"):
     vm = importlib.import_module(f"{mod}.vm")
     manager = getattr(vm, "CelestoManager", None) or getattr(vm, "SmolVMManager")
-    return manager(data_dir=data, backend="qemu")
+    return manager(data_dir=data, backend=backend)
+
+
+def firecracker_argv(vid):
+    """No Firecracker can be had here: the release's own launcher runs a stand-in that
+    records its command line and exits."""
+    stub = assets / f"fc-recorder-{mod}" / "firecracker"
+    out = stub.parent / "argv.json"
+    stub.parent.mkdir(parents=True, exist_ok=True)
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv, open({str(out)!r}, 'w'))\n")
+    stub.chmod(0o755)
+    mgr = cli_manager("firecracker") or sdk_manager("firecracker")
+    mgr.host.find_firecracker = lambda: stub
+    log = data / f"{vid}.log"
+    mgr._start_firecracker(Path(f"/tmp/fc-{vid}.sock"), log).wait()
+    log.unlink(missing_ok=True)
+    return json.loads(out.read_text())
 
 
 if op == "has":
@@ -54,6 +75,9 @@ if op == "has":
         sys.exit(0 if importlib.util.find_spec(f"{mod}.cli.service") else 1)
     sys.exit(1)
 vid = args[0]
+if op == "fc-argv":
+    print(json.dumps(firecracker_argv(vid)))
+    sys.exit(0)
 mgr = (cli_manager() or sdk_manager()) if op == "start" else sdk_manager()
 mgr.create(config(vid))
 info = mgr.start(vid)

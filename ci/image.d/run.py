@@ -15,6 +15,7 @@ private network and mount namespace where the host's paths are private copies
     run.py <image> <bare binary>        (as root; prints one line per run)
 """
 import ctypes
+import importlib.util
 import json
 import os
 import re
@@ -26,13 +27,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
+# The stand-in Firecracker ci/compat runs (its command line is SmolVM's own).
+_spec = importlib.util.spec_from_file_location("compat", REPO / "ci/compat.d/check.py")
+compat = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compat)
 FIXTURE = REPO / "tests/fixtures/smolvm-0.0.36"
-STANDIN = REPO / "ci/compat.d/standin.py"
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 USER = 1000
-# A Python that user may run (root's own may sit in a home only root can enter).
-PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 LIVE = {"vm-a1b2c3d4": "tap2", "sbx-noether": "tap5", "sbx-hopper": "tap6"}
 
 
@@ -107,12 +109,12 @@ def build_world():
         sock.unlink(missing_ok=True)
         # /dev/net/tun opened here, as root, for a user who may not open it (as a jailer does).
         tun = os.open("/dev/net/tun", os.O_RDWR)
-        argv = ["firecracker", STANDIN, "--api-sock", sock, "--tap", tap, "--tun-fd", str(tun)]
-        p = subprocess.Popen(argv, executable=PYTHON, stdout=subprocess.PIPE, text=True, user=USER, group=USER,
-                             pass_fds=[tun])
+        try:
+            p = compat.standin(vid, tap, env={"SMOLVM_STANDIN_TUN_FD": str(tun)}, user=USER, group=USER,
+                               pass_fds=[tun])
+        except compat.Fail as e:
+            raise Fail(str(e)) from None
         os.close(tun)
-        if p.stdout.readline().strip() != "ready":
-            raise Fail(f"the stand-in VMM of {vid} did not start")
         procs.append(p)
         now = time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime(time.time() + 1))
         db.execute("UPDATE vms SET pid = ?, updated_at = ? WHERE id = ?", (p.pid, now, vid))
