@@ -3,6 +3,7 @@ Run by ci/guests in a private network and mount namespace (its own /tmp):
 
     check.py assets <dir>                                   kernel, initrd, rootfs, QEMU probe
     check.py release <bin> <module> <version> <python> <assets> <work>
+    check.py bench <bin> <module> <version> <python> <assets> <work>
 
 `assets` takes the kernel from Debian's linux-image-amd64 (downloaded and unpacked, not
 installed), builds a busybox initramfs whose /init prints one line and sleeps, an ext4
@@ -27,6 +28,10 @@ files, rows) and with the release creating and starting a VM again afterwards:
   7. a VMM SIGKILLed a moment before the run (still exiting): taken whole, said.
 
 Prints one line; exits 1 naming what was left or taken.
+
+`bench` (ci/bench-guests) times `--all` on N = 1 and 8 running VMs, real QEMU guests the
+release started and, beside them, the stand-in Firecracker on rows the release made
+(`make.py`), 3 runs each, medians.
 """
 import gzip
 import importlib.util
@@ -356,6 +361,34 @@ def scenarios(g, module, version, dest):
     print(f"  {module} {version} Firecracker (its own launcher, a recording stand-in): {' '.join(fc)}")
 
 
+def bench(bin_, module, version, py, dest, work):
+    uplink()
+    g = Guests(bin_, module, version, py, dest, work)
+    try:
+        for n in (1, 8):
+            for kind in ("real QEMU", "stand-in"):
+                times = []
+                for r in range(3):
+                    ids = [f"vm-b{r}x{i}" for i in range(n)]
+                    if kind == "real QEMU":
+                        pids = [g.guest("start", vid)[0] for vid in ids]
+                    else:
+                        g.rel.make("create", *ids)
+                        pids = [compat.live_vm(g.rel, vid).pid for vid in ids]
+                        g.started.extend(pids)
+                    t = time.monotonic()
+                    g.cleanup("--all")
+                    times.append(time.monotonic() - t)
+                    gone(pids)
+                    if leftovers(g):
+                        raise Fail(f"--all left: {show(leftovers(g))}")
+                times.sort()
+                print(f'guests_stop_and_clean_seconds{{release="{module} {version}",vmm="{kind}",n="{n}",'
+                      f'stat="median",runs="3"}} {times[1]:.4f}', flush=True)
+    finally:
+        g.kill_all()
+
+
 def leftovers(g):
     """What of SmolVM's is still there: TAPs, elements, rules, rows, VM files."""
     return {o for o in g.world()
@@ -370,6 +403,8 @@ if __name__ == "__main__":
     try:
         if sys.argv[1] == "assets":
             assets(Path(sys.argv[2]))
+        elif sys.argv[1] == "bench":
+            bench(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], Path(sys.argv[6]), Path(sys.argv[7]))
         else:
             release(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], Path(sys.argv[6]), Path(sys.argv[7]))
     except Fail as e:
