@@ -145,7 +145,7 @@ def snapshot(procs):
                 r = r[:4] + r[5:-1]
             out.add(("row", t, json.dumps(r)))
     for p in procs:
-        out.add(("vmm", str(p.args[3]), p.poll() is None))
+        out.add(("vmm", str(p.args[p.args.index("--api-sock") + 1]), p.poll() is None))
     return out
 
 
