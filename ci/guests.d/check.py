@@ -79,9 +79,10 @@ def kernel(dest):
     cache.mkdir(exist_ok=True)
     debs = list(cache.glob(f"{pkg}_*.deb"))
     if not debs:
-        if run(["apt-get", "download", "-qq", pkg], check=False).returncode != 0:
-            run(["apt-get", "update", "-qq"])
-        subprocess.run(["apt-get", "download", "-qq", pkg], cwd=cache, check=True, capture_output=True)
+        download = ["apt-get", "download", "-qq", pkg]
+        if subprocess.run(download, cwd=cache, capture_output=True).returncode != 0:
+            run(["apt-get", "update", "-qq"])  # package lists not there yet
+            subprocess.run(download, cwd=cache, check=True, capture_output=True)
         debs = list(cache.glob(f"{pkg}_*.deb"))
     unpacked = dest / "unpacked"
     shutil.rmtree(unpacked, ignore_errors=True)
