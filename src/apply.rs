@@ -145,6 +145,8 @@ pub struct Env<'a> {
     pub warn: &'a mut dyn FnMut(String),
     /// Told of each step as soon as its phase is over (target index, step).
     pub on_step: &'a mut dyn FnMut(usize, &Step),
+    /// Each phase's time.
+    pub laps: &'a mut crate::report::Laps,
 }
 
 struct Run<'p> {
@@ -219,10 +221,10 @@ pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
         }
     }
     type Phase = fn(&mut Run<'_>, &mut Env<'_>);
-    let phases: [(StepKind, Phase); 3] = [
-        (StepKind::Process, stop_processes),
-        (StepKind::Tap, delete_network),
-        (StepKind::Files, remove_files),
+    let phases: [(StepKind, Phase, &str); 3] = [
+        (StepKind::Process, stop_processes, "apply.processes"),
+        (StepKind::Tap, delete_network, "apply.network"),
+        (StepKind::Files, remove_files, "apply.files"),
     ];
     let mut told = vec![0; run.out.len()];
     let mut tell = |run: &Run<'_>, env: &mut Env<'_>| {
@@ -233,7 +235,7 @@ pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
             told[i] = o.steps.len();
         }
     };
-    for (kind, phase) in phases {
+    for (kind, phase, name) in phases {
         if env.stop.load(Ordering::SeqCst) {
             for i in run.live() {
                 run.fail(i, kind, Failure::Interrupted);
@@ -241,6 +243,7 @@ pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
             break;
         }
         phase(&mut run, env);
+        env.laps.lap(name);
         tell(&run, env);
     }
     if env.stop.load(Ordering::SeqCst) {
@@ -250,6 +253,7 @@ pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
     }
     // Always, even after an interrupt: it writes whole outcomes only.
     finish_rows(&mut run, env);
+    env.laps.lap("apply.rows");
     tell(&run, env);
     run.finish()
 }

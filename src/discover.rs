@@ -42,6 +42,8 @@ pub struct Discovery {
     /// Why the run cannot judge anything at all (SmolVM's PostgreSQL state could not be
     /// read): nothing is changed, and the report says so.
     pub fatal: Option<String>,
+    /// How long each fact took to gather.
+    pub laps: crate::report::Laps,
 }
 
 /// A state DB that exists, whose it is, and why it could not be read (None: read).
@@ -112,14 +114,17 @@ pub fn open(cfg: &Config<'_>) -> Discovery {
         nft_error: None,
         procfs: Procfs::new(&cfg.proc_root, now_unix()),
         fatal: None,
+        laps: crate::report::Laps::default(),
     };
     open_roots(&mut d, cfg);
     d
 }
 
 pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
+    d.laps = crate::report::Laps::default();
     read_dbs(d, cfg);
     read_other_dbs(d, cfg);
+    d.laps.lap("discover.dbs");
     for row in &d.obs.rows {
         if let Some(pid) = row.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
             && let Some(info) = d.procfs.read(pid)
@@ -129,12 +134,16 @@ pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
     }
     d.obs.vmms = d.procfs.scan_vmms();
     d.obs.pid_view = d.procfs.pid_view();
+    d.laps.lap("discover.processes");
     read_network(d, cfg);
+    d.laps.lap("discover.network");
     list_files(d, cfg);
     list_forwards(d, cfg);
+    d.laps.lap("discover.files");
     read_views(d, cfg);
     read_foreign_claims(d, cfg);
     read_file_owners(d);
+    d.laps.lap("discover.views");
 }
 
 /// Each VMM's, sidecar's and tunnel's view of the host (`Procfs::view`), read on a

@@ -217,6 +217,9 @@ fn run(opts: &Options) -> u8 {
             return 1;
         }
     };
+    let mut report = report;
+    report.phases.lap("finish");
+    diag.note(|| format!("phases: {}", report.phases.describe()));
     let printed = out.finish(&report);
     if let Err(e) = &printed {
         eprintln!("smolvm-cleanup: cannot write the report to stdout: {e}");
@@ -260,6 +263,7 @@ struct Survey {
 /// `--dry-run` is this alone: locate, lock, discover, reconcile, plan, and the report.
 fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey, Stop> {
     let timing = apply::timing(Instant::now(), opts.grace, opts.timeout);
+    let mut laps = report::Laps::default();
     let proc_root = PathBuf::from("/proc");
     if let Some(why) = procfs::unusable(&proc_root) {
         return Err(Stop::Blind(Box::new(without_proc(opts, mode, why))));
@@ -310,6 +314,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         proc_root,
     };
     let mut found = discover::open(&cfg);
+    laps.lap("locate");
     let held = take_lock(
         &found,
         &dirs,
@@ -319,7 +324,9 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         stop,
         diag,
     )?;
+    laps.lap("lock");
     discover::discover(&mut found, &cfg);
+    laps.extend(&found.laps);
     if let Some(why) = found.fatal.take() {
         for w in &found.warnings {
             diag.warn(w.clone());
@@ -328,6 +335,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
     }
     announce(&found, &dirs, diag);
     let inv = reconcile::inventory(&found.obs);
+    laps.lap("reconcile");
     let plan = plan::build(
         &inv,
         &found.obs,
@@ -339,7 +347,9 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         },
     );
     explain(&inv, &plan, diag);
-    let report = assemble(opts, mode, &found, &inv, &plan);
+    let mut report = assemble(opts, mode, &found, &inv, &plan);
+    laps.lap("plan");
+    report.phases = laps;
     Ok(Survey {
         found,
         plan,
@@ -433,6 +443,7 @@ fn check(opts: &Options, diag: &mut Diag) -> Result<Report, Stop> {
 fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop> {
     let s = survey(opts, report::Mode::Clean, diag)?;
     let (found, plan, mut report) = (&s.found, &s.plan, s.report.clone());
+    let mut laps = std::mem::take(&mut report.phases);
     // With targets, the header goes out before anything changes. With none, it waits for
     // the end: the --all teardown may still fail, and then the header says so instead of
     // "No matching VMs to clean.".
@@ -454,6 +465,7 @@ fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop>
                 stop: s.stop,
                 warn: &mut |m| warnings.push(m),
                 on_step: &mut |i, step| diag.note(|| describe_step(&targets[i], step)),
+                laps: &mut laps,
             },
         );
         report.outcomes = outcomes;
@@ -479,6 +491,10 @@ fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop>
             Err(apply::Shared::Failed(e)) => report.incomplete.push(e.to_string()),
         }
     }
+    if shared {
+        laps.lap("apply.shared");
+    }
+    report.phases = laps;
     Ok(report)
 }
 

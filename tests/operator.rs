@@ -86,6 +86,41 @@ fn json_reports_successes_a_failure_steps_and_hostile_strings() {
     assert_eq!(doc["prefix"], "vm-");
     assert_eq!(doc["state_dbs"][0]["read"], true);
     assert_eq!(doc["state_dbs"][0]["family"], "SmolVM");
+    // Each phase of the run, in order, timed by the binary itself.
+    let phases: Vec<&str> = doc["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert!(p["seconds"].as_f64().unwrap() >= 0.0);
+            p["phase"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "locate",
+            "lock",
+            "discover.dbs",
+            "discover.processes",
+            "discover.network",
+            "discover.files",
+            "discover.views",
+            "reconcile",
+            "plan",
+            "apply.processes",
+            "apply.network",
+            "apply.files",
+            "apply.rows",
+            "finish"
+        ]
+    );
+    let v = w.run(&["-v", "--dry-run"]);
+    assert!(
+        v.stderr.contains("smolvm-cleanup: phases: locate ") && v.stderr.contains("ms, total "),
+        "{}",
+        v.stderr
+    );
     // vm-late0001's socket is served: alive, so not stale, but a --prefix target.
     assert_eq!(doc["stale"], serde_json::json!(["vm-ok000001"]));
     assert_eq!(

@@ -78,6 +78,14 @@ pub fn write_json(r: &Report, w: &mut impl Write) -> io::Result<()> {
     j.key("other_hosts")
         .str_arr(r.other_hosts.iter().map(String::as_str));
     j.key("warnings").str_arr(r.warnings.iter().map(String::as_str));
+    j.key("phases").begin_arr();
+    for (name, secs) in &r.phases.laps {
+        j.begin_obj();
+        j.key("phase").str(name);
+        j.key("seconds").num(*secs);
+        j.end_obj();
+    }
+    j.end_arr();
     let failed = r.failures();
     j.key("summary").begin_obj();
     j.key("stale").num(r.stale.len());
