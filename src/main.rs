@@ -723,7 +723,10 @@ impl Out {
             return;
         }
         self.header_done = true;
-        let written = report::write_header(r, &mut std::io::stdout().lock());
+        // Buffered (stdout is line-buffered: a thousand targets were a thousand writes),
+        // and flushed before anything changes.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let written = report::write_header(r, &mut out).and_then(|()| out.flush());
         self.keep(written);
     }
 
@@ -738,7 +741,7 @@ impl Out {
 
     /// Err: stdout refused the report, now or when the header went out.
     fn finish(&mut self, r: &Report) -> std::io::Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         let written = if self.json {
             report::write_json(r, &mut out)
         } else if r.mode == report::Mode::Check {

@@ -48,6 +48,18 @@ impl Db {
             for (id, old) in marks {
                 mark.execute(params![now, id, old])?;
             }
+            // Every VM at once: a few statements over the targets, in a savepoint. Only a
+            // foreign key that refuses (a table of the user's pinning a row) sends it back
+            // to one savepoint per VM, so that only that VM stays.
+            conn.execute_batch("SAVEPOINT all_vms")?;
+            match delete_all(conn, &children, snapshots, deletes) {
+                Ok(out) => {
+                    conn.execute_batch("RELEASE all_vms")?;
+                    return Ok(out);
+                }
+                Err(e) if is_foreign_key(&e) => conn.execute_batch("ROLLBACK TO all_vms; RELEASE all_vms")?,
+                Err(e) => return Err(e),
+            }
             let mut out = Vec::with_capacity(deletes.len());
             for (id, updated) in deletes {
                 // One savepoint per VM: a row that cannot go leaves the others to finish.
@@ -97,6 +109,61 @@ impl Db {
         }
         Ok("an unknown table".into())
     }
+}
+
+/// Every VM's rows at once, each as `delete_vm` would: a row unchanged since it was read
+/// goes with its child rows; a row gone already takes its children with it; a changed row,
+/// or one a snapshot was taken of, stays whole. The targets travel as one JSON array.
+fn delete_all(
+    conn: &Connection,
+    children: &[&str],
+    snapshots: bool,
+    deletes: &[(&str, Option<&str>)],
+) -> rusqlite::Result<Vec<RowOutcome>> {
+    let mut j = crate::json::Json::new(false);
+    j.begin_arr();
+    for (id, stamp) in deletes {
+        j.begin_arr();
+        j.str(id);
+        j.opt_str(*stamp);
+        j.end_arr();
+    }
+    j.end_arr();
+    let targets = j.finish();
+    let pinned = if snapshots {
+        "EXISTS (SELECT 1 FROM snapshots s WHERE s.vm_id = t.id)"
+    } else {
+        "0"
+    };
+    // t: the targets; state: 0 gone, 1 unchanged, 2 changed, 3 pinned by a snapshot.
+    let with = format!(
+        "WITH t(id, stamp) AS (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)), \
+         state(id, st) AS (SELECT t.id, CASE WHEN {pinned} THEN 3 WHEN v.id IS NULL THEN 0 \
+         WHEN v.updated_at IS t.stamp THEN 1 ELSE 2 END FROM t LEFT JOIN vms v ON v.id = t.id)"
+    );
+    let states: std::collections::HashMap<String, i64> = conn
+        .prepare(&format!("{with} SELECT id, st FROM state"))?
+        .query_map([&targets], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for t in children {
+        conn.execute(
+            &format!("{with} DELETE FROM {t} WHERE vm_id IN (SELECT id FROM state WHERE st IN (0, 1))"),
+            [&targets],
+        )?;
+    }
+    conn.execute(
+        &format!("{with} DELETE FROM vms WHERE id IN (SELECT id FROM state WHERE st = 1)"),
+        [&targets],
+    )?;
+    Ok(deletes
+        .iter()
+        .map(|(id, _)| match states.get(*id) {
+            Some(1) => RowOutcome::Deleted,
+            Some(2) => RowOutcome::Changed,
+            Some(3) => RowOutcome::Pinned("snapshots".into()),
+            _ => RowOutcome::AlreadyGone,
+        })
+        .collect())
 }
 
 /// Deletes one VM's row and child rows if the row is unchanged since it was read.
