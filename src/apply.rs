@@ -19,7 +19,7 @@ use crate::model::{NftState, Op, Plan, Project, Refusal, RowRef};
 use crate::netlink::{self, link, nft};
 use crate::process::{self, Stopped, Timing};
 use crate::procfs::Procfs;
-use crate::state::{RowOutcome, Store, iso8601_utc};
+use crate::state::{RowOutcome, Stamped, Store, iso8601_utc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
@@ -575,8 +575,8 @@ fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>) {
     );
     let mut states: BTreeMap<usize, Vec<Result<RowOutcome, Error>>> = BTreeMap::new();
     for (db, Work { deletes, marks }) in by_db {
-        let del: Vec<(&str, Option<&str>)> = deletes.iter().map(|&(_, r)| row_arg(r)).collect();
-        let mark: Vec<(&str, Option<&str>)> = marks.iter().map(|&r| row_arg(r)).collect();
+        let del: Vec<Stamped<'_>> = deletes.iter().map(|&(_, r)| row_arg(r)).collect();
+        let mark: Vec<Stamped<'_>> = marks.iter().map(|&r| row_arg(r)).collect();
         let res = match env.dbs.get(db) {
             Some(Some(conn)) => conn.finish(&del, &mark, &now),
             _ => Err(Error::msg("update the state DB", "it is not open")),
@@ -615,7 +615,7 @@ fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>) {
 }
 
 /// A row as `Store::finish` takes it: its id and the stamp that proves it unchanged.
-fn row_arg(r: &RowRef) -> (&str, Option<&str>) {
+fn row_arg(r: &RowRef) -> Stamped<'_> {
     (r.id.as_str(), r.updated_at.as_deref())
 }
 

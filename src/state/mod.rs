@@ -32,8 +32,8 @@ impl Store {
     /// Marks `marks` stale and deletes `deletes`, each only while unchanged (`Db::finish`).
     pub fn finish(
         &self,
-        deletes: &[(&str, Option<&str>)],
-        marks: &[(&str, Option<&str>)],
+        deletes: &[Stamped<'_>],
+        marks: &[Stamped<'_>],
         now: &str,
     ) -> Result<Vec<RowOutcome>> {
         match self {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
-use super::{Db, RowOutcome};
+use super::{Db, RowOutcome, Stamped};
 use crate::error::{Error, Result};
 use crate::model::{Project, Row};
 use crate::pg;
@@ -118,8 +118,8 @@ impl PgDb {
     /// that cannot go keeps its row and the others go on.
     pub fn finish(
         &self,
-        deletes: &[(&str, Option<&str>)],
-        marks: &[(&str, Option<&str>)],
+        deletes: &[Stamped<'_>],
+        marks: &[Stamped<'_>],
         now: &str,
     ) -> Result<Vec<RowOutcome>> {
         let has = |t: &str| self.tables.iter().any(|x| x == t);
@@ -163,7 +163,7 @@ impl PgDb {
 }
 
 /// Two PostgreSQL text arrays: the ids, and the stamps that prove each row unchanged.
-fn arrays(rows: &[(&str, Option<&str>)]) -> (String, String) {
+fn arrays(rows: &[Stamped<'_>]) -> (String, String) {
     let ids = text_array(rows.iter().map(|(id, _)| Some(*id)));
     let stamps = text_array(rows.iter().map(|(_, s)| *s));
     (ids, stamps)
@@ -333,6 +333,19 @@ mod tests {
             text: "violates foreign key".into(),
         };
         assert_eq!(refused(fk, "u"), RowOutcome::Pinned("vm_leases".into()));
+        // Any other refusal of one VM's delete fails that VM alone, naming the DB.
+        let locked = pg::Error {
+            kind: pg::Kind::Timeout,
+            text: "canceling statement due to lock timeout".into(),
+        };
+        match refused(locked, "SMOLVM_DATABASE_URL=postgresql://u@h/db") {
+            RowOutcome::Failed(e) => assert_eq!(
+                e.to_string(),
+                "cannot update SmolVM's state in PostgreSQL (SMOLVM_DATABASE_URL=postgresql://u@h/db): \
+                 canceling statement due to lock timeout"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

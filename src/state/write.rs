@@ -10,6 +10,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{CHILD_TABLES, Db};
 use crate::error::{Error, Result};
 
+/// A row as the writes take it: its id, and the `updated_at` that proves it unchanged
+/// since it was read.
+pub type Stamped<'a> = (&'a str, Option<&'a str>);
+
 /// What happened to one row we were asked to delete.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowOutcome {
@@ -33,8 +37,8 @@ impl Db {
     /// restarted in the meantime keeps its row as SmolVM wrote it.
     pub fn finish(
         &self,
-        deletes: &[(&str, Option<&str>)],
-        marks: &[(&str, Option<&str>)],
+        deletes: &[Stamped<'_>],
+        marks: &[Stamped<'_>],
         now: &str,
     ) -> Result<Vec<RowOutcome>> {
         let action = || format!("update state DB {}", self.path.display());
@@ -118,7 +122,7 @@ fn delete_all(
     conn: &Connection,
     children: &[&str],
     snapshots: bool,
-    deletes: &[(&str, Option<&str>)],
+    deletes: &[Stamped<'_>],
 ) -> rusqlite::Result<Vec<RowOutcome>> {
     let mut j = crate::json::Json::new(false);
     j.begin_arr();
