@@ -1,8 +1,10 @@
 //! Runs a plan against the system, one phase per resource kind across all targets:
-//! processes, then TAPs and nft rules (side by side), then files, then state rows. Each
-//! phase is batched (one signal round, one link batch, nft batches, one DB transaction)
-//! and confirmed from a fresh dump. A target that fails a phase is skipped by the later
-//! ones, so its state row survives for the next run; "already gone" counts as done.
+//! processes, then TAPs and nft rules (each in its own thread) while the files of VMs with
+//! a local row are removed and their rows deleted in a transaction left open, then the
+//! other files, then the rows committed. Each phase is batched (one signal round, one
+//! link batch, nft batches, one DB transaction) and confirmed from a fresh dump. A target
+//! that fails a phase is skipped by the later ones, and its state row survives for the
+//! next run; "already gone" counts as done.
 //!
 //! Longer than ~500 lines: one section per phase, in the order they run, sharing the
 //! per-target failure bookkeeping that decides what the later phases skip.
@@ -140,6 +142,10 @@ pub struct Env<'a> {
     pub timing: Timing,
     pub link_error: Option<&'a Error>,
     pub nft_error: Option<&'a Error>,
+    /// Files and rows may go while the kernel deletes TAPs: the run has every capability
+    /// it needs. Without one, the kernel is likely to refuse, and a VM whose TAP stays
+    /// keeps all it has.
+    pub overlap: bool,
     /// Set by SIGINT/SIGTERM: finish the phase in progress, start no other.
     pub stop: &'a AtomicBool,
     pub warn: &'a mut dyn FnMut(String),
@@ -220,12 +226,6 @@ pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
             run.fail(i, StepKind::Process, Failure::Refused(why.clone()));
         }
     }
-    type Phase = fn(&mut Run<'_>, &mut Env<'_>);
-    let phases: [(StepKind, Phase, &str); 3] = [
-        (StepKind::Process, stop_processes, "apply.processes"),
-        (StepKind::Tap, delete_network, "apply.network"),
-        (StepKind::Files, remove_files, "apply.files"),
-    ];
     let mut told = vec![0; run.out.len()];
     let mut tell = |run: &Run<'_>, env: &mut Env<'_>| {
         for (i, o) in run.out.iter().enumerate() {
@@ -235,14 +235,33 @@ pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
             told[i] = o.steps.len();
         }
     };
-    for (kind, phase, name) in phases {
+    let mut open = OpenRows::new();
+    let phases = [
+        (StepKind::Process, "apply.processes"),
+        (StepKind::Tap, "apply.network"),
+        (StepKind::Files, "apply.files"),
+    ];
+    for (kind, name) in phases {
         if env.stop.load(Ordering::SeqCst) {
             for i in run.live() {
-                run.fail(i, kind, Failure::Interrupted);
+                if run.out[i].steps.iter().all(|s| s.kind != kind) {
+                    run.fail(i, kind, Failure::Interrupted);
+                }
             }
             break;
         }
-        phase(&mut run, env);
+        match kind {
+            StepKind::Process => stop_processes(&mut run, env),
+            StepKind::Tap => open = delete_network(&mut run, env),
+            _ => {
+                let late: Vec<usize> = run
+                    .live()
+                    .into_iter()
+                    .filter(|&i| run.out[i].steps.iter().all(|s| s.kind != StepKind::Files))
+                    .collect();
+                remove_files(&mut run, env, &late);
+            }
+        }
         env.laps.lap(name);
         tell(&run, env);
     }
@@ -252,7 +271,7 @@ pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
         }
     }
     // Always, even after an interrupt: it writes whole outcomes only.
-    finish_rows(&mut run, env);
+    finish_rows(&mut run, env, open);
     env.laps.lap("apply.rows");
     tell(&run, env);
     run.finish()
@@ -288,35 +307,48 @@ fn stop_processes(run: &mut Run<'_>, env: &mut Env<'_>) {
     }
 }
 
-fn delete_taps(run: &mut Run<'_>, env: &mut Env<'_>) {
-    let live: Vec<usize> = run.live();
-    let mut indexes = Vec::new();
-    for &i in &live {
+/// The TAP deletions for the targets still live: the links to delete, and the outcomes
+/// already known without asking the kernel (no TAP, already gone, links not listable).
+struct TapWork {
+    indexes: Vec<i32>,
+    /// Targets with links to delete.
+    pending: Vec<usize>,
+    decided: Vec<(usize, Result<StepState, Error>)>,
+}
+
+fn tap_work(run: &Run<'_>, env: &Env<'_>) -> TapWork {
+    let mut w = TapWork {
+        indexes: Vec::new(),
+        pending: Vec::new(),
+        decided: Vec::new(),
+    };
+    for i in run.live() {
         let t = &run.plan.targets[i];
         if t.tap_names.is_empty() {
-            run.step(i, StepKind::Tap, StepState::Skipped);
+            w.decided.push((i, Ok(StepState::Skipped)));
         } else if let Some(e) = env.link_error {
-            run.fail(i, StepKind::Tap, e.clone());
+            w.decided.push((i, Err(e.clone())));
         } else if t.taps.is_empty() {
-            run.step(i, StepKind::Tap, StepState::AlreadyGone);
+            w.decided.push((i, Ok(StepState::AlreadyGone)));
         } else {
-            indexes.extend(t.taps.iter().map(|l| l.index));
+            w.indexes.extend(t.taps.iter().map(|l| l.index));
+            w.pending.push(i);
         }
     }
-    if indexes.is_empty() {
-        return;
+    w
+}
+
+/// Deletes the links in one batch and confirms each target's from a fresh dump: one
+/// result per pending target.
+fn tap_run(plan: &Plan, w: &TapWork, deadline: Instant) -> Vec<Result<StepState, Error>> {
+    if w.indexes.is_empty() {
+        return Vec::new();
     }
-    let pending: Vec<usize> = live
-        .into_iter()
-        .filter(|&i| run.out[i].steps.iter().all(|s| s.kind != StepKind::Tap))
-        .collect();
-    let mut sock = match netlink::Socket::route(env.timing.deadline) {
+    let mut sock = match netlink::Socket::route(deadline) {
         Ok(s) => s,
         Err(e) => {
-            for i in pending {
-                run.fail(i, StepKind::Tap, Error::sys("open an rtnetlink socket", e));
-            }
-            return;
+            let e = Error::sys("open an rtnetlink socket", e);
+            return vec![Err(e); w.pending.len()];
         }
     };
     let seed = std::process::id()
@@ -324,21 +356,21 @@ fn delete_taps(run: &mut Run<'_>, env: &mut Env<'_>) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(7);
-    let results = link::delete_many(&mut sock, &run.plan.link_groups, &indexes, seed);
-    let by_index: BTreeMap<i32, Result<(), Fault>> = indexes.iter().copied().zip(results).collect();
+    let results = link::delete_many(&mut sock, &plan.link_groups, &w.indexes, seed);
+    let by_index: BTreeMap<i32, Result<(), Fault>> = w.indexes.iter().copied().zip(results).collect();
     let after: Result<BTreeSet<(i32, String)>, _> =
         link::dump(&mut sock).map(|now| now.into_iter().map(|l| (l.index, l.name)).collect());
-    for i in pending {
-        let t = &run.plan.targets[i];
+    let mut out = Vec::with_capacity(w.pending.len());
+    for &i in &w.pending {
         let mut why = None;
         let mut removed = false;
-        for l in &t.taps {
-            let action = format!("delete TAP device {}", l.name);
+        for l in &plan.targets[i].taps {
+            let action = || format!("delete TAP device {}", l.name);
             match by_index.get(&l.index) {
-                Some(Err(e)) if !is_gone(*e) => why = Some(Error::sys(action, *e)),
+                Some(Err(e)) if !is_gone(*e) => why = Some(Error::sys(action(), *e)),
                 answer => match &after {
                     Ok(now) if now.contains(&(l.index, l.name.clone())) => {
-                        why = Some(Error::msg(action, "it is still present after the delete"))
+                        why = Some(Error::msg(action(), "it is still present after the delete"))
                     }
                     Ok(_) => removed |= matches!(answer, Some(Ok(()))),
                     Err(e) => {
@@ -353,9 +385,20 @@ fn delete_taps(run: &mut Run<'_>, env: &mut Env<'_>) {
                 break;
             }
         }
-        match why {
-            Some(e) => run.fail(i, StepKind::Tap, e),
-            None => run.step(i, StepKind::Tap, done(removed)),
+        out.push(match why {
+            Some(e) => Err(e),
+            None => Ok(done(removed)),
+        });
+    }
+    out
+}
+
+fn tap_record(run: &mut Run<'_>, w: TapWork, results: Vec<Result<StepState, Error>>) {
+    let pending = w.pending.into_iter().zip(results);
+    for (i, r) in w.decided.into_iter().chain(pending) {
+        match r {
+            Ok(state) => run.step(i, StepKind::Tap, state),
+            Err(e) => run.fail(i, StepKind::Tap, e),
         }
     }
 }
@@ -477,27 +520,87 @@ fn nft_record(run: &mut Run<'_>, w: NftWork, mut done_: NftDone) {
     }
 }
 
-/// TAPs and nft rules at once: two independent kernel subsystems, and the TAP batch
-/// spends most of its time waiting for an RCU grace period. A target whose TAP fails is
-/// reported with the TAP's error either way (its rules going early does no harm: a
-/// later run finds the TAP through its row).
-fn delete_network(run: &mut Run<'_>, env: &mut Env<'_>) {
-    let work = nft_work(run, env);
+/// Each SQLite DB's row deletes, made while the kernel deletes TAPs and held uncommitted
+/// until every result is in: the DB's index, the pending transaction, and the targets
+/// whose rows it deleted (in order).
+type OpenRows<'d> = BTreeMap<usize, (crate::state::Pending<'d>, Vec<usize>)>;
+
+/// TAPs and nft rules at once, each in its own thread: two independent kernel subsystems,
+/// and the TAP batch spends most of its time waiting for RCU grace periods. Meanwhile
+/// this thread removes the files of the targets whose local row stays as the evidence
+/// should their TAP fail, and deletes the rows in transactions left open. A target whose
+/// TAP fails is reported with the TAP's error either way (its rules or files going early
+/// do no harm: a later run finds the TAP through its row).
+fn delete_network<'d>(run: &mut Run<'_>, env: &mut Env<'d>) -> OpenRows<'d> {
+    let nft_w = nft_work(run, env);
+    let tap_w = tap_work(run, env);
     let deadline = env.timing.deadline;
-    let errors = std::thread::scope(|s| {
-        let job = s.spawn(|| nft_run(&work, deadline));
-        delete_taps(run, env);
-        job.join()
+    let plan = run.plan;
+    let early: Vec<usize> = run
+        .live()
+        .into_iter()
+        .filter(|&i| files_early(plan, env, i))
+        .collect();
+    let (taps, nfts, open) = std::thread::scope(|s| {
+        let nft_job = s.spawn(|| nft_run(&nft_w, deadline));
+        let tap_job = s.spawn(|| tap_run(plan, &tap_w, deadline));
+        remove_files(run, env, &early);
+        let open = open_rows(run, env);
+        (tap_job.join(), nft_job.join(), open)
     });
-    let errors = errors.unwrap_or_else(|_| NftDone {
-        errors: work
+    let worker_failed = |what: &str| Error::msg(what, "the worker thread failed");
+    let taps = taps.unwrap_or_else(|_| vec![Err(worker_failed("delete TAP devices")); tap_w.pending.len()]);
+    let nfts = nfts.unwrap_or_else(|_| NftDone {
+        errors: nft_w
             .pending
             .iter()
-            .map(|&i| (i, Error::msg("delete nftables rules", "the worker thread failed")))
+            .map(|&i| (i, worker_failed("delete nftables rules")))
             .collect(),
         removed: BTreeSet::new(),
     });
-    nft_record(run, work, errors);
+    tap_record(run, tap_w, taps);
+    nft_record(run, nft_w, nfts);
+    open
+}
+
+/// Whose files may go before their TAP is known gone: with the privilege to delete it, a
+/// target whose rows are all in a
+/// local SQLite DB, so that its row, kept when the TAP then fails, still names the VM to
+/// the next run. A row-less VM's files, or a shared DB's row whose files are what says it
+/// is this host's, are the evidence the next run needs: those go only after.
+fn files_early(plan: &Plan, env: &Env<'_>, i: usize) -> bool {
+    let rows = &plan.targets[i].rows;
+    env.overlap
+        && !rows.is_empty()
+        && rows
+            .iter()
+            .all(|r| matches!(env.dbs.get(r.db), Some(Some(Store::Sqlite(_)))))
+}
+
+/// Deletes, in a transaction per SQLite DB left open, the rows of the targets still live.
+/// A DB that cannot start one is left to `finish_rows`, which says why.
+fn open_rows<'d>(run: &Run<'_>, env: &Env<'d>) -> OpenRows<'d> {
+    let dbs: &'d [Option<Store>] = env.dbs;
+    if !env.overlap {
+        return OpenRows::new();
+    }
+    let mut by_db: BTreeMap<usize, (Vec<Stamped<'_>>, Vec<usize>)> = BTreeMap::new();
+    for i in run.live() {
+        for r in &run.plan.targets[i].rows {
+            let (rows, owners) = by_db.entry(r.db).or_default();
+            rows.push(row_arg(r));
+            owners.push(i);
+        }
+    }
+    let mut open = OpenRows::new();
+    for (db, (rows, owners)) in by_db {
+        if let Some(Some(Store::Sqlite(conn))) = dbs.get(db)
+            && let Ok(pending) = conn.delete_open(&rows)
+        {
+            open.insert(db, (pending, owners));
+        }
+    }
+    open
 }
 
 fn describe(op: &Op) -> String {
@@ -512,9 +615,9 @@ fn describe(op: &Op) -> String {
     }
 }
 
-fn remove_files(run: &mut Run<'_>, env: &mut Env<'_>) {
+fn remove_files(run: &mut Run<'_>, env: &Env<'_>, targets: &[usize]) {
     let mut remover = Remover::new(env.roots);
-    for i in run.live() {
+    for &i in targets {
         let t = &run.plan.targets[i];
         let mut removed = false;
         let mut err: Option<Failure> = None;
@@ -543,7 +646,7 @@ fn remove_files(run: &mut Run<'_>, env: &mut Env<'_>) {
 /// The last step, one transaction per DB: deletes the rows of every target whose
 /// resources are all gone, and marks the stale rows of the others `error`/pid NULL as
 /// SmolVM's reconcile does, so a row that outlives this run reads truthfully.
-fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>) {
+fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>, mut open: OpenRows<'_>) {
     // Per DB: (target, row) pairs to delete, and rows to mark.
     #[derive(Default)]
     struct Work<'p> {
@@ -577,8 +680,16 @@ fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>) {
     for (db, Work { deletes, marks }) in by_db {
         let del: Vec<Stamped<'_>> = deletes.iter().map(|&(_, r)| row_arg(r)).collect();
         let mark: Vec<Stamped<'_>> = marks.iter().map(|&r| row_arg(r)).collect();
-        let res = match env.dbs.get(db) {
-            Some(Some(conn)) => conn.finish(&del, &mark, &now),
+        let owners: Vec<usize> = deletes.iter().map(|&(i, _)| i).collect();
+        let res = match (open.remove(&db), env.dbs.get(db)) {
+            // Every row deleted early may go: commit them with the marks.
+            (Some((pending, early)), _) if early == owners => pending.commit(&mark, &now),
+            // Some target failed since: its row stays, so the early deletes are rolled
+            // back (by the drop) and the rows that may go are deleted again.
+            (pending, Some(Some(conn))) => {
+                drop(pending);
+                conn.finish(&del, &mark, &now)
+            }
             _ => Err(Error::msg("update the state DB", "it is not open")),
         };
         if let (Err(e), true) = (&res, deletes.is_empty()) {

@@ -462,6 +462,7 @@ fn clean(opts: &Options, diag: &mut Diag, out: &mut Out) -> Result<Report, Stop>
                 timing: s.timing,
                 link_error: found.link_error.as_ref(),
                 nft_error: found.nft_error.as_ref(),
+                overlap: report.privilege == report::Privilege::Full,
                 stop: s.stop,
                 warn: &mut |m| warnings.push(m),
                 on_step: &mut |i, step| diag.note(|| describe_step(&targets[i], step)),

@@ -624,3 +624,73 @@ fn github_workflows_and_the_action_are_well_formed() {
         .mode();
     assert!(mode & 0o111 != 0, "action/install.sh is not executable");
 }
+
+/// Files and rows go while the kernel deletes TAPs, and the rows commit only for VMs
+/// whose every resource went. Here one VM's per-TAP policy table belongs to another
+/// netlink socket (nf_tables' `owner` flag: only that socket may delete it), so with full
+/// privileges its delete is refused: that VM keeps its row (marked as SmolVM would), the
+/// JSON says its TAP and files went, and the other VM, deleted in the same transaction
+/// first, is gone whole. Once the owner lets go, the next run finishes the job.
+#[test]
+fn a_vm_whose_nft_delete_is_refused_keeps_its_row_and_says_its_files_went() {
+    let Some(mut w) = World::new("overlapfail") else {
+        return;
+    };
+    w.add(VmSpec::stale("vm-held0001", 2));
+    w.add(VmSpec::stale("vm-free0002", 3));
+    let mut owner = Command::new("nft")
+        .arg("-i")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = owner.stdin.as_mut().unwrap();
+        writeln!(stdin, "add table inet smolvm_policy_tap2 {{ flags owner; }}").unwrap();
+        writeln!(
+            stdin,
+            "add chain inet smolvm_policy_tap2 forward {{ type filter hook forward priority -10; policy accept; }}"
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+    }
+    wait_until("the owned table", Duration::from_secs(5), || {
+        crate::util::ruleset().contains("smolvm_policy_tap2")
+    });
+
+    let r = w.run(&["--json"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let doc = json(&r);
+    let held = target(&doc, "vm-held0001");
+    assert_eq!(step(held, "nft")["state"], "failed");
+    assert!(
+        held["error"].as_str().unwrap().contains("smolvm_policy_tap2"),
+        "{held}"
+    );
+    assert_eq!(step(held, "tap")["state"], "removed");
+    assert_eq!(step(held, "files")["state"], "removed", "what of it went is said");
+    assert_eq!(step(held, "row")["state"], "skipped");
+    let free = target(&doc, "vm-free0002");
+    for kind in ["tap", "nft", "files", "row"] {
+        assert_eq!(step(free, kind)["state"], "removed", "{kind}");
+    }
+    assert!(!has_link("tap2") && !has_link("tap3"));
+    assert!(!w.data.join("vm-held0001.log").exists());
+    assert_eq!(
+        w.ids(),
+        ["vm-held0001"],
+        "the failed VM's row stays, the other's went"
+    );
+    assert_eq!(w.status("vm-held0001"), Some(("error".into(), None)));
+    assert_eq!(w.child_rows("ip_leases"), ["vm-held0001"], "its row is whole");
+
+    drop(owner.stdin.take());
+    owner.wait().unwrap();
+    w.run(&[]).expect(
+        0,
+        "Reconciled stale VMs: vm-held0001\nTargets (1):\n  - vm-held0001\nDeleted: vm-held0001\nCleanup complete.\n",
+    );
+    assert!(w.ids().is_empty());
+}

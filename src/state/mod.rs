@@ -113,20 +113,6 @@ impl Db {
     fn has_table(&self, name: &str) -> bool {
         self.tables.iter().any(|t| t == name)
     }
-
-    /// Runs `f` inside `BEGIN IMMEDIATE … COMMIT`: the write lock is taken up front (waiting
-    /// out SmolVM's writers within the busy timeout), so no deadlock can occur mid-way.
-    fn write<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-        self.conn.busy_timeout(busy_timeout(self.deadline))?;
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match f(&self.conn).and_then(|v| self.conn.execute_batch("COMMIT").map(|_| v)) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
-    }
 }
 
 fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {

@@ -1,13 +1,14 @@
-//! Writing a state DB: the stale marks and the final deletes, one savepoint per VM, a row
-//! deleted only when unchanged since it was read, its children with it; a row a foreign
-//! key without cascade still refers to stays, and the others go on; the ISO-8601 stamps
-//! SmolVM writes in `updated_at`.
+//! Writing a state DB: the stale marks and the final deletes, a row deleted only when
+//! unchanged since it was read, its children with it; a row a foreign key without cascade
+//! still refers to stays, and the others go on; the ISO-8601 stamps SmolVM writes in
+//! `updated_at`. The deletes can run in a transaction left open (`Pending`) while the
+//! kernel tears the VMs' TAPs down, and commit only once those are known gone.
 
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{CHILD_TABLES, Db};
+use super::{CHILD_TABLES, Db, busy_timeout};
 use crate::error::{Error, Result};
 
 /// A row as the writes take it: its id, and the `updated_at` that proves it unchanged
@@ -29,7 +30,46 @@ pub enum RowOutcome {
     Failed(Error),
 }
 
-/// The final step: rows deleted, each VM in its own savepoint, only when unchanged.
+/// Rows deleted in a transaction left open until the caller knows whether they may go:
+/// `commit` writes them with the marks, dropping it rolls every delete back.
+pub struct Pending<'d> {
+    db: &'d Db,
+    out: Vec<RowOutcome>,
+    open: bool,
+}
+
+impl Pending<'_> {
+    /// Marks `marks` stale as SmolVM does (`status='error', pid=NULL`), each only if
+    /// unchanged, and commits the marks and the deletes together.
+    pub fn commit(mut self, marks: &[Stamped<'_>], now: &str) -> Result<Vec<RowOutcome>> {
+        let db = self.db;
+        let action = || format!("update state DB {}", db.path.display());
+        let mark = || -> rusqlite::Result<()> {
+            let mut mark = db.conn.prepare(
+                "UPDATE vms SET status = 'error', pid = NULL, updated_at = ?1 \
+                 WHERE id = ?2 AND updated_at IS ?3",
+            )?;
+            for (id, old) in marks {
+                mark.execute(params![now, id, old])?;
+            }
+            db.conn.execute_batch("COMMIT")
+        };
+        mark().map_err(|e| Error::db(action(), e))?;
+        self.open = false;
+        Ok(std::mem::take(&mut self.out))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.db.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// The final step: rows deleted only when unchanged, all VMs at once, or each VM in its
+/// own savepoint when a foreign key refuses.
 impl Db {
     /// In one transaction: deletes the `deletes` rows with their child rows, and marks the
     /// `marks` rows stale as SmolVM does (`status='error', pid=NULL`). Each row is touched
@@ -41,55 +81,66 @@ impl Db {
         marks: &[Stamped<'_>],
         now: &str,
     ) -> Result<Vec<RowOutcome>> {
+        self.delete_open(deletes)?.commit(marks, now)
+    }
+
+    /// Deletes as `finish` does, in a `BEGIN IMMEDIATE` transaction that stays open (and
+    /// holds SQLite's write lock) until the `Pending` is committed or dropped.
+    pub fn delete_open(&self, deletes: &[Stamped<'_>]) -> Result<Pending<'_>> {
         let action = || format!("update state DB {}", self.path.display());
+        self.conn
+            .busy_timeout(busy_timeout(self.deadline))
+            .and_then(|_| self.conn.execute_batch("BEGIN IMMEDIATE"))
+            .map_err(|e| Error::db(action(), e))?;
+        let mut pending = Pending {
+            db: self,
+            out: Vec::new(),
+            open: true,
+        };
+        pending.out = self.delete_rows(deletes).map_err(|e| Error::db(action(), e))?;
+        Ok(pending)
+    }
+
+    fn delete_rows(&self, deletes: &[Stamped<'_>]) -> rusqlite::Result<Vec<RowOutcome>> {
+        let conn = &self.conn;
         let children: Vec<&str> = CHILD_TABLES.into_iter().filter(|t| self.has_table(t)).collect();
         let snapshots = self.has_table("snapshots");
-        self.write(|conn| {
-            let mut mark = conn.prepare(
-                "UPDATE vms SET status = 'error', pid = NULL, updated_at = ?1 \
-                 WHERE id = ?2 AND updated_at IS ?3",
-            )?;
-            for (id, old) in marks {
-                mark.execute(params![now, id, old])?;
+        // Every VM at once: a few statements over the targets, in a savepoint. Only a
+        // foreign key that refuses (a table of the user's pinning a row) sends it back
+        // to one savepoint per VM, so that only that VM stays.
+        conn.execute_batch("SAVEPOINT all_vms")?;
+        match delete_all(conn, &children, snapshots, deletes) {
+            Ok(out) => {
+                conn.execute_batch("RELEASE all_vms")?;
+                return Ok(out);
             }
-            // Every VM at once: a few statements over the targets, in a savepoint. Only a
-            // foreign key that refuses (a table of the user's pinning a row) sends it back
-            // to one savepoint per VM, so that only that VM stays.
-            conn.execute_batch("SAVEPOINT all_vms")?;
-            match delete_all(conn, &children, snapshots, deletes) {
-                Ok(out) => {
-                    conn.execute_batch("RELEASE all_vms")?;
-                    return Ok(out);
+            Err(e) if is_foreign_key(&e) => conn.execute_batch("ROLLBACK TO all_vms; RELEASE all_vms")?,
+            Err(e) => return Err(e),
+        }
+        let mut out = Vec::with_capacity(deletes.len());
+        for (id, updated) in deletes {
+            // One savepoint per VM: a row that cannot go leaves the others to finish.
+            conn.execute_batch("SAVEPOINT vm")?;
+            // A snapshot is the user's data (no foreign key names its VM in any
+            // release): the VM it was taken of keeps its row, as a foreign key would.
+            if snapshots && snapshot_of(conn, id)? {
+                conn.execute_batch("RELEASE vm")?;
+                out.push(RowOutcome::Pinned("snapshots".into()));
+                continue;
+            }
+            match delete_vm(conn, &children, id, *updated) {
+                Ok(outcome) => {
+                    conn.execute_batch("RELEASE vm")?;
+                    out.push(outcome);
                 }
-                Err(e) if is_foreign_key(&e) => conn.execute_batch("ROLLBACK TO all_vms; RELEASE all_vms")?,
+                Err(e) if is_foreign_key(&e) => {
+                    conn.execute_batch("ROLLBACK TO vm; RELEASE vm")?;
+                    out.push(RowOutcome::Pinned(self.pinned_by(conn, id)?));
+                }
                 Err(e) => return Err(e),
             }
-            let mut out = Vec::with_capacity(deletes.len());
-            for (id, updated) in deletes {
-                // One savepoint per VM: a row that cannot go leaves the others to finish.
-                conn.execute_batch("SAVEPOINT vm")?;
-                // A snapshot is the user's data (no foreign key names its VM in any
-                // release): the VM it was taken of keeps its row, as a foreign key would.
-                if snapshots && snapshot_of(conn, id)? {
-                    conn.execute_batch("RELEASE vm")?;
-                    out.push(RowOutcome::Pinned("snapshots".into()));
-                    continue;
-                }
-                match delete_vm(conn, &children, id, *updated) {
-                    Ok(outcome) => {
-                        conn.execute_batch("RELEASE vm")?;
-                        out.push(outcome);
-                    }
-                    Err(e) if is_foreign_key(&e) => {
-                        conn.execute_batch("ROLLBACK TO vm; RELEASE vm")?;
-                        out.push(RowOutcome::Pinned(self.pinned_by(conn, id)?));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(out)
-        })
-        .map_err(|e| Error::db(action(), e))
+        }
+        Ok(out)
     }
 
     /// The table whose rows still refer to VM `id` through a foreign key.
@@ -354,6 +405,42 @@ mod tests {
             count(&p, "SELECT count(*) FROM snapshots"),
             2,
             "snapshots are the user's"
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn open_deletes_roll_back_when_dropped_and_hold_the_write_lock_until_then() {
+        let p = scratch_db("open");
+        let db = Db::open(&p, &p, false, far()).unwrap();
+        let rows = db.load(0, Project::SmolVM).unwrap();
+        let a = [("sbx-a", rows[0].updated_at.as_deref())];
+        let pending = db.delete_open(&a).unwrap();
+        // SmolVM's writers wait: the transaction holds SQLite's write lock.
+        let other = Connection::open(&p).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let busy = other.execute("UPDATE vms SET status = 'x' WHERE id = 'sbx-c'", []);
+        assert!(busy.is_err(), "another writer got in: {busy:?}");
+        drop(pending);
+        assert_eq!(count(&p, "SELECT count(*) FROM vms WHERE id = 'sbx-a'"), 1);
+        assert_eq!(count(&p, "SELECT count(*) FROM ip_leases"), 1, "its children too");
+        // Committed, with the marks in the same transaction.
+        let out = db
+            .delete_open(&a)
+            .unwrap()
+            .commit(
+                &[("sbx-c", rows[2].updated_at.as_deref())],
+                "2026-11-28T12:00:00.000000+00:00",
+            )
+            .unwrap();
+        assert_eq!(out, [RowOutcome::Deleted]);
+        assert_eq!(count(&p, "SELECT count(*) FROM vms WHERE id = 'sbx-a'"), 0);
+        assert_eq!(
+            count(
+                &p,
+                "SELECT count(*) FROM vms WHERE id = 'sbx-c' AND status = 'error'"
+            ),
+            1
         );
         std::fs::remove_file(&p).unwrap();
     }
