@@ -137,11 +137,22 @@ pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
     d.laps.lap("discover.processes");
     read_network(d, cfg);
     d.laps.lap("discover.network");
+    // The claims are read only once the network is listed, so that a TAP seen was made
+    // after any claim on it was taken (SmolVM claims first); the read waits out a grace
+    // period, on its own thread while the files are listed.
+    let procfs = d.procfs.clone();
+    let locks = std::thread::Builder::new()
+        .name("locks".into())
+        .spawn(move || procfs.read_locks());
     list_files(d, cfg);
     list_forwards(d, cfg);
     d.laps.lap("discover.files");
     read_views(d, cfg);
-    read_foreign_claims(d, cfg);
+    let locks = match locks {
+        Ok(job) => job.join().unwrap_or_default(),
+        Err(_) => d.procfs.read_locks(),
+    };
+    read_foreign_claims(d, cfg, &locks);
     read_file_owners(d);
     d.laps.lap("discover.views");
 }
@@ -221,9 +232,9 @@ fn read_views(d: &mut Discovery, cfg: &Config<'_>) {
 
 /// Claim files held in data dirs that are not this run's: what they claim is another
 /// data dir's VM's (a parallel job's, being made or running).
-fn read_foreign_claims(d: &mut Discovery, cfg: &Config<'_>) {
+fn read_foreign_claims(d: &mut Discovery, cfg: &Config<'_>, locks: &str) {
     let own = OwnDirs::new(cfg.data_dirs.iter().map(|dd| dd.dir.as_path()));
-    d.obs.foreign_claims = d.procfs.foreign_claims(&own, d.obs.own_pid);
+    d.obs.foreign_claims = d.procfs.foreign_claims(locks, &own, d.obs.own_pid);
 }
 
 /// Who owns each listed file that no row's id names (a row's files are its data dir's):
