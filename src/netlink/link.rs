@@ -210,7 +210,7 @@ fn pipelined(
             out.extend(std::iter::repeat_n(Err(e), chunk.len()));
             continue;
         }
-        let mut buf = Vec::new();
+        let mut buf = sock.take_buf();
         while results[last].is_none() {
             let data = match sock.recv(&mut buf) {
                 Ok(d) => d,
@@ -235,6 +235,7 @@ fn pipelined(
                 }
             }
         }
+        sock.put_buf(buf);
         // Handled before the final ACK and no error came back: done.
         out.extend(results.into_iter().map(|r| r.unwrap_or(Ok(()))));
     }

@@ -35,6 +35,10 @@ pub struct Socket {
     fd: OwnedFd,
     seq: u32,
     deadline: Instant,
+    /// The receive buffer, allocated once per socket: a dump of thousands of rules is
+    /// many receives, and a fresh 64 KiB buffer each time is an mmap, a zeroing and an
+    /// munmap.
+    buf: Vec<u8>,
 }
 
 /// One message from a receive buffer.
@@ -66,7 +70,12 @@ impl Socket {
             protocol,
         )?;
         rustix::net::bind(&fd, &netlink::SocketAddrNetlink::new(0, 0))?;
-        let s = Socket { fd, seq: 1, deadline };
+        let s = Socket {
+            fd,
+            seq: 1,
+            deadline,
+            buf: Vec::new(),
+        };
         s.set_recv_timeout()?;
         Ok(s)
     }
@@ -150,13 +159,34 @@ impl Socket {
         }
     }
 
+    /// The socket's receive buffer, lent out for a run of receives; `put_buf` gives it
+    /// back for the next.
+    pub fn take_buf(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    pub fn put_buf(&mut self, buf: Vec<u8>) {
+        self.buf = buf;
+    }
+
     /// Sends a dump request and feeds every reply of that sequence to `each` until
     /// NLMSG_DONE. An NLMSG_ERROR for the request ends the dump with its errno.
     pub fn dump(&mut self, request: &[u8], seq: u32, mut each: impl FnMut(&Msg<'_>)) -> Result<(), Errno> {
         self.send(request)?;
-        let mut buf = Vec::new();
+        let mut buf = self.take_buf();
+        let result = self.dump_replies(&mut buf, seq, &mut each);
+        self.put_buf(buf);
+        result
+    }
+
+    fn dump_replies(
+        &mut self,
+        buf: &mut Vec<u8>,
+        seq: u32,
+        each: &mut impl FnMut(&Msg<'_>),
+    ) -> Result<(), Errno> {
         loop {
-            let data = self.recv(&mut buf)?;
+            let data = self.recv(buf)?;
             for msg in messages(data) {
                 let msg = msg?;
                 if msg.seq != seq {
@@ -179,9 +209,15 @@ impl Socket {
     /// Sends one request with NLM_F_ACK and waits for its ACK or error.
     pub fn request_ack(&mut self, request: &[u8], seq: u32) -> Result<(), Errno> {
         self.send(request)?;
-        let mut buf = Vec::new();
+        let mut buf = self.take_buf();
+        let result = self.ack_of(&mut buf, seq);
+        self.put_buf(buf);
+        result
+    }
+
+    fn ack_of(&mut self, buf: &mut Vec<u8>, seq: u32) -> Result<(), Errno> {
         loop {
-            let data = self.recv(&mut buf)?;
+            let data = self.recv(buf)?;
             for msg in messages(data) {
                 let msg = msg?;
                 if msg.seq == seq

@@ -153,7 +153,8 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
     let mut errors: Vec<Option<i32>> = vec![None; n];
     let mut batch_err = None;
     let mut lost = false;
-    let mut buf = Vec::new();
+    // The socket's buffer; an early return below only drops it (the next receive makes one).
+    let mut buf = sock.take_buf();
     loop {
         let data = match sock.recv_queued(&mut buf) {
             Ok(Some(d)) => d,
@@ -178,6 +179,7 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
             }
         }
     }
+    sock.put_buf(buf);
     if let Some(e) = batch_err {
         return vec![Some(Err(Errno::from_raw_os_error(e).into())); n];
     }

@@ -37,7 +37,7 @@ mod testing {
     }
 
     pub fn rules_of(sock: &mut Socket) -> Vec<Rule> {
-        dump_rules(sock, NFPROTO_INET, "t").unwrap()
+        dump_rules(sock, NFPROTO_INET, "t", None).unwrap()
     }
 
     pub fn setup() -> Option<Socket> {
