@@ -161,9 +161,14 @@ struct Run<'p> {
     failed: Vec<bool>,
 }
 
-impl Run<'_> {
+impl<'p> Run<'p> {
     fn live(&self) -> Vec<usize> {
         (0..self.out.len()).filter(|&i| !self.failed[i]).collect()
+    }
+
+    /// Has target `i` a step of this kind yet?
+    fn has(&self, i: usize, kind: StepKind) -> bool {
+        self.out[i].steps.iter().any(|s| s.kind == kind)
     }
 
     fn step(&mut self, i: usize, kind: StepKind, state: StepState) {
@@ -181,6 +186,18 @@ impl Run<'_> {
             error: Some(why.into()),
         });
         self.failed[i] = true;
+    }
+
+    /// The rows of the targets still live, by DB: (target, row), in target order.
+    fn live_rows(&self) -> BTreeMap<usize, Vec<(usize, &'p RowRef)>> {
+        let plan = self.plan;
+        let mut by_db: BTreeMap<usize, Vec<(usize, &'p RowRef)>> = BTreeMap::new();
+        for i in self.live() {
+            for r in &plan.targets[i].rows {
+                by_db.entry(r.db).or_default().push((i, r));
+            }
+        }
+        by_db
     }
 
     /// Phases a failed target did not reach are recorded as skipped.
@@ -244,7 +261,7 @@ pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
     for (kind, name) in phases {
         if env.stop.load(Ordering::SeqCst) {
             for i in run.live() {
-                if run.out[i].steps.iter().all(|s| s.kind != kind) {
+                if !run.has(i, kind) {
                     run.fail(i, kind, Failure::Interrupted);
                 }
             }
@@ -257,7 +274,7 @@ pub fn apply(plan: &Plan, env: &mut Env<'_>) -> Vec<Outcome> {
                 let late: Vec<usize> = run
                     .live()
                     .into_iter()
-                    .filter(|&i| run.out[i].steps.iter().all(|s| s.kind != StepKind::Files))
+                    .filter(|&i| !run.has(i, StepKind::Files))
                     .collect();
                 remove_files(&mut run, env, &late);
             }
@@ -474,7 +491,7 @@ fn nft_run(w: &NftWork, deadline: Instant) -> NftDone {
     }
     match sock
         .map_err(Fault::from)
-        .and_then(|mut sock| nft::dump_shared(&mut sock, false))
+        .and_then(|mut sock| nft::dump_shared(&mut sock))
     {
         Ok(now) => {
             let mut present: BTreeSet<Op> = now.rules.iter().map(Op::for_rule).collect();
@@ -564,9 +581,8 @@ fn delete_network<'d>(run: &mut Run<'_>, env: &mut Env<'d>) -> OpenRows<'d> {
 }
 
 /// Whose files may go before their TAP is known gone: with the privilege to delete it, a
-/// target whose rows are all in a
-/// local SQLite DB, so that its row, kept when the TAP then fails, still names the VM to
-/// the next run. A row-less VM's files, or a shared DB's row whose files are what says it
+/// target whose rows are all in a local SQLite DB, so that its row, kept when the TAP
+/// then fails, still names the VM to the next run. A row-less VM's files, or a shared DB's row whose files are what says it
 /// is this host's, are the evidence the next run needs: those go only after.
 fn files_early(plan: &Plan, env: &Env<'_>, i: usize) -> bool {
     let rows = &plan.targets[i].rows;
@@ -580,24 +596,17 @@ fn files_early(plan: &Plan, env: &Env<'_>, i: usize) -> bool {
 /// Deletes, in a transaction per SQLite DB left open, the rows of the targets still live.
 /// A DB that cannot start one is left to `finish_rows`, which says why.
 fn open_rows<'d>(run: &Run<'_>, env: &Env<'d>) -> OpenRows<'d> {
-    let dbs: &'d [Option<Store>] = env.dbs;
-    if !env.overlap {
-        return OpenRows::new();
-    }
-    let mut by_db: BTreeMap<usize, (Vec<Stamped<'_>>, Vec<usize>)> = BTreeMap::new();
-    for i in run.live() {
-        for r in &run.plan.targets[i].rows {
-            let (rows, owners) = by_db.entry(r.db).or_default();
-            rows.push(row_arg(r));
-            owners.push(i);
-        }
-    }
     let mut open = OpenRows::new();
-    for (db, (rows, owners)) in by_db {
-        if let Some(Some(Store::Sqlite(conn))) = dbs.get(db)
-            && let Ok(pending) = conn.delete_open(&rows)
-        {
-            open.insert(db, (pending, owners));
+    if !env.overlap {
+        return open;
+    }
+    let dbs: &'d [Option<Store>] = env.dbs;
+    for (db, rows) in run.live_rows() {
+        if let Some(Some(Store::Sqlite(conn))) = dbs.get(db) {
+            let stamped: Vec<Stamped<'_>> = rows.iter().map(|&(_, r)| row_arg(r)).collect();
+            if let Ok(pending) = conn.delete_open(&stamped) {
+                open.insert(db, (pending, rows.iter().map(|&(i, _)| i).collect()));
+            }
         }
     }
     open
@@ -654,16 +663,27 @@ fn finish_rows(run: &mut Run<'_>, env: &mut Env<'_>, mut open: OpenRows<'_>) {
         marks: Vec<&'p RowRef>,
     }
     let plan = run.plan;
-    let mut by_db: BTreeMap<usize, Work<'_>> = BTreeMap::new();
-    for (i, t) in plan.targets.iter().enumerate() {
-        if run.failed[i] {
-            for r in &t.marks {
-                by_db.entry(r.db).or_default().marks.push(r);
-            }
-        } else {
-            for r in &t.rows {
-                by_db.entry(r.db).or_default().deletes.push((i, r));
-            }
+    let mut by_db: BTreeMap<usize, Work<'_>> = run
+        .live_rows()
+        .into_iter()
+        .map(|(db, deletes)| {
+            (
+                db,
+                Work {
+                    deletes,
+                    marks: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for (t, _) in plan
+        .targets
+        .iter()
+        .zip(&run.failed)
+        .filter(|&(_, &failed)| failed)
+    {
+        for r in &t.marks {
+            by_db.entry(r.db).or_default().marks.push(r);
         }
     }
     for i in run.live() {
@@ -749,7 +769,7 @@ pub fn remove_shared(deadline: Instant, project: Project, decide: Teardown) -> R
     let action = format!("remove {}'s shared nftables tables", project.title());
     let err = |e: Fault| Shared::Failed(Error::sys(action.clone(), e));
     let mut sock = netlink::Socket::netfilter(deadline).map_err(|e| err(e.into()))?;
-    let now = nft::dump_shared(&mut sock, true).map_err(err)?;
+    let now = nft::dump_shared(&mut sock).map_err(err)?;
     let ops = decide(&now, project).map_err(|why| Shared::Refused(Error::msg(action.clone(), why)))?;
     if ops.is_empty() {
         return Ok(false);

@@ -561,7 +561,7 @@ fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
 
     match netlink::Socket::netfilter(cfg.deadline)
         .map_err(Fault::from)
-        .and_then(|mut s| nft::dump_shared(&mut s, false))
+        .and_then(|mut s| nft::dump_shared(&mut s))
     {
         Ok(dump) => {
             d.obs.tables = dump.tables;

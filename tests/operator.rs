@@ -677,7 +677,17 @@ fn a_vm_whose_nft_delete_is_refused_keeps_its_row_and_says_its_files_went() {
         assert_eq!(step(free, kind)["state"], "removed", "{kind}");
     }
     assert!(!has_link("tap2") && !has_link("tap3"));
+    // The refused table stays, the rules of both VMs went (the batch was sent again
+    // without the op that aborted it).
+    assert!(crate::util::ruleset().contains("table inet smolvm_policy_tap2"));
+    let left: Vec<String> = crate::util::comments()
+        .into_iter()
+        .filter(|c| c.contains("vm-") || c.contains(":tap:"))
+        .collect();
+    assert!(left.is_empty(), "VM rules left: {left:?}");
     assert!(!w.data.join("vm-held0001.log").exists());
+    assert!(!w.data.join("disks/vm-held0001.ext4").exists());
+    assert!(!w.data.join("vm-free0002.log").exists());
     assert_eq!(
         w.ids(),
         ["vm-held0001"],

@@ -50,16 +50,21 @@ fn ifinfomsg(index: i32, attrs: RtBuffer<Ifla, Buffer>) -> Result<Ifinfomsg, Fau
         .map_err(|_| Fault::Encode)
 }
 
-fn group_attr(group: u32) -> Result<RtBuffer<Ifla, Buffer>, Fault> {
+/// One u32 attribute, as an `ifinfomsg`'s attributes.
+fn u32_attr(ty: Ifla, value: u32) -> Result<RtBuffer<Ifla, Buffer>, Fault> {
     let mut attrs = RtBuffer::new();
     attrs.push(
         RtattrBuilder::default()
-            .rta_type(Ifla::Group)
-            .rta_payload(group)
+            .rta_type(ty)
+            .rta_payload(value)
             .build()
             .map_err(|_| Fault::Encode)?,
     );
     Ok(attrs)
+}
+
+fn group_attr(group: u32) -> Result<RtBuffer<Ifla, Buffer>, Fault> {
+    u32_attr(Ifla::Group, group)
 }
 
 /// Every link in the current network namespace.
@@ -68,14 +73,7 @@ pub fn dump(sock: &mut Socket) -> Result<Vec<Link>, Fault> {
     let mut w = Writer::default();
     // Without the counters: summing each link's IPv6 statistics over every CPU is most of
     // what the kernel spends on a dump of thousands of TAPs, and nothing here reads them.
-    let mut skip_stats = RtBuffer::new();
-    skip_stats.push(
-        RtattrBuilder::default()
-            .rta_type(Ifla::ExtMask)
-            .rta_payload(RTEXT_FILTER_SKIP_STATS)
-            .build()
-            .map_err(|_| Fault::Encode)?,
-    );
+    let skip_stats = u32_attr(Ifla::ExtMask, RTEXT_FILTER_SKIP_STATS)?;
     encode(
         Rtm::Getlink,
         NLM_F_REQUEST | NLM_F_DUMP,

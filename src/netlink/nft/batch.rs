@@ -222,7 +222,7 @@ mod tests {
         let Some(mut sock) = crate::netlink::test_socket(Socket::netfilter(deadline())) else {
             return;
         };
-        let now = dump_shared(&mut sock, false).unwrap();
+        let now = dump_shared(&mut sock).unwrap();
         assert_eq!(now.sets.len(), 3);
         let meanings: Vec<ElemMeaning> = now.elems.iter().map(Elem::meaning).collect();
         assert!(meanings.contains(&ElemMeaning::Forward {
@@ -253,7 +253,7 @@ mod tests {
         let r = delete(&mut sock, &ops, deadline());
         assert_eq!(r[..3], [Ok(()), Ok(()), Ok(())]);
         assert_eq!(r[3], Err(Fault::Kernel(Errno::NOENT)));
-        let left: Vec<ElemMeaning> = dump_shared(&mut sock, false)
+        let left: Vec<ElemMeaning> = dump_shared(&mut sock)
             .unwrap()
             .elems
             .iter()

@@ -154,9 +154,9 @@ pub fn dump_chains(sock: &mut Socket, family: u8, table: &str) -> Result<Vec<Cha
         .collect())
 }
 
-/// The ruleset as cleanup needs it: every table, and the chains (when asked), rules, sets
-/// and set elements of SmolVM's and Celesto's shared tables, from one socket.
-pub fn dump_shared(sock: &mut Socket, with_chains: bool) -> Result<NftState, Fault> {
+/// The ruleset as cleanup needs it: every table, and the chains, rules, sets and set
+/// elements of SmolVM's and Celesto's shared tables, from one socket.
+pub fn dump_shared(sock: &mut Socket) -> Result<NftState, Fault> {
     let tables = dump_tables(sock)?;
     let mut state = NftState::default();
     for t in tables
@@ -172,9 +172,7 @@ pub fn dump_shared(sock: &mut Socket, with_chains: bool) -> Result<NftState, Fau
                 .rules
                 .extend(dump_rules(sock, t.family, &t.name, Some(&c.name))?);
         }
-        if with_chains {
-            state.chains.extend(chains);
-        }
+        state.chains.extend(chains);
         for set in dump_sets(sock, t.family, &t.name)? {
             state.elems.extend(dump_elems(sock, &set)?);
             state.sets.push(set);
