@@ -18,7 +18,7 @@ use crate::model::{
     forward_file_id, libkrun_config_id, socket_id,
 };
 use crate::netlink::{self, link, nft};
-use crate::procfs::{OwnDirs, Procfs};
+use crate::procfs::{Locks, OwnDirs, Procfs};
 use crate::state::{Db, PgDb, Store, is_corrupt};
 
 pub struct Discovery {
@@ -120,8 +120,15 @@ pub fn open(cfg: &Config<'_>) -> Discovery {
     d
 }
 
-pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
+/// Reads everything but the claims, which it leaves asked for: `claims` gives them (the
+/// caller judges meanwhile, on the bet that there are none).
+#[must_use = "the claims are still to be read (`claims`)"]
+pub fn discover(d: &mut Discovery, cfg: &Config<'_>) -> Locks {
     d.laps = crate::report::Laps::default();
+    // The claims are read only once the network is listed, so that a TAP seen was made
+    // after any claim on it was taken (SmolVM claims first); the reader's wait is paid
+    // from now, while the rest is read and judged.
+    let mut locks = Locks::start(&d.procfs);
     read_dbs(d, cfg);
     read_other_dbs(d, cfg);
     d.laps.lap("discover.dbs");
@@ -137,24 +144,22 @@ pub fn discover(d: &mut Discovery, cfg: &Config<'_>) {
     d.laps.lap("discover.processes");
     read_network(d, cfg);
     d.laps.lap("discover.network");
-    // The claims are read only once the network is listed, so that a TAP seen was made
-    // after any claim on it was taken (SmolVM claims first); the read waits out a grace
-    // period, on its own thread while the files are listed.
-    let procfs = d.procfs.clone();
-    let locks = std::thread::Builder::new()
-        .name("locks".into())
-        .spawn(move || procfs.read_locks());
+    locks.ask();
     list_files(d, cfg);
     list_forwards(d, cfg);
     d.laps.lap("discover.files");
     read_views(d, cfg);
-    let locks = match locks {
-        Ok(job) => job.join().unwrap_or_default(),
-        Err(_) => d.procfs.read_locks(),
-    };
-    read_foreign_claims(d, cfg, &locks);
     read_file_owners(d);
     d.laps.lap("discover.views");
+    locks
+}
+
+/// The claim files held in data dirs that are not this run's, from `locks` (`discover`'s):
+/// true when there is any, and so what was judged without them must be judged again.
+pub fn claims(d: &mut Discovery, cfg: &Config<'_>, locks: Locks) -> bool {
+    let own = OwnDirs::new(cfg.data_dirs.iter().map(|dd| dd.dir.as_path()));
+    d.obs.foreign_claims = d.procfs.foreign_claims(&locks.read(), &own, d.obs.own_pid);
+    !d.obs.foreign_claims.is_empty()
 }
 
 /// Each VMM's, sidecar's and tunnel's view of the host (`Procfs::view`), read on a
@@ -228,13 +233,6 @@ fn read_views(d: &mut Discovery, cfg: &Config<'_>) {
             (p.view, p.home) = view_of(*pid);
         }
     }
-}
-
-/// Claim files held in data dirs that are not this run's: what they claim is another
-/// data dir's VM's (a parallel job's, being made or running).
-fn read_foreign_claims(d: &mut Discovery, cfg: &Config<'_>, locks: &str) {
-    let own = OwnDirs::new(cfg.data_dirs.iter().map(|dd| dd.dir.as_path()));
-    d.obs.foreign_claims = d.procfs.foreign_claims(locks, &own, d.obs.own_pid);
 }
 
 /// Who owns each listed file that no row's id names (a row's files are its data dir's):

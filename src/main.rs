@@ -325,7 +325,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         diag,
     )?;
     laps.lap("lock");
-    discover::discover(&mut found, &cfg);
+    let locks = discover::discover(&mut found, &cfg);
     laps.extend(&found.laps);
     if let Some(why) = found.fatal.take() {
         for w in &found.warnings {
@@ -333,22 +333,17 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         }
         return Err(Stop::Blind(Box::new(blind(opts, mode, why))));
     }
+    let selection = plan::Selection {
+        all: opts.all,
+        prefix: opts.prefix.clone(),
+        min_age: opts.older_than.map(|d| d.as_secs_f64()),
+        now: discover::now_unix(),
+    };
+    let (inv, plan) = judge(&mut found, &cfg, locks, &selection, &mut laps);
     announce(&found, &dirs, diag);
-    let inv = reconcile::inventory(&found.obs);
-    laps.lap("reconcile");
-    let plan = plan::build(
-        &inv,
-        &found.obs,
-        &plan::Selection {
-            all: opts.all,
-            prefix: opts.prefix.clone(),
-            min_age: opts.older_than.map(|d| d.as_secs_f64()),
-            now: discover::now_unix(),
-        },
-    );
     explain(&inv, &plan, diag);
     let mut report = assemble(opts, mode, &found, &inv, &plan);
-    laps.lap("plan");
+    laps.add("plan");
     report.phases = laps;
     Ok(Survey {
         found,
@@ -359,6 +354,30 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         uninspected: inv.uninspected.clone(),
         _lock: held,
     })
+}
+
+/// Reconcile and plan, first while the claims are read, as if there were none (the usual
+/// case, so the wait for them is mostly hidden), and again if there are.
+fn judge(
+    found: &mut discover::Discovery,
+    cfg: &discover::Config<'_>,
+    locks: procfs::Locks,
+    selection: &plan::Selection,
+    laps: &mut report::Laps,
+) -> (model::Inventory, model::Plan) {
+    let inv = reconcile::inventory(&found.obs);
+    laps.lap("reconcile");
+    let plan = plan::build(&inv, &found.obs, selection);
+    laps.lap("plan");
+    let judged = if discover::claims(found, cfg, locks) {
+        let inv = reconcile::inventory(&found.obs);
+        let plan = plan::build(&inv, &found.obs, selection);
+        (inv, plan)
+    } else {
+        (inv, plan)
+    };
+    laps.lap("discover.claims");
+    judged
 }
 
 /// SmolVM's state in PostgreSQL (`--database-url`, else `SMOLVM_DATABASE_URL` when it

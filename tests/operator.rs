@@ -108,6 +108,7 @@ fn json_reports_successes_a_failure_steps_and_hostile_strings() {
             "discover.views",
             "reconcile",
             "plan",
+            "discover.claims",
             "apply.processes",
             "apply.network",
             "apply.files",

@@ -106,15 +106,8 @@ impl Procfs {
         theirs.is_some() && own.dirs.iter().any(|(_, id)| *id == theirs)
     }
 
-    /// `/proc/locks`, empty when it cannot be read. Slow on a quiet host whatever its
-    /// size: the kernel takes the lock lists for writing, which waits out an RCU grace
-    /// period, so it is read on a thread while other things are listed.
-    pub fn read_locks(&self) -> String {
-        std::fs::read_to_string(self.root.join("locks")).unwrap_or_default()
-    }
-
     /// The claim files that live processes in our network namespace hold (flock) in data
-    /// dirs that are not ours by name: every FLOCK holder of `locks` (`read_locks`), its
+    /// dirs that are not ours by name: every FLOCK holder of `locks` (`Locks::read`), its
     /// fds' targets, and the fd's own lock line in its fdinfo (no path is opened or stat'ed,
     /// so no filesystem can block this). A holder we may not read claims nothing we know.
     pub fn foreign_claims(&self, locks: &str, own: &OwnDirs, own_pid: i32) -> Vec<ForeignClaim> {

@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 
 mod home;
+mod locks;
 mod view;
 
 pub use home::OwnDirs;
+pub use locks::Locks;
 
 use crate::model::{PidView, ProcInfo, View, vm_role};
 

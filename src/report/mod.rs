@@ -171,6 +171,18 @@ impl Laps {
         self.last = now;
     }
 
+    /// Adds the time since the last lap to the phase `name` already closed (a phase done
+    /// in two parts), else closes it as `lap` does.
+    pub fn add(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        let took = (now - self.last).as_secs_f64();
+        match self.laps.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, s)) => *s += took,
+            None => self.laps.push((name, took)),
+        }
+        self.last = now;
+    }
+
     /// Takes another's laps after these (a stage timed on its own).
     pub fn extend(&mut self, other: &Laps) {
         self.laps.extend(other.laps.iter().copied());
@@ -270,6 +282,28 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phase_done_in_two_parts_is_one_phase_with_both_times() {
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + std::time::Duration::from_millis(n);
+        let mut laps = Laps::new(t0);
+        laps.last = ms(2);
+        laps.laps.push(("plan", 0.002));
+        laps.last = ms(5);
+        laps.laps.push(("discover.claims", 0.003));
+        laps.last = ms(5);
+        laps.add("plan");
+        laps.add("finish");
+        let names: Vec<&str> = laps.laps.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["plan", "discover.claims", "finish"]);
+        assert!(laps.laps[0].1 >= 0.002 && laps.laps[1].1 == 0.003);
+        let total: f64 = laps.laps.iter().map(|(_, s)| s).sum();
+        assert!(
+            total >= (laps.last - t0).as_secs_f64() - 1e-9,
+            "no time is lost: {laps:?}"
+        );
+    }
 
     #[test]
     fn root_without_a_capability_is_told_which_and_how_to_grant_it() {

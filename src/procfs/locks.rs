@@ -1,0 +1,110 @@
+//! `/proc/locks` read late without waiting long for it. The kernel takes its lock lists
+//! for writing to list them, and on a quiet host that first waits out an RCU grace
+//! period (5–15 ms here, whatever the list's size); a read soon after another read does
+//! not wait. So a thread reads it once at the start of discovery, keeps it warm with a
+//! read every few milliseconds, and makes the one read that counts only when asked:
+//! after the network is listed, as the claims must be.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::Procfs;
+
+/// Well inside the window a read keeps the lists' fast path open (at least one grace
+/// period after the read, extended by each read within it).
+const KEEP_WARM: Duration = Duration::from_millis(2);
+
+/// The reader thread, started by `Locks::start`, asked by `Locks::ask`, answered by
+/// `Locks::read`.
+pub struct Locks {
+    job: Option<(Sender<()>, JoinHandle<String>)>,
+    asked: bool,
+    path: PathBuf,
+}
+
+impl Locks {
+    /// Starts the thread that pays the grace period now. Without a thread, `read` reads
+    /// directly (and waits).
+    pub fn start(procfs: &Procfs) -> Locks {
+        let path = procfs.root.join("locks");
+        let (tx, rx) = mpsc::channel::<()>();
+        let at = path.clone();
+        let job = std::thread::Builder::new()
+            .name("locks".into())
+            .spawn(move || {
+                let read = || std::fs::read_to_string(&at).unwrap_or_default();
+                read();
+                loop {
+                    match rx.recv_timeout(KEEP_WARM) {
+                        Err(RecvTimeoutError::Timeout) => drop(read()),
+                        Ok(()) => return read(),
+                        // Nobody wants the answer any more (the run stopped early).
+                        Err(RecvTimeoutError::Disconnected) => return String::new(),
+                    }
+                }
+            })
+            .ok()
+            .map(|job| (tx, job));
+        Locks {
+            job,
+            asked: false,
+            path,
+        }
+    }
+
+    /// From now on, what `read` answers is read after this call.
+    pub fn ask(&mut self) {
+        if !std::mem::replace(&mut self.asked, true)
+            && let Some((tx, _)) = &self.job
+            && tx.send(()).is_err()
+        {
+            self.job = None;
+        }
+    }
+
+    /// `/proc/locks` as read after `ask` (or this call), empty when it cannot be read.
+    pub fn read(mut self) -> String {
+        self.ask();
+        if let Some((_, job)) = self.job.take()
+            && let Ok(text) = job.join()
+        {
+            return text;
+        }
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The answer is the file as it is after `ask`, however often it was read before
+    /// (what a claim taken before the network dump relies on).
+    #[test]
+    fn the_answer_is_read_after_the_ask() {
+        let root = std::env::temp_dir().join(format!("locks-test-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        // Whole files only (a rename), as the kernel's list is never seen half made.
+        let write = |text: &str| {
+            std::fs::write(root.join("locks.new"), text).unwrap();
+            std::fs::rename(root.join("locks.new"), root.join("locks")).unwrap();
+        };
+        write("1: FLOCK ADVISORY WRITE 10 00:2a:1 0 EOF\n");
+        let mut locks = Locks::start(&Procfs::new(&root, 0.0));
+        std::thread::sleep(KEEP_WARM * 3);
+        write("2: FLOCK ADVISORY WRITE 20 00:2a:2 0 EOF\n");
+        locks.ask();
+        write("3: FLOCK ADVISORY WRITE 30 00:2a:3 0 EOF\n");
+        let seen = locks.read();
+        assert!(seen.starts_with("2: ") || seen.starts_with("3: "), "{seen}");
+        assert!(
+            Locks::start(&Procfs::new(&root.join("none"), 0.0))
+                .read()
+                .is_empty(),
+            "unreadable: nothing"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
