@@ -549,24 +549,40 @@ fn read_other_dbs(d: &mut Discovery, cfg: &Config<'_>) {
 
 /// One link dump and one dump of both projects' shared nft tables.
 fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
-    match netlink::Socket::route(cfg.deadline)
-        .map_err(Fault::from)
-        .and_then(|mut s| link::dump(&mut s))
-    {
+    let deadline = cfg.deadline;
+    let nft_dump = || {
+        netlink::Socket::netfilter(deadline)
+            .map_err(Fault::from)
+            .and_then(|mut s| nft::dump_shared(&mut s))
+            .map_err(|e| Error::sys("list nftables rules", e))
+    };
+    // Two subsystems, two sockets: the links are listed while the nft dump runs.
+    let (links, dump) = std::thread::scope(|s| {
+        let job = std::thread::Builder::new()
+            .name("nft-dump".into())
+            .spawn_scoped(s, nft_dump);
+        let links = netlink::Socket::route(deadline)
+            .map_err(Fault::from)
+            .and_then(|mut s| link::dump(&mut s));
+        let dump = match job {
+            Ok(job) => job
+                .join()
+                .unwrap_or_else(|_| Err(Error::msg("list nftables rules", "the worker thread failed"))),
+            Err(_) => nft_dump(),
+        };
+        (links, dump)
+    });
+    match links {
         Ok(links) => d.obs.links = links,
         Err(e) => d.link_error = Some(Error::sys("list network links", e)),
     }
-
-    match netlink::Socket::netfilter(cfg.deadline)
-        .map_err(Fault::from)
-        .and_then(|mut s| nft::dump_shared(&mut s))
-    {
+    match dump {
         Ok(dump) => {
             d.obs.tables = dump.tables;
             d.obs.rules = dump.rules;
             d.obs.elems = dump.elems;
         }
-        Err(e) => d.nft_error = Some(Error::sys("list nftables rules", e)),
+        Err(e) => d.nft_error = Some(e),
     }
 }
 
