@@ -422,6 +422,7 @@ fn tap_record(run: &mut Run<'_>, w: TapWork, results: Vec<Result<StepState, Erro
 
 /// The nft deletions for the targets still live: ops to send, and the outcomes already
 /// known without sending anything (nothing to delete, or the rules could not be listed).
+#[derive(Default)]
 struct NftWork {
     ops: Vec<Op>,
     /// Target index of each op.
@@ -549,7 +550,6 @@ type OpenRows<'d> = BTreeMap<usize, (crate::state::Pending<'d>, Vec<usize>)>;
 /// TAP fails is reported with the TAP's error either way (its rules or files going early
 /// do no harm: a later run finds the TAP through its row).
 fn delete_network<'d>(run: &mut Run<'_>, env: &mut Env<'d>) -> OpenRows<'d> {
-    let nft_w = nft_work(run, env);
     let tap_w = tap_work(run, env);
     let deadline = env.timing.deadline;
     let plan = run.plan;
@@ -558,9 +558,14 @@ fn delete_network<'d>(run: &mut Run<'_>, env: &mut Env<'d>) -> OpenRows<'d> {
         .into_iter()
         .filter(|&i| files_early(plan, env, i))
         .collect();
+    // The TAP batch is the longest: it starts first, and the nft work is made meanwhile.
+    let mut nft_w = NftWork::default();
+    let nft_slot = &mut nft_w;
     let (taps, nfts, open) = std::thread::scope(|s| {
-        let nft_job = s.spawn(|| nft_run(&nft_w, deadline));
         let tap_job = s.spawn(|| tap_run(plan, &tap_w, deadline));
+        *nft_slot = nft_work(run, env);
+        let nft_ref: &NftWork = nft_slot;
+        let nft_job = s.spawn(move || nft_run(nft_ref, deadline));
         remove_files(run, env, &early);
         let open = open_rows(run, env);
         (tap_job.join(), nft_job.join(), open)
