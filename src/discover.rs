@@ -608,26 +608,97 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
     }
     let (roots, procfs) = (&d.roots, &d.procfs);
     let obs = &mut d.obs;
-    // SmolVM's sockets, and which of them a live process still serves.
+    // SmolVM's sockets, and which of them a live process still serves: one connect each,
+    // on a thread while the data dirs are listed.
     obs.socket_names = roots
         .list(&cfg.socket_dir, "")
         .into_iter()
         .filter(|n| socket_id(n).is_some() || libkrun_config_id(n).is_some())
         .collect();
-    for name in obs.socket_names.iter().filter(|n| socket_id(n).is_some()) {
-        let path = cfg.socket_dir.join(name);
+    let names = &obs.socket_names;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let probe = || probe_sockets(roots, &cfg.socket_dir, names, &next);
+    let (probed, listings) = std::thread::scope(|s| {
+        let job = std::thread::Builder::new()
+            .name("probes".into())
+            .spawn_scoped(s, probe);
+        let listings = list_data_dirs(roots, procfs, cfg);
+        // Then this thread probes too, what the other has not taken yet.
+        let mut probed = vec![probe()];
+        // A panicked prober's sockets are probed again here (probes change nothing).
+        if let Ok(job) = job {
+            probed.push(
+                job.join()
+                    .unwrap_or_else(|_| probe_sockets(roots, &cfg.socket_dir, names, &Default::default())),
+            );
+        }
+        (probed, listings)
+    });
+    for p in probed {
+        obs.owners.extend(p.owners);
+        obs.served.extend(p.served);
+        obs.probes_denied |= p.denied;
+    }
+    let DataDirs {
+        listings,
+        held_locks,
+        lock_holders,
+    } = listings;
+    obs.data_listing.extend(listings);
+    obs.held_locks.extend(held_locks);
+    obs.lock_holders.extend(lock_holders);
+}
+
+/// Which of the sockets a live process serves.
+#[derive(Default)]
+struct Probed {
+    served: Vec<PathBuf>,
+    /// Whose each served socket is: it decides whose life it shows (`reconcile`).
+    owners: Vec<(PathBuf, u32)>,
+    /// A socket we may not connect to (another user's).
+    denied: bool,
+}
+
+/// Probes the sockets among `names` from `next` on, each taken by one prober only.
+fn probe_sockets(
+    roots: &files::Roots,
+    dir: &std::path::Path,
+    names: &[String],
+    next: &std::sync::atomic::AtomicUsize,
+) -> Probed {
+    let mut out = Probed::default();
+    while let Some(name) = names.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+        if socket_id(name).is_none() {
+            continue;
+        }
+        let path = dir.join(name);
         match files::probe_socket(&path) {
             files::Probe::Served => {
-                // Whose it is decides whose life it shows (`reconcile`).
-                if let Some(uid) = roots.owner(&cfg.socket_dir, name) {
-                    obs.owners.insert(path.clone(), uid);
+                if let Some(uid) = roots.owner(dir, name) {
+                    out.owners.push((path.clone(), uid));
                 }
-                obs.served.insert(path);
+                out.served.push(path);
             }
-            files::Probe::Denied => obs.probes_denied = true,
+            files::Probe::Denied => out.denied = true,
             files::Probe::NotServed => {}
         }
     }
+    out
+}
+
+/// What the data dirs hold, and which of their locks a live process holds.
+struct DataDirs {
+    listings: Vec<DirListing>,
+    held_locks: Vec<PathBuf>,
+    lock_holders: Vec<(PathBuf, Vec<u32>)>,
+}
+
+fn list_data_dirs(roots: &files::Roots, procfs: &Procfs, cfg: &Config<'_>) -> DataDirs {
+    let mut out = DataDirs {
+        listings: Vec::new(),
+        held_locks: Vec::new(),
+        lock_holders: Vec::new(),
+    };
     for dd in cfg.data_dirs.iter().filter(|dd| roots.get(&dd.dir).is_some()) {
         let locks: Vec<String> = roots
             .list(&dd.dir, "locks")
@@ -646,11 +717,11 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
         );
         for path in held {
             if files::lock_is_held(&path) {
-                obs.lock_holders.insert(path.clone(), procfs.lock_holders(&path));
-                obs.held_locks.insert(path);
+                out.lock_holders.push((path.clone(), procfs.lock_holders(&path)));
+                out.held_locks.push(path);
             }
         }
-        obs.data_listing.push(DirListing {
+        out.listings.push(DirListing {
             dir: dd.dir.clone(),
             top: roots
                 .list(&dd.dir, "")
@@ -665,4 +736,5 @@ fn list_files(d: &mut Discovery, cfg: &Config<'_>) {
             browser_sessions: roots.list(&dd.dir, "browser-sessions"),
         });
     }
+    out
 }
