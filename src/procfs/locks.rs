@@ -3,7 +3,9 @@
 //! period (5–15 ms here, whatever the list's size); a read soon after another read does
 //! not wait. So a thread reads it once at the start of discovery, keeps it warm with a
 //! read every few milliseconds, and makes the one read that counts only when asked:
-//! after the network is listed, as the claims must be.
+//! after the network is listed, as the claims must be. The reads that only pay or keep
+//! the wait take one small `read(2)`: the kernel then lists one page of locks, not all,
+//! and every `flock` on the host waits while it lists.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -34,12 +36,17 @@ impl Locks {
         let job = std::thread::Builder::new()
             .name("locks".into())
             .spawn(move || {
-                let read = || std::fs::read_to_string(&at).unwrap_or_default();
-                read();
+                let touch = || {
+                    use std::io::Read;
+                    if let Ok(mut f) = std::fs::File::open(&at) {
+                        let _ = f.read(&mut [0u8; 64]);
+                    }
+                };
+                touch();
                 loop {
                     match rx.recv_timeout(KEEP_WARM) {
-                        Err(RecvTimeoutError::Timeout) => drop(read()),
-                        Ok(()) => return read(),
+                        Err(RecvTimeoutError::Timeout) => touch(),
+                        Ok(()) => return std::fs::read_to_string(&at).unwrap_or_default(),
                         // Nobody wants the answer any more (the run stopped early).
                         Err(RecvTimeoutError::Disconnected) => return String::new(),
                     }
