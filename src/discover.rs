@@ -738,3 +738,44 @@ fn list_data_dirs(roots: &files::Roots, procfs: &Procfs, cfg: &Config<'_>) -> Da
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two probers sharing one counter find every served socket, once, and only those.
+    #[test]
+    fn probers_sharing_a_counter_probe_each_socket_once() {
+        let dir = std::env::temp_dir().join(format!("probe-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut names = Vec::new();
+        let mut listeners = Vec::new();
+        for i in 0..40 {
+            let name = format!("fc-vm-{i:08x}.sock");
+            let l = std::os::unix::net::UnixListener::bind(dir.join(&name)).unwrap();
+            // Every third one stays served; the others' owners are gone.
+            if i % 3 == 0 {
+                listeners.push(l);
+            }
+            names.push(name);
+        }
+        names.push("not-a-socket-name.txt".into());
+        let roots = files::Roots::default();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (a, b) = std::thread::scope(|s| {
+            let other = s.spawn(|| probe_sockets(&roots, &dir, &names, &next));
+            let mine = probe_sockets(&roots, &dir, &names, &next);
+            (mine, other.join().unwrap())
+        });
+        let mut served: Vec<PathBuf> = a.served.into_iter().chain(b.served).collect();
+        served.sort();
+        let want: Vec<PathBuf> = (0..40)
+            .filter(|i| i % 3 == 0)
+            .map(|i| dir.join(format!("fc-vm-{i:08x}.sock")))
+            .collect();
+        assert_eq!(served, want);
+        assert!(!a.denied && !b.denied);
+        drop(listeners);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

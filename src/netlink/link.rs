@@ -208,32 +208,32 @@ fn pipelined(
             out.extend(std::iter::repeat_n(Err(e), chunk.len()));
             continue;
         }
-        let mut buf = sock.take_buf();
-        while results[last].is_none() {
-            let data = match sock.recv(&mut buf) {
-                Ok(d) => d,
-                Err(e) => {
-                    // No final ACK in time: what happened is unknown; the caller re-dumps.
-                    for r in results.iter_mut().filter(|r| r.is_none()) {
-                        *r = Some(Err(e.into()));
+        sock.with_buf(|sock, buf| {
+            while results[last].is_none() {
+                let data = match sock.recv(buf) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // No final ACK in time: what happened is unknown; the caller re-dumps.
+                        for r in results.iter_mut().filter(|r| r.is_none()) {
+                            *r = Some(Err(e.into()));
+                        }
+                        break;
                     }
-                    break;
-                }
-            };
-            for msg in messages(data).flatten() {
-                let i = msg.seq.wrapping_sub(first) as usize;
-                if let (Some(code), Some(slot)) = (msg.error_code(), results.get_mut(i))
-                    && slot.is_none()
-                {
-                    *slot = Some(if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(Errno::from_raw_os_error(code).into())
-                    });
+                };
+                for msg in messages(data).flatten() {
+                    let i = msg.seq.wrapping_sub(first) as usize;
+                    if let (Some(code), Some(slot)) = (msg.error_code(), results.get_mut(i))
+                        && slot.is_none()
+                    {
+                        *slot = Some(if code == 0 {
+                            Ok(())
+                        } else {
+                            Err(Errno::from_raw_os_error(code).into())
+                        });
+                    }
                 }
             }
-        }
-        sock.put_buf(buf);
+        });
         // Handled before the final ACK and no error came back: done.
         out.extend(results.into_iter().map(|r| r.unwrap_or(Ok(()))));
     }

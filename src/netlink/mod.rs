@@ -159,24 +159,20 @@ impl Socket {
         }
     }
 
-    /// The socket's receive buffer, lent out for a run of receives; `put_buf` gives it
-    /// back for the next.
-    pub fn take_buf(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.buf)
-    }
-
-    pub fn put_buf(&mut self, buf: Vec<u8>) {
+    /// Runs `f` with the socket's receive buffer, allocated once per socket, and keeps
+    /// it for the next run of receives whatever `f` returns.
+    pub fn with_buf<T>(&mut self, f: impl FnOnce(&mut Socket, &mut Vec<u8>) -> T) -> T {
+        let mut buf = std::mem::take(&mut self.buf);
+        let out = f(self, &mut buf);
         self.buf = buf;
+        out
     }
 
     /// Sends a dump request and feeds every reply of that sequence to `each` until
     /// NLMSG_DONE. An NLMSG_ERROR for the request ends the dump with its errno.
     pub fn dump(&mut self, request: &[u8], seq: u32, mut each: impl FnMut(&Msg<'_>)) -> Result<(), Errno> {
         self.send(request)?;
-        let mut buf = self.take_buf();
-        let result = self.dump_replies(&mut buf, seq, &mut each);
-        self.put_buf(buf);
-        result
+        self.with_buf(|s, buf| s.dump_replies(buf, seq, &mut each))
     }
 
     fn dump_replies(
@@ -209,10 +205,7 @@ impl Socket {
     /// Sends one request with NLM_F_ACK and waits for its ACK or error.
     pub fn request_ack(&mut self, request: &[u8], seq: u32) -> Result<(), Errno> {
         self.send(request)?;
-        let mut buf = self.take_buf();
-        let result = self.ack_of(&mut buf, seq);
-        self.put_buf(buf);
-        result
+        self.with_buf(|s, buf| s.ack_of(buf, seq))
     }
 
     fn ack_of(&mut self, buf: &mut Vec<u8>, seq: u32) -> Result<(), Errno> {

@@ -153,33 +153,35 @@ fn send_batch(sock: &mut Socket, ops: &[Op], chunk: &[usize]) -> Vec<Option<Resu
     let mut errors: Vec<Option<i32>> = vec![None; n];
     let mut batch_err = None;
     let mut lost = false;
-    // The socket's buffer; an early return below only drops it (the next receive makes one).
-    let mut buf = sock.take_buf();
-    loop {
-        let data = match sock.recv_queued(&mut buf) {
-            Ok(Some(d)) => d,
-            Ok(None) => break,
-            Err(Errno::NOBUFS) => {
-                lost = true; // Errors were dropped; the caller's verification dump decides.
-                break;
-            }
-            Err(e) => return vec![Some(Err(e.into())); n],
-        };
-        for m in messages(data).flatten() {
-            let Some(code) = m.error_code().filter(|&c| c != 0) else {
-                continue;
+    let received = sock.with_buf(|sock, buf| {
+        loop {
+            let data = match sock.recv_queued(buf) {
+                Ok(Some(d)) => d,
+                Ok(None) => return Ok(()),
+                Err(Errno::NOBUFS) => {
+                    lost = true; // Errors were dropped; the caller's verification dump decides.
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             };
-            if m.seq == begin_seq {
-                batch_err = Some(code);
-                continue;
-            }
-            let k = m.seq.wrapping_sub(begin_seq).wrapping_sub(1) as usize;
-            if let Some(slot) = errors.get_mut(k) {
-                *slot = Some(code);
+            for m in messages(data).flatten() {
+                let Some(code) = m.error_code().filter(|&c| c != 0) else {
+                    continue;
+                };
+                if m.seq == begin_seq {
+                    batch_err = Some(code);
+                    continue;
+                }
+                let k = m.seq.wrapping_sub(begin_seq).wrapping_sub(1) as usize;
+                if let Some(slot) = errors.get_mut(k) {
+                    *slot = Some(code);
+                }
             }
         }
+    });
+    if let Err(e) = received {
+        return vec![Some(Err(e.into())); n];
     }
-    sock.put_buf(buf);
     if let Some(e) = batch_err {
         return vec![Some(Err(Errno::from_raw_os_error(e).into())); n];
     }

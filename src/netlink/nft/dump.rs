@@ -168,9 +168,7 @@ pub fn dump_shared(sock: &mut Socket) -> Result<NftState, Fault> {
         // 32 KB of replies (quadratic in the table's rules), one of a chain only that chain.
         let chains = dump_chains(sock, t.family, &t.name)?;
         for c in &chains {
-            state
-                .rules
-                .extend(dump_rules(sock, t.family, &t.name, Some(&c.name))?);
+            state.rules.extend(dump_rules(sock, t.family, &t.name, &c.name)?);
         }
         state.chains.extend(chains);
         for set in dump_sets(sock, t.family, &t.name)? {
@@ -182,22 +180,14 @@ pub fn dump_shared(sock: &mut Socket) -> Result<NftState, Fault> {
     Ok(state)
 }
 
-/// Every rule of one chain of a table (of every chain: None). A table or chain that does
-/// not exist has no rules.
-pub fn dump_rules(
-    sock: &mut Socket,
-    family: u8,
-    table: &str,
-    chain: Option<&str>,
-) -> Result<Vec<Rule>, Fault> {
+/// Every rule of one chain of a table. A table or chain that does not exist has no rules.
+pub fn dump_rules(sock: &mut Socket, family: u8, table: &str, chain: &str) -> Result<Vec<Rule>, Fault> {
     let seq = sock.next_seq();
     let mut w = Writer::default();
     w.begin(msg_type(NFT_MSG_GETRULE), NLM_F_REQUEST | NLM_F_DUMP, seq);
     nfgenmsg(&mut w, family, 0);
     w.attr_str(NFTA_RULE_TABLE, table);
-    if let Some(chain) = chain {
-        w.attr_str(NFTA_RULE_CHAIN, chain);
-    }
+    w.attr_str(NFTA_RULE_CHAIN, chain);
     w.end();
     let mut out = Vec::new();
     match sock.dump(w.buf()?, seq, |m| {

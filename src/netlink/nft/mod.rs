@@ -37,7 +37,7 @@ mod testing {
     }
 
     pub fn rules_of(sock: &mut Socket) -> Vec<Rule> {
-        dump_rules(sock, NFPROTO_INET, "t", None).unwrap()
+        dump_rules(sock, NFPROTO_INET, "t", "c").unwrap()
     }
 
     pub fn setup() -> Option<Socket> {
