@@ -154,11 +154,19 @@ pub fn discover(d: &mut Discovery, cfg: &Config<'_>) -> Locks {
     locks
 }
 
-/// The claim files held in data dirs that are not this run's, from `locks` (`discover`'s):
-/// true when there is any, and so what was judged without them must be judged again.
+/// The claim files held in data dirs that are not this run's: true when there is any, and
+/// so what was judged without them must be judged again. Looked for in every process's
+/// fds while `locks` (`discover`'s) still waits for the kernel, from `locks` once it does
+/// not: the first answer that is ready, both read after the network was listed.
 pub fn claims(d: &mut Discovery, cfg: &Config<'_>, locks: Locks) -> bool {
     let own = OwnDirs::new(cfg.data_dirs.iter().map(|dd| dd.dir.as_path()));
-    d.obs.foreign_claims = d.procfs.foreign_claims(&locks.read(), &own, d.obs.own_pid);
+    d.obs.foreign_claims = match d
+        .procfs
+        .scan_foreign_claims(&own, d.obs.own_pid, &|| locks.warm())
+    {
+        Some(claims) => claims,
+        None => d.procfs.foreign_claims(&locks.read(), &own, d.obs.own_pid),
+    };
     !d.obs.foreign_claims.is_empty()
 }
 

@@ -5,9 +5,12 @@
 //! read every few milliseconds, and makes the one read that counts only when asked:
 //! after the network is listed, as the claims must be. The reads that only pay or keep
 //! the wait take one small `read(2)`: the kernel then lists one page of locks, not all,
-//! and every `flock` on the host waits while it lists.
+//! and every `flock` on the host waits while it lists. Until the wait is paid (`warm`),
+//! the claims are looked for in the processes' fds instead (`discover::claims`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,6 +31,8 @@ pub struct Locks {
     job: Option<(Sender<()>, JoinHandle<String>)>,
     asked: bool,
     path: PathBuf,
+    /// Set once the first read has paid the wait.
+    warm: Arc<AtomicBool>,
 }
 
 impl Locks {
@@ -37,6 +42,8 @@ impl Locks {
         let path = procfs.root.join("locks");
         let (tx, rx) = mpsc::channel::<()>();
         let at = path.clone();
+        let warm = Arc::new(AtomicBool::new(false));
+        let paid = Arc::clone(&warm);
         let job = std::thread::Builder::new()
             .name("locks".into())
             .spawn(move || {
@@ -48,6 +55,7 @@ impl Locks {
                 };
                 let started = std::time::Instant::now();
                 touch();
+                paid.store(true, Ordering::Release);
                 loop {
                     let wait = if started.elapsed() < WARM_AT_MOST {
                         rx.recv_timeout(KEEP_WARM)
@@ -68,7 +76,13 @@ impl Locks {
             job,
             asked: false,
             path,
+            warm,
         }
+    }
+
+    /// Whether `read` would answer without waiting for the kernel (the first read is done).
+    pub fn warm(&self) -> bool {
+        self.job.is_some() && self.warm.load(Ordering::Acquire)
     }
 
     /// From now on, what `read` answers is read after this call.
@@ -116,6 +130,7 @@ mod tests {
             write("1: FLOCK ADVISORY WRITE 10 00:2a:1 0 EOF\n");
             let mut locks = Locks::start(&Procfs::new(&root, 0.0));
             std::thread::sleep(before);
+            assert!(locks.warm(), "the first read is done");
             write("2: FLOCK ADVISORY WRITE 20 00:2a:2 0 EOF\n");
             locks.ask();
             write("3: FLOCK ADVISORY WRITE 30 00:2a:3 0 EOF\n");
