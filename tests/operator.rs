@@ -361,6 +361,44 @@ fn every_runs_again_until_sigterm() {
     assert!(!pid_alive(child.id()));
 }
 
+/// A run that is the process's last leaves what it read to the exit (`Survey::release`);
+/// with `--every` each run frees it, so a long-lived process does not grow run by run.
+#[test]
+fn every_frees_what_each_run_read() {
+    let Some(w) = World::new("every-rss") else { return };
+    let c = w.conn();
+    let now = crate::util::now_iso(0);
+    for i in 0..500 {
+        c.execute(
+            "INSERT INTO vms (id, status, config, network, pid, socket_path, created_at, updated_at) \
+             VALUES (?1, 'stopped', '{\"backend\":\"firecracker\"}', NULL, NULL, NULL, ?2, ?2)",
+            params![format!("keep-{i:04}"), now],
+        )
+        .unwrap();
+    }
+    drop(c);
+    let child = Reaped(
+        w.cmd(&["--every", "10ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rss_kib = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let early = rss_kib();
+    std::thread::sleep(Duration::from_secs(2));
+    let late = rss_kib();
+    // Keeping each run's 500 rows would add about 100 KiB a run, over a hundred runs.
+    assert!(late < early + 2048, "RSS grew from {early} to {late} KiB");
+    assert_eq!(w.ids().len(), 500, "the stopped VMs are kept");
+    sh(&format!("kill -TERM {}", child.id()));
+}
+
 #[test]
 fn systemd_units_verify() {
     if std::process::Command::new("systemd-analyze")
