@@ -264,8 +264,9 @@ struct Survey {
     report: Report,
     timing: process::Timing,
     stop: &'static std::sync::atomic::AtomicBool,
-    /// VMMs whose view of the host could not be read (`Inventory::uninspected`).
-    uninspected: Vec<String>,
+    /// What plan was made from (`Inventory::uninspected`: VMMs whose view of the host
+    /// could not be read).
+    inv: model::Inventory,
     _lock: lock::Held,
 }
 
@@ -277,10 +278,14 @@ impl Survey {
     fn release(mut self, opts: &Options) {
         drop(std::mem::take(&mut self.found.dbs));
         let Survey {
-            found, plan, _lock, ..
+            found,
+            plan,
+            inv,
+            _lock,
+            ..
         } = self;
         if opts.every.is_none() {
-            std::mem::forget((found.obs, plan));
+            std::mem::forget((found.obs, plan, inv));
         }
         drop(_lock);
     }
@@ -377,7 +382,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         report,
         timing,
         stop,
-        uninspected: inv.uninspected.clone(),
+        inv,
         _lock: held,
     })
 }
@@ -469,9 +474,12 @@ fn check(opts: &Options, diag: &mut Diag) -> Result<Report, Stop> {
     let mut report = s.report;
     // Asked to vouch for every VM, it cannot for a VMM whose view it could not read.
     if opts.all {
-        report
-            .incomplete
-            .extend(s.uninspected.iter().map(|u| format!("not fully inspected: {u}")));
+        report.incomplete.extend(
+            s.inv
+                .uninspected
+                .iter()
+                .map(|u| format!("not fully inspected: {u}")),
+        );
     }
     // A check vouches for nothing it could not list, whoever runs it.
     let failed = [s.found.link_error.as_ref(), s.found.nft_error.as_ref()];
