@@ -264,9 +264,8 @@ struct Survey {
     report: Report,
     timing: process::Timing,
     stop: &'static std::sync::atomic::AtomicBool,
-    /// What plan was made from (`Inventory::uninspected`: VMMs whose view of the host
-    /// could not be read).
-    inv: model::Inventory,
+    /// VMMs whose view of the host could not be read (`Inventory::uninspected`).
+    uninspected: Vec<String>,
     _lock: lock::Held,
 }
 
@@ -278,14 +277,10 @@ impl Survey {
     fn release(mut self, opts: &Options) {
         drop(std::mem::take(&mut self.found.dbs));
         let Survey {
-            found,
-            plan,
-            inv,
-            _lock,
-            ..
+            found, plan, _lock, ..
         } = self;
         if opts.every.is_none() {
-            std::mem::forget((found.obs, plan, inv));
+            std::mem::forget((found.obs, plan));
         }
         drop(_lock);
     }
@@ -382,7 +377,7 @@ fn survey(opts: &Options, mode: report::Mode, diag: &mut Diag) -> Result<Survey,
         report,
         timing,
         stop,
-        inv,
+        uninspected: inv.uninspected.clone(),
         _lock: held,
     })
 }
@@ -474,12 +469,9 @@ fn check(opts: &Options, diag: &mut Diag) -> Result<Report, Stop> {
     let mut report = s.report;
     // Asked to vouch for every VM, it cannot for a VMM whose view it could not read.
     if opts.all {
-        report.incomplete.extend(
-            s.inv
-                .uninspected
-                .iter()
-                .map(|u| format!("not fully inspected: {u}")),
-        );
+        report
+            .incomplete
+            .extend(s.uninspected.iter().map(|u| format!("not fully inspected: {u}")));
     }
     // A check vouches for nothing it could not list, whoever runs it.
     let failed = [s.found.link_error.as_ref(), s.found.nft_error.as_ref()];
