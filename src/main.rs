@@ -243,11 +243,18 @@ fn run(opts: &Options) -> u8 {
     });
     let failed_output = printed.is_err() || metrics.is_some_and(|m| m.is_err());
     let code = report.exit_code().max(u8::from(failed_output));
-    if opts.every.is_none() {
-        // The process exits next, and frees it at once (see `Survey::release`).
+    if last_run(opts) {
         std::mem::forget(report);
     }
     code
+}
+
+/// A run that is the process's last (no `--every`) leaves what it read, planned and
+/// reported to the exit, which frees it at once: one allocation at a time (a row, a link,
+/// a rule: a few each) it costs milliseconds at N = 1000. With `--every`, each run frees
+/// its own.
+fn last_run(opts: &Options) -> bool {
+    opts.every.is_none()
 }
 
 /// Why a run ends before its mode's work: it cannot see (a report saying so), or it
@@ -270,16 +277,14 @@ struct Survey {
 }
 
 impl Survey {
-    /// Closes the DBs as their drivers expect, then releases the lock. A run that is the
-    /// process's last (not `--every`) leaves what it read and planned to the exit, which
-    /// frees it at once: one allocation at a time (a row, a link, a rule: a few each) it
-    /// costs milliseconds at N = 1000.
+    /// Closes the DBs as their drivers expect, then releases the lock; what was read and
+    /// planned is freed, or, on the process's last run, left to the exit (`last_run`).
     fn release(mut self, opts: &Options) {
         drop(std::mem::take(&mut self.found.dbs));
         let Survey {
             found, plan, _lock, ..
         } = self;
-        if opts.every.is_none() {
+        if last_run(opts) {
             std::mem::forget((found.obs, plan));
         }
         drop(_lock);

@@ -132,13 +132,7 @@ impl Procfs {
         give_up: &dyn Fn() -> bool,
     ) -> Option<Vec<ForeignClaim>> {
         let mut claims = Vec::new();
-        for entry in std::fs::read_dir(&self.root).ok()?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if pid == own_pid {
-                continue;
-            }
+        for pid in self.pids()?.filter(|&pid| pid != own_pid) {
             if give_up() || !self.claims_held_by(pid, own, &mut claims, give_up) {
                 return None;
             }
@@ -300,7 +294,7 @@ mod tests {
     }
 
     /// The scan stops when the other answer is ready: between processes, and within one
-    /// that holds many fds.
+    /// that holds many fds; and it has none when /proc cannot be listed.
     #[test]
     fn the_scan_gives_up_when_asked() {
         let fake = FakeProc::new("give-up");
@@ -322,5 +316,8 @@ mod tests {
         );
         assert_eq!(asked.get(), 2);
         assert_eq!(fs.scan_foreign_claims(&own, 1, &|| false), Some(Vec::new()));
+        // A /proc that cannot be listed gives no answer: `/proc/locks` is asked instead.
+        let gone = Procfs::new(&fake.root.join("nonexistent"), 0.0);
+        assert_eq!(gone.scan_foreign_claims(&own, 1, &|| false), None);
     }
 }

@@ -220,19 +220,26 @@ impl Procfs {
         }
     }
 
+    /// The processes this /proc lists (one readdir), None when it cannot be read.
+    fn pids(&self) -> Option<impl Iterator<Item = i32>> {
+        let entries = std::fs::read_dir(&self.root).ok()?;
+        Some(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok()),
+        )
+    }
+
     /// Every process SmolVM could have started for a VM (a VMM or a sidecar, by its command
     /// line: `model::vm_role`), with the TAPs it holds; one pass over /proc.
     pub fn scan_vmms(&self) -> Vec<ProcInfo> {
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
+        let Some(pids) = self.pids() else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
+        for pid in pids {
             // Cheap filter first: cmdline only, stat only for candidates.
-            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            let Ok(raw) = std::fs::read(self.root.join(pid.to_string()).join("cmdline")) else {
                 continue;
             };
             if vm_role(&parse_cmdline(&raw)).is_none() {
