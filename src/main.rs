@@ -14,6 +14,7 @@ mod diag;
 mod discover;
 mod error;
 mod files;
+mod heap;
 mod json;
 mod locate;
 mod lock;
@@ -36,6 +37,9 @@ use std::time::Instant;
 use cli::{Action, Mode, Options};
 use diag::Diag;
 use report::{Report, Resources, Target};
+
+#[global_allocator]
+static HEAP: heap::Heap = heap::Heap::new();
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const COMMIT: &str = env!("SMOLVM_CLEANUP_COMMIT");

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Cause, Error, Result};
 
+mod memory;
 mod pg;
 mod read;
 mod write;
@@ -79,6 +80,7 @@ impl Db {
     pub fn open(path: &Path, via: &Path, read_only: bool, deadline: Instant) -> Result<Db> {
         let action = || format!("open state DB {}", path.display());
         check_header(via, &action())?;
+        memory::use_process_allocator();
         let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
         flags |= if read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY

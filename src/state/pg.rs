@@ -264,6 +264,7 @@ fn quote(ident: &str) -> String {
 /// The server's tables as an in-memory SQLite DB of the same names and columns (the
 /// integer columns as integers, everything else as text).
 fn mirror_into_sqlite(tables: &[(String, pg::Rows)]) -> rusqlite::Result<Connection> {
+    super::memory::use_process_allocator();
     let mem = Connection::open_in_memory()?;
     mem.execute_batch("BEGIN")?;
     for (name, rows) in tables {
