@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Fault};
@@ -558,28 +560,32 @@ fn read_other_dbs(d: &mut Discovery, cfg: &Config<'_>) {
 /// One link dump and one dump of both projects' shared nft tables.
 fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
     let deadline = cfg.deadline;
-    let nft_dump = || {
-        netlink::Socket::netfilter(deadline)
+    let list_links = move || {
+        netlink::Socket::route(deadline)
             .map_err(Fault::from)
-            .and_then(|mut s| nft::dump_shared(&mut s))
-            .map_err(|e| Error::sys("list nftables rules", e))
+            .and_then(|mut s| link::dump(&mut s))
     };
-    // Two subsystems, two sockets: the links are listed while the nft dump runs.
-    let (links, dump) = std::thread::scope(|s| {
-        let job = std::thread::Builder::new()
-            .name("nft-dump".into())
-            .spawn_scoped(s, nft_dump);
-        let links = netlink::Socket::route(deadline)
-            .map_err(Fault::from)
-            .and_then(|mut s| link::dump(&mut s));
-        let dump = match job {
-            Ok(job) => job
-                .join()
-                .unwrap_or_else(|_| Err(Error::msg("list nftables rules", "the worker thread failed"))),
-            Err(_) => nft_dump(),
-        };
-        (links, dump)
-    });
+    // Two subsystems, two sockets: a helper lists the links while this thread dumps the
+    // nft objects (the longer). A new thread can wait 1-4 ms for a CPU here (under nested
+    // virtualisation an idle CPU wakes slowly), so whichever thread comes to the links
+    // first lists them: a late helper costs nothing, and nobody waits for it to start.
+    let claimed = Arc::new(AtomicBool::new(false));
+    let helper = {
+        let claimed = Arc::clone(&claimed);
+        std::thread::Builder::new()
+            .name("links".into())
+            .spawn(move || (!claimed.swap(true, Ordering::AcqRel)).then(list_links))
+    };
+    let dump = netlink::Socket::netfilter(deadline)
+        .map_err(Fault::from)
+        .and_then(|mut s| nft::dump_shared(&mut s))
+        .map_err(|e| Error::sys("list nftables rules", e));
+    let links = match helper {
+        Ok(job) if claimed.swap(true, Ordering::AcqRel) => {
+            job.join().ok().flatten().unwrap_or_else(list_links)
+        }
+        _ => list_links(),
+    };
     match links {
         Ok(links) => d.obs.links = links,
         Err(e) => d.link_error = Some(Error::sys("list network links", e)),
