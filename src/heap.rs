@@ -9,7 +9,8 @@
 //!
 //! What this costs: a process's small-block memory never shrinks below its peak (a
 //! `--every` process keeps its largest run's, which `operator::every_frees_what_each_run_read`
-//! bounds), and a block is up to a quarter larger than asked (four classes per doubling).
+//! bounds), and a block above 128 bytes is up to a quarter larger than asked (four
+//! classes per doubling; below, 16-byte steps).
 
 // An allocator hands out raw memory: it cannot be written without `unsafe`.
 #![allow(unsafe_code)]
