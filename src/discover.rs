@@ -565,27 +565,13 @@ fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
             .map_err(Fault::from)
             .and_then(|mut s| link::dump(&mut s))
     };
-    // Two subsystems, two sockets: a helper lists the links while this thread dumps the
-    // nft objects (the longer). A new thread can wait 1-4 ms for a CPU here (under nested
-    // virtualisation an idle CPU wakes slowly), so whichever thread comes to the links
-    // first lists them: a late helper costs nothing, and nobody waits for it to start.
-    let claimed = Arc::new(AtomicBool::new(false));
-    let helper = {
-        let claimed = Arc::clone(&claimed);
-        std::thread::Builder::new()
-            .name("links".into())
-            .spawn(move || (!claimed.swap(true, Ordering::AcqRel)).then(list_links))
-    };
-    let dump = netlink::Socket::netfilter(deadline)
-        .map_err(Fault::from)
-        .and_then(|mut s| nft::dump_shared(&mut s))
-        .map_err(|e| Error::sys("list nftables rules", e));
-    let links = match helper {
-        Ok(job) if claimed.swap(true, Ordering::AcqRel) => {
-            job.join().ok().flatten().unwrap_or_else(list_links)
-        }
-        _ => list_links(),
-    };
+    // Two subsystems, two sockets: the links are listed beside the nft dump (the longer).
+    let (links, dump) = beside("links", list_links, || {
+        netlink::Socket::netfilter(deadline)
+            .map_err(Fault::from)
+            .and_then(|mut s| nft::dump_shared(&mut s))
+            .map_err(|e| Error::sys("list nftables rules", e))
+    });
     match links {
         Ok(links) => d.obs.links = links,
         Err(e) => d.link_error = Some(Error::sys("list network links", e)),
@@ -598,6 +584,31 @@ fn read_network(d: &mut Discovery, cfg: &Config<'_>) {
         }
         Err(e) => d.nft_error = Some(e),
     }
+}
+
+/// `job` on a helper thread while this one does `here`, or on this thread once `here` is
+/// done if the helper has not started it by then: exactly once, by whichever comes to it
+/// first. A new thread can wait 1-4 ms for a CPU here (under nested virtualisation an idle
+/// CPU wakes slowly), so a late helper costs nothing, and nobody waits for it to start.
+fn beside<T: Send + 'static, U>(
+    name: &str,
+    job: impl FnOnce() -> T + Send + Clone + 'static,
+    here: impl FnOnce() -> U,
+) -> (T, U) {
+    let claimed = Arc::new(AtomicBool::new(false));
+    let helper = {
+        let (claimed, job) = (Arc::clone(&claimed), job.clone());
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || (!claimed.swap(true, Ordering::AcqRel)).then(job))
+    };
+    let done_here = here();
+    let done = match helper {
+        // A helper that panicked did nothing that lasts: the job is done here instead.
+        Ok(h) if claimed.swap(true, Ordering::AcqRel) => h.join().ok().flatten().unwrap_or_else(job),
+        _ => job(),
+    };
+    (done, done_here)
 }
 
 /// SmolVM's files: sockets (and which a live process serves), logs, disks, create locks
@@ -756,6 +767,31 @@ fn list_data_dirs(roots: &files::Roots, procfs: &Procfs, cfg: &Config<'_>) -> Da
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The job runs exactly once and its result comes back, whoever took it.
+    #[test]
+    fn a_job_beside_other_work_runs_once_on_whichever_thread_comes_first() {
+        use std::sync::atomic::AtomicUsize;
+        use std::time::Duration;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut on = std::collections::BTreeSet::new();
+        for i in 0..200usize {
+            let counted = Arc::clone(&runs);
+            let job = move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::thread::current().name().map(str::to_string)
+            };
+            // Sometimes this thread is done before the helper runs, sometimes after.
+            let here = || std::thread::sleep(Duration::from_micros(i as u64 % 4 * 500));
+            let (by, ()) = beside("helper", job, here);
+            assert_eq!(runs.load(Ordering::SeqCst), i + 1, "run {i}: exactly once");
+            on.insert(by);
+        }
+        assert!(
+            on.contains(&Some("helper".to_string())),
+            "the helper took it at least once: {on:?}"
+        );
+    }
 
     /// Two probers sharing one counter find every served socket, once, and only those.
     #[test]

@@ -259,6 +259,22 @@ mod tests {
         assert_eq!(again, p, "the freed block comes back");
     }
 
+    /// When the kernel gives no memory, a class hands out null (the caller's out-of-memory
+    /// path), and the classes still work once memory is there.
+    #[test]
+    fn no_memory_from_the_kernel_is_null_not_a_bad_block() {
+        let heap = Heap::new();
+        let mut classes = heap.lock();
+        classes.chunk = 1 << 62;
+        assert!(classes.take(0).is_null(), "a 4 EiB chunk is refused");
+        assert!(
+            classes.next.is_null() && classes.end.is_null(),
+            "nothing half made"
+        );
+        classes.chunk = FIRST_CHUNK;
+        assert!(!classes.take(0).is_null());
+    }
+
     #[test]
     fn realloc_keeps_the_bytes_across_classes_and_into_musl() {
         let heap = Heap::new();
