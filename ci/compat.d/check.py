@@ -174,7 +174,11 @@ def standin_binary():
     src = HERE / "standin.c"
     if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
         out.parent.mkdir(parents=True, exist_ok=True)
-        run(["cc", "-O2", "-static", "-o", out, src])
+        # Releases are checked in parallel: each builds its own copy and renames it into
+        # place, so no check runs a half-written binary (EACCES before the linker's chmod).
+        tmp = out.with_name(f"firecracker.{os.getpid()}")
+        run(["cc", "-O2", "-static", "-o", tmp, src])
+        os.replace(tmp, out)
     return out
 
 

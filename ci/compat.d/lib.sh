@@ -45,6 +45,12 @@ inside() { # <name> <script.py> its arguments: in a fresh work dir (last argumen
             *) mount -t tmpfs tmpfs /tmp ;;
         esac && exec python3 "$@"' compat "$(pwd)" "$@" "$work"
 }
-# The stand-in Firecracker (standin.c), built before releases run side by side.
+# The stand-in Firecracker (standin.c), built before releases run side by side. Every
+# `--one` child sources this file too: it rebuilds only a missing or stale binary, and
+# renames a whole one into place, so no release runs a binary being rewritten (EACCES
+# before the linker's chmod, or ETXTBSY).
 mkdir -p target/standin
-cc -O2 -static -o target/standin/firecracker ci/compat.d/standin.c
+if [ ! -x target/standin/firecracker ] || [ ci/compat.d/standin.c -nt target/standin/firecracker ]; then
+    cc -O2 -static -o "target/standin/firecracker.$$" ci/compat.d/standin.c
+    mv -f "target/standin/firecracker.$$" target/standin/firecracker
+fi
